@@ -1,0 +1,103 @@
+"""Shared defaults. Experiment files start from `get_config()` and change what differs.
+
+Every field a user may sweep lives here, so `--config.<section>.<field>=...` can set it.
+Optional fields use `placeholder(type)`: None by default, typed for CLI overrides.
+"""
+
+from ml_collections import ConfigDict
+from ml_collections.config_dict import placeholder
+
+
+def get_config(arg=None):
+  del arg
+  cfg = ConfigDict()
+  cfg.experiment = "base"
+
+  # ---- model: shape and numerics of the Transformer (lm/model.py) ----
+  m = cfg.model = ConfigDict()
+  m.n_layers = 4
+  m.d_model = 256
+  m.n_heads = 4
+  m.n_kv_heads = 4              # divides n_heads; 1 = multi-query
+  m.head_dim = placeholder(int)  # None -> d_model // n_heads
+  m.d_ff = 1024
+  m.max_seq_len = 256           # size of the learned position table / RoPE limit
+  m.positions = "rope"          # 'learned' | 'rope'
+  m.rope_theta = 10000.0
+  m.norm = "rmsnorm"            # 'layernorm' | 'rmsnorm'
+  m.norm_eps = 1e-6
+  m.mlp = "swiglu"              # 'gelu' | 'swiglu'
+  m.use_bias = False
+  m.tie_embeddings = True
+  m.init_std = 0.02
+  m.dtype = "float32"           # compute dtype
+  m.param_dtype = "float32"
+  m.attention = "xla"           # 'reference' | 'xla' | 'cudnn' (GPU only)
+  m.remat = "none"              # 'none' | 'full' | 'dots'
+  m.scan_layers = False
+
+  # ---- data: corpus, tokenizer, packing (lm/data/) ----
+  d = cfg.data = ConfigDict()
+  d.dataset = "sotu"            # any TFDS name prepared as array_record
+  d.data_dir = placeholder(str)  # None -> ~/.cache/lm/tensorflow_datasets
+  d.text_key = "text"
+  d.train_split = "train"
+  d.eval_split = "validation"
+  d.tokenizer = "sentencepiece"  # 'sentencepiece' | 'bytes'
+  d.sp_model_type = "bpe"       # 'bpe' | 'unigram'
+  d.vocab_size = 4096
+  d.seq_len = 256
+
+  # ---- train: the loop (lm/train.py) ----
+  t = cfg.train = ConfigDict()
+  t.steps = 1000
+  t.batch_size = 16             # global, in sequences
+  t.seed = 0
+  t.eval_every = 200
+  t.eval_steps = 8
+  t.checkpoint_every = 200
+  t.keep_checkpoints = 2
+  t.log_every = 10
+  t.init_from = placeholder(str)  # workdir or checkpoint to take params from
+  t.z_loss = 0.0
+  t.samples = 3                 # sampled continuations printed at the end
+
+  # ---- optim: optax chain (lm/optim.py) ----
+  o = cfg.optim = ConfigDict()
+  o.name = "adamw"
+  o.lr = 3e-3
+  o.schedule = "cosine"         # 'cosine' | 'constant' | 'wsd'
+  o.warmup_steps = 100
+  o.min_lr_ratio = 0.1
+  o.decay_fraction = 0.2        # wsd: final fraction of steps spent decaying
+  o.b1 = 0.9
+  o.b2 = 0.95
+  o.eps = 1e-8
+  o.weight_decay = 0.1
+  o.clip_norm = 1.0
+  o.grad_accum_steps = 1
+
+  # ---- mesh: device mesh and logical-axis rules (lm/sharding.py) ----
+  x = cfg.mesh = ConfigDict()
+  x.data = -1                   # -1 takes the devices the other axes leave
+  x.fsdp = 1
+  x.tensor = 1
+  # logical axis -> comma-separated mesh axes ('' = replicated). Order matters: a mesh
+  # axis already used by an earlier logical axis of the same array is skipped, so
+  # activations (batch, length, embed) shard batch over data+fsdp and keep embed whole.
+  r = x.rules = ConfigDict()
+  r.batch = "data,fsdp"
+  r.layers = ""
+  r.vocab = "tensor"
+  r.heads = "tensor"
+  r.kv_heads = "tensor"
+  r.mlp = "tensor"
+  r.embed = "fsdp"
+  r.length = ""
+  r.head_dim = ""
+
+  # ---- logging (lm/metrics.py) ----
+  g = cfg.logging = ConfigDict()
+  g.tensorboard = True
+  g.progress = True
+  return cfg

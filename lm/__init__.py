@@ -1,0 +1,3 @@
+"""lm: language-model scaling experiments in JAX/Flax."""
+
+__version__ = "0.1.0"
