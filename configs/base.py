@@ -47,6 +47,8 @@ def get_config(arg=None):
   d.sp_model_type = "bpe"       # 'bpe' | 'unigram'
   d.vocab_size = 4096
   d.seq_len = 256
+  d.sp_train_bytes = 64_000_000  # SentencePiece trains on at most this much of the train split
+  d.shuffle_window_tokens = 1 << 20  # chunks shuffled together: 1M tokens, ~45% of sotu's train split
 
   # ---- train: the loop (lm/train.py) ----
   t = cfg.train = ConfigDict()

@@ -111,3 +111,25 @@ def validate(cfg: ConfigDict, n_devices: int | None = None) -> None:
   validate_seq_len(cfg.model, cfg.data.seq_len)
   if n_devices is not None:
     validate_mesh(cfg, n_devices)
+
+
+TOKENIZERS = ("sentencepiece", "bytes")
+SP_MODEL_TYPES = ("bpe", "unigram")
+SP_MIN_VOCAB = 261  # 256 byte-fallback pieces + pad, bos, eos, unk + at least one more
+
+
+def validate_data(d: ConfigDict) -> None:
+  """Cheap checks of the `data.` section; the data code checks the dataset itself."""
+  for field in ("dataset", "text_key", "train_split", "eval_split"):
+    if not isinstance(d[field], str) or not d[field]:
+      raise ConfigError(f"data.{field}={d[field]!r} must be a non-empty string.")
+  _choice(d.tokenizer, TOKENIZERS, "data.tokenizer")
+  if d.tokenizer == "sentencepiece":
+    _choice(d.sp_model_type, SP_MODEL_TYPES, "data.sp_model_type")
+    if int(d.vocab_size) < SP_MIN_VOCAB:
+      raise ConfigError(
+          f"data.vocab_size={d.vocab_size} is too small for SentencePiece with byte fallback (256 byte "
+          f"pieces + 4 specials + the corpus's characters); use at least a few hundred (e.g. 4096), "
+          f"or --config.data.tokenizer=bytes (vocabulary 259, data.vocab_size ignored).")
+  if int(d.seq_len) < 1:
+    raise ConfigError(f"data.seq_len={d.seq_len} must be a positive integer.")
