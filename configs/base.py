@@ -48,7 +48,7 @@ def get_config(arg=None):
   d.vocab_size = 4096
   d.seq_len = 256
   d.sp_train_bytes = 64_000_000  # SentencePiece trains on at most this much of the train split
-  d.shuffle_window_tokens = 1 << 20  # chunks shuffled together: 1M tokens, ~45% of sotu's train split
+  d.shuffle_docs = 64           # documents whose chunks are shuffled together (~14 in a batch of 16)
 
   # ---- train: the loop (lm/train.py) ----
   t = cfg.train = ConfigDict()
