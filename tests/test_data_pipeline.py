@@ -27,7 +27,7 @@ def data_cfg(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_cfg(data_cfg):
-  """Four speeches (~180k bytes): an epoch of bytes is ~88 batches of 8 x 256, 2 groups."""
+  """Four speeches (~180k bytes): an epoch of bytes is ~88 batches of 8 x 256 in 2 groups."""
   cfg = data_cfg.copy_and_resolve_references()
   cfg.train_split, cfg.seq_len, cfg.shuffle_docs = "train[:4]", 256, 2
   return cfg
@@ -78,9 +78,9 @@ def test_packing_loses_and_invents_no_tokens(data_cfg, sp, kind):
   tok = ByteTokenizer() if kind == "bytes" else sp
   source = sources.open_split(data_cfg, "eval_split")
   texts = list(sources.iter_texts(source, data_cfg.text_key))
-  docs = grain.MapDataset.source(source).shuffle(seed=3)
-  ds = pipeline.batches(docs, pipeline._tfds_tokenize(tok, "text"), tok, L, B, shuffle_seed=5,
-                        group_docs=8, process_index=0, process_count=1, finite=True)
+  groups = pipeline.document_groups(grain.MapDataset.source(source).shuffle(seed=3), 8, repeat=False)
+  ds = pipeline.batches(groups, pipeline._tfds_tokenize(tok, "text"), tok, L, B, shuffle_seed=5,
+                        process_index=0, process_count=1, finite=True)
   got = collections.Counter()
   n_bytes = n_rows = n_valid = 0
   for batch in ds:
@@ -128,11 +128,14 @@ def test_restore_continues_exactly(small_cfg, k):
   assert_same(take(restored, 8), reference[k:])
 
 
-def test_epochs_repeat_reshuffled():
-  docs = pipeline.train_documents(list(range(20)), seed=11)
-  epochs = [[docs[e * 20 + i] for i in range(20)] for e in range(3)]
-  assert all(sorted(e) == list(range(20)) for e in epochs)
-  assert epochs[0] != epochs[1] != epochs[2]
+def test_epochs_repeat_reshuffled_in_whole_groups():
+  docs = grain.MapDataset.source(list(range(20))).shuffle(seed=11)
+  groups = pipeline.document_groups(docs, 8, repeat=True)  # 8 + 8 + 4 documents an epoch
+  epochs = [[groups[e * 3 + g] for g in range(3)] for e in range(3)]
+  assert all([len(g) for g in e] == [8, 8, 4] for e in epochs)
+  flat = [[d for g in e for d in g] for e in epochs]
+  assert all(sorted(f) == list(range(20)) for f in flat)  # each epoch: every document once
+  assert flat[0] != flat[1] != flat[2]
 
 
 def test_train_iterator_runs_past_many_epochs(small_cfg):

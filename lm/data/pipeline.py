@@ -1,7 +1,8 @@
 """The grain pipeline: documents -> tokens -> chunks -> shuffle -> packed rows -> batches.
 
-    docs     MapDataset over a TFDS array_record source, shuffled per epoch, repeated
-    groups   data.shuffle_docs documents at a time (64), tokenized in reader threads
+    docs     MapDataset over a TFDS array_record source, reshuffled every epoch
+    groups   data.shuffle_docs documents at a time (64) within an epoch, epochs repeated;
+             tokenized in grain's reader threads
     chunks   each document cut into aligned (inputs, targets) pieces of <= seq_len:
              inputs [BOS] t1 .. tn, targets t1 .. tn [EOS]; a group's chunks are shuffled
     pack     first-fit into rows of seq_len: segment_ids 1, 2, ... (0 = padding),
@@ -132,17 +133,24 @@ def _seeds(seed: int, n: int) -> list[int]:
   return [int(s) for s in np.random.SeedSequence(seed).generate_state(n)]
 
 
-def batches(docs: grain.MapDataset, tokenize, tokenizer: Tokenizer, seq_len: int,
-            global_batch: int, *, shuffle_seed: int | None, group_docs: int,
-            process_index=None, process_count=None, finite: bool = False) -> grain.IterDataset:
-  """Packed, batched, process-sharded rows from a MapDataset of documents.
+def document_groups(docs: grain.MapDataset, group_docs: int, repeat: bool) -> grain.MapDataset:
+  """Lists of `group_docs` documents, one epoch of `docs` at a time (the last group of an
+  epoch may be smaller, so no group holds a document twice). With repeat, epochs go on
+  forever and a shuffled `docs` is reshuffled each epoch (grain seeds it with seed + epoch)."""
+  groups = docs.batch(max(1, group_docs), batch_fn=list)
+  return groups.repeat() if repeat else groups
 
-  `tokenize(doc) -> np.int32 ids`. With shuffle_seed, chunks are shuffled within groups of
-  `group_docs` documents and packed rows are shuffled; without, all stays in document order.
+
+def batches(groups: grain.MapDataset, tokenize, tokenizer: Tokenizer, seq_len: int,
+            global_batch: int, *, shuffle_seed: int | None, process_index=None,
+            process_count=None, finite: bool = False) -> grain.IterDataset:
+  """Packed, batched, process-sharded rows from a MapDataset of document groups.
+
+  `tokenize(doc) -> np.int32 ids`. With shuffle_seed, the chunks of each group and the
+  packed rows are shuffled; without, everything stays in document order.
   """
   first_row, rows = _process_rows(global_batch, process_index, process_count)
   chunk = _Chunk(tokenize, seq_len, tokenizer.bos_id, tokenizer.eos_id)
-  groups = docs.batch(max(1, group_docs), batch_fn=list)
   chunk_seed, pack_seed = _seeds(shuffle_seed or 0, 2)
   if shuffle_seed is None:
     groups = groups.map(chunk)
@@ -175,11 +183,6 @@ def _group_docs(data_cfg) -> int:
   return int(data_cfg.get("shuffle_docs", 64))
 
 
-def train_documents(source, seed: int) -> grain.MapDataset:
-  """Documents in a new order each epoch: grain reseeds the shuffle with seed + epoch."""
-  return grain.MapDataset.source(source).shuffle(seed=seed).repeat()
-
-
 def train_iterator(data_cfg, tokenizer: Tokenizer, global_batch_size: int, seed: int,
                    process_index: int | None = None, process_count: int | None = None) -> DataIterator:
   """Infinite training batches of this process's rows; epochs reshuffled with the seed.
@@ -190,10 +193,11 @@ def train_iterator(data_cfg, tokenizer: Tokenizer, global_batch_size: int, seed:
   """
   source = sources.open_split(data_cfg, "train_split")
   doc_seed, chunk_seed = _seeds(seed, 2)
-  group = min(_group_docs(data_cfg), len(source))  # a group never holds a document twice
-  ds = batches(train_documents(source, doc_seed), _tfds_tokenize(tokenizer, data_cfg.text_key),
-               tokenizer, int(data_cfg.seq_len), global_batch_size, shuffle_seed=chunk_seed,
-               group_docs=group, process_index=process_index, process_count=process_count)
+  docs = grain.MapDataset.source(source).shuffle(seed=doc_seed)
+  groups = document_groups(docs, _group_docs(data_cfg), repeat=True)
+  ds = batches(groups, _tfds_tokenize(tokenizer, data_cfg.text_key), tokenizer,
+               int(data_cfg.seq_len), global_batch_size, shuffle_seed=chunk_seed,
+               process_index=process_index, process_count=process_count)
   return DataIterator(ds, _signature("train", data_cfg, tokenizer, global_batch_size, seed))
 
 
@@ -206,8 +210,8 @@ def eval_iterator(data_cfg, tokenizer: Tokenizer, global_batch_size: int,
   speeches fit in one group); the last batch is padded with segment-0 rows.
   """
   source = sources.open_split(data_cfg, "eval_split")
-  docs = grain.MapDataset.source(source)
-  ds = batches(docs, _tfds_tokenize(tokenizer, data_cfg.text_key), tokenizer, int(data_cfg.seq_len),
-               global_batch_size, shuffle_seed=EVAL_SEED, group_docs=_group_docs(data_cfg),
+  groups = document_groups(grain.MapDataset.source(source), _group_docs(data_cfg), repeat=False)
+  ds = batches(groups, _tfds_tokenize(tokenizer, data_cfg.text_key), tokenizer,
+               int(data_cfg.seq_len), global_batch_size, shuffle_seed=EVAL_SEED,
                process_index=process_index, process_count=process_count, finite=True)
   return DataIterator(ds, _signature("eval", data_cfg, tokenizer, global_batch_size))

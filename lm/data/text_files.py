@@ -67,10 +67,9 @@ def text_iterator(path: str, tokenizer: Tokenizer, seq_len: int, global_batch_si
   def tokenize(file: str) -> np.ndarray:
     return np.asarray(tokenizer.encode(read_text(file)), np.int32)
 
-  docs = grain.MapDataset.source(files)
-  ds = pipeline.batches(docs, tokenize, tokenizer, seq_len, global_batch_size, shuffle_seed=None,
-                        group_docs=64, process_index=process_index, process_count=process_count,
-                        finite=True)
+  groups = pipeline.document_groups(grain.MapDataset.source(files), 16, repeat=False)
+  ds = pipeline.batches(groups, tokenize, tokenizer, seq_len, global_batch_size, shuffle_seed=None,
+                        process_index=process_index, process_count=process_count, finite=True)
   signature = dict(kind="text", path=os.path.abspath(os.path.expanduser(path)), files=len(files),
                    tokenizer=tokenizer.kind, vocab_size=tokenizer.vocab_size, seq_len=seq_len,
                    global_batch=global_batch_size)
