@@ -210,3 +210,9 @@ def test_unigram_baseline_matches_direct_count(data_cfg, sp):
   assert got["bits_per_byte"] == pytest.approx(nats / math.log(2) / n_bytes, rel=1e-9)
   assert got["eval_tokens"] == len(evals) and got["eval_bytes"] == n_bytes
   assert data.unigram_baseline(cfg, sp) == got  # the cached copy
+
+
+def test_process_defaults_come_from_jax(small_cfg):
+  import jax
+  it = data.train_iterator(small_cfg, ByteTokenizer(), B, seed=0)
+  assert next(it)["inputs"].shape == (B // jax.process_count(), small_cfg.seq_len)
