@@ -6,7 +6,7 @@ shards into the data_dir, read back with `tfds.data_source`. Importing this modu
 registers the builder under the name "sotu".
 
 Splits by address, deterministic: in chronological order every tenth address
-(index % 10 == 9) is `validation` (23 addresses, 1799 ... 2019), the rest `train` (210).
+(index % 10 == 9) is `validation` (23 addresses, 1799 ... 2018), the rest `train` (210).
 """
 
 from __future__ import annotations
