@@ -1,0 +1,114 @@
+"""Causal self-attention: softmax(Q K^T / sqrt(d_k)) V, with RoPE and grouped-query heads.
+
+Shapes in names: B batch, L query length, S key length, D d_model, H query heads,
+G kv heads, R = H // G query heads per kv head, K head dim.
+Masks are boolean [B, 1, L, S]: True where a query may attend to a key.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from lm.ops import dense
+
+
+def rope(x_BLHK: jax.Array, positions_BL: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding, "rotate half" layout (Su et al. 2021, as in Llama / HF).
+
+  Channel i is paired with channel i + K/2 and the pair is rotated by angle
+  position * theta^(-2i/K). Computed in float32, returned in x's dtype.
+  """
+  k = x_BLHK.shape[-1]
+  inv_freq_F = theta ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)  # F = K/2
+  angle_BLF = positions_BL[..., None].astype(jnp.float32) * inv_freq_F
+  cos_BL1F = jnp.cos(angle_BLF)[:, :, None, :]
+  sin_BL1F = jnp.sin(angle_BLF)[:, :, None, :]
+  x1, x2 = jnp.split(x_BLHK.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos_BL1F - x2 * sin_BL1F, x2 * cos_BL1F + x1 * sin_BL1F], axis=-1)
+  return out.astype(x_BLHK.dtype)
+
+
+def causal_segment_mask(segment_ids_BL: jax.Array) -> jax.Array:
+  """[B, 1, L, L]: key index <= query index, and both tokens in the same document.
+
+  Causality is by index in the row, not by position, so packed rows stay causal;
+  segment equality keeps each packed document from seeing its neighbours.
+  """
+  length = segment_ids_BL.shape[1]
+  causal_LL = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]
+  same_doc_BLL = segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :]
+  return (causal_LL[None] & same_doc_BLL)[:, None]
+
+
+def reference_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS):
+  """The textbook einsum. The logits and softmax are float32 whatever the compute dtype."""
+  b, l, h, k = q_BLHK.shape
+  g = k_BSGK.shape[2]
+  q_BLGRK = q_BLHK.reshape(b, l, g, h // g, k)
+  logits_BGRLS = jnp.einsum("BLGRK,BSGK->BGRLS", q_BLGRK, k_BSGK,
+                            preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(k))
+  logits_BGRLS = jnp.where(mask_B1LS[:, :, None], logits_BGRLS, jnp.finfo(jnp.float32).min)
+  probs_BGRLS = jax.nn.softmax(logits_BGRLS, axis=-1).astype(v_BSGK.dtype)
+  out_BLGRK = jnp.einsum("BGRLS,BSGK->BLGRK", probs_BGRLS, v_BSGK)
+  return out_BLGRK.reshape(b, l, h, k)
+
+
+def fused_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, implementation: str):
+  """jax.nn.dot_product_attention: XLA's fused path, or cuDNN flash attention on GPU."""
+  return jax.nn.dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask=mask_B1LS,
+                                      implementation=implementation)
+
+
+def attend(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, implementation: str):
+  if implementation == "reference":
+    return reference_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS)
+  return fused_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, implementation)
+
+
+class Attention(nn.Module):
+  """Multi-head / grouped-query / multi-query causal self-attention."""
+  cfg: "ModelConfig"  # noqa: F821 (lm.model.ModelConfig; a string to avoid an import cycle)
+
+  def _proj(self, name, shape, axes, std):
+    cfg = self.cfg
+    return self.param(name, nn.with_logical_partitioning(nn.initializers.normal(std), axes),
+                      shape, cfg.param_dtype).astype(cfg.dtype)
+
+  def _bias(self, name, shape, axes):
+    cfg = self.cfg
+    return self.param(name, nn.with_logical_partitioning(nn.initializers.zeros, axes),
+                      shape, cfg.param_dtype).astype(cfg.dtype)
+
+  @nn.compact
+  def __call__(self, x_BLD, segment_ids_BL, positions_BL):
+    cfg = self.cfg
+    d, h, g, k = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    std, out_std = cfg.init_std, cfg.init_std / (2 * cfg.n_layers) ** 0.5
+    wq_DHK = self._proj("q", (d, h, k), ("embed", "heads", "head_dim"), std)
+    wk_DGK = self._proj("k", (d, g, k), ("embed", "kv_heads", "head_dim"), std)
+    wv_DGK = self._proj("v", (d, g, k), ("embed", "kv_heads", "head_dim"), std)
+    wo_HKD = self._proj("o", (h, k, d), ("heads", "head_dim", "embed"), out_std)
+
+    q_BLHK = dense("BLD,DHK->BLHK", x_BLD, wq_DHK)
+    k_BLGK = dense("BLD,DGK->BLGK", x_BLD, wk_DGK)
+    v_BLGK = dense("BLD,DGK->BLGK", x_BLD, wv_DGK)
+    if cfg.use_bias:
+      q_BLHK += self._bias("q_bias", (h, k), ("heads", "head_dim"))
+      k_BLGK += self._bias("k_bias", (g, k), ("kv_heads", "head_dim"))
+      v_BLGK += self._bias("v_bias", (g, k), ("kv_heads", "head_dim"))
+    if cfg.positions == "rope":
+      q_BLHK = rope(q_BLHK, positions_BL, cfg.rope_theta)
+      k_BLGK = rope(k_BLGK, positions_BL, cfg.rope_theta)
+    q_BLHK = nn.with_logical_constraint(q_BLHK, ("batch", "length", "heads", "head_dim"))
+    k_BLGK = nn.with_logical_constraint(k_BLGK, ("batch", "length", "kv_heads", "head_dim"))
+    v_BLGK = nn.with_logical_constraint(v_BLGK, ("batch", "length", "kv_heads", "head_dim"))
+
+    mask_B1LL = causal_segment_mask(segment_ids_BL)
+    out_BLHK = attend(q_BLHK, k_BLGK, v_BLGK, mask_B1LL, cfg.attention)
+    out_BLHK = nn.with_logical_constraint(out_BLHK, ("batch", "length", "heads", "head_dim"))
+    y_BLD = dense("BLHK,HKD->BLD", out_BLHK, wo_HKD)
+    if cfg.use_bias:
+      y_BLD += self._bias("o_bias", (d,), ("embed",))
+    return y_BLD

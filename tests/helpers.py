@@ -1,0 +1,20 @@
+"""Tiny configs shared by the tests."""
+
+from configs import base
+from lm.model import ModelConfig
+
+VOCAB = 97  # prime, so no accidental divisibility hides a shape bug
+
+
+def tiny_config(**model_overrides):
+  cfg = base.get_config()
+  m = cfg.model
+  m.n_layers, m.d_model, m.n_heads, m.n_kv_heads, m.d_ff, m.max_seq_len = 2, 32, 4, 2, 64, 16
+  m.update(model_overrides)
+  cfg.data.seq_len = 16
+  cfg.train.batch_size = 8
+  return cfg
+
+
+def tiny_model_config(vocab_size=VOCAB, **model_overrides) -> ModelConfig:
+  return ModelConfig.from_config(tiny_config(**model_overrides).model, vocab_size)

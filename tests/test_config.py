@@ -1,0 +1,68 @@
+"""A bad config fails before anything compiles, and the message names the fix."""
+
+import pytest
+
+from lm import config as config_lib
+from lm import sharding
+from tests.helpers import tiny_config
+
+
+def _fails(cfg, *fragments, n_devices=8):
+  with pytest.raises(config_lib.ConfigError) as err:
+    config_lib.validate(cfg, n_devices=n_devices)
+  for f in fragments:
+    assert f in str(err.value), (f, str(err.value))
+
+
+def test_the_tiny_config_is_valid():
+  config_lib.validate(tiny_config(), n_devices=8)
+
+
+def test_heads_must_divide_d_model():
+  _fails(tiny_config(d_model=30, n_heads=4, n_kv_heads=4), "model.n_heads=4", "model.d_model=30", "head_dim")
+
+
+def test_kv_heads_must_divide_heads():
+  _fails(tiny_config(n_heads=4, n_kv_heads=3), "model.n_kv_heads=3", "model.n_heads=4", "multiple")
+
+
+@pytest.mark.parametrize("field,value", [("norm", "batchnorm"), ("mlp", "relu"), ("positions", "alibi"),
+                                         ("attention", "flash"), ("remat", "some")])
+def test_unknown_names_list_the_choices(field, value):
+  cfg = tiny_config(**{field: value})
+  _fails(cfg, f"model.{field}={value!r}", "one of", f"--config.model.{field}")
+
+
+def test_mesh_product_must_match_devices():
+  cfg = tiny_config()
+  cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 2, 2, 1
+  _fails(cfg, "4 devices but 8 are present", "-1")
+  cfg.mesh.data = 3
+  cfg.mesh.fsdp = -1
+  _fails(cfg, "does not divide the 8 devices")
+
+
+def test_minus_one_takes_the_remaining_devices():
+  cfg = tiny_config()
+  cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = -1, 2, 2
+  assert config_lib.mesh_shape(cfg.mesh, 8) == (2, 2, 2)
+  assert sharding.make_mesh(cfg.mesh).shape == {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+def test_sequence_longer_than_learned_position_table():
+  cfg = tiny_config(positions="learned", max_seq_len=16)
+  cfg.data.seq_len = 32
+  _fails(cfg, "data.seq_len=32", "learned position table", "model.max_seq_len")
+
+
+def test_batch_must_divide_over_data_parallel_devices():
+  cfg = tiny_config()
+  cfg.train.batch_size = 6
+  _fails(cfg, "train.batch_size=6", "multiple of 8")
+
+
+def test_rules_may_only_name_mesh_axes():
+  cfg = tiny_config()
+  cfg.mesh.rules.embed = "model"
+  with pytest.raises(config_lib.ConfigError, match="mesh axis 'model'"):
+    sharding.rules(cfg.mesh)
