@@ -109,7 +109,11 @@ def sharded_init(init_fn: Callable, mesh, rule_table, *args):
 
 def batch_sharding(mesh, rule_table, ndim: int = 2) -> NamedSharding:
   """Sharding of a [batch, length, ...] input: batch over its rule, the rest whole."""
-  return logical_sharding(("batch", "length") + (None,) * (ndim - 2), mesh, rule_table)
+  return logical_sharding((("batch", "length") + (None,) * ndim)[:ndim], mesh, rule_table)
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
 
 
 def shard_batch(batch: dict, mesh, rule_table) -> dict:

@@ -18,3 +18,18 @@ def tiny_config(**model_overrides):
 
 def tiny_model_config(vocab_size=VOCAB, **model_overrides) -> ModelConfig:
   return ModelConfig.from_config(tiny_config(**model_overrides).model, vocab_size)
+
+
+def tiny_run_config(data_dir, **sections):
+  """configs/tiny.py with the corpus in `data_dir`; `sections` like train=dict(steps=8)."""
+  from configs import tiny
+  cfg = tiny.get_config()
+  cfg.data.data_dir = str(data_dir)
+  for section, values in sections.items():
+    cfg[section].update(values)
+  return cfg
+
+
+def shared_data_dir(tmp_path_factory):
+  """One prepared corpus for the whole test session (the data tests use the same one)."""
+  return tmp_path_factory.getbasetemp() / "lm_data"

@@ -1,0 +1,81 @@
+"""optax chains from the `optim.` config: AdamW (or Lion), schedules, clipping, decay mask.
+
+Gradient accumulation lives in the train step (micro-batches under lax.scan), so one call
+of the optimizer is one optimizer step and `train.steps` counts optimizer steps.
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from lm.config import ConfigError
+
+OPTIMIZERS = ("adamw", "lion")
+SCHEDULES = ("cosine", "constant", "wsd")
+# Never decayed: norms and biases are 1-D; embeddings are lookups, and decaying them
+# shrinks rare tokens' rows for no benefit (GPT-3 / Chinchilla practice).
+NO_DECAY_NAMES = ("embedding", "pos_embedding")
+
+
+def validate(o, total_steps: int) -> None:
+  if o.name not in OPTIMIZERS:
+    raise ConfigError(f"optim.name={o.name!r} is not one of {OPTIMIZERS}; set --config.optim.name.")
+  if o.schedule not in SCHEDULES:
+    raise ConfigError(f"optim.schedule={o.schedule!r} is not one of {SCHEDULES}; set --config.optim.schedule.")
+  if o.lr <= 0:
+    raise ConfigError(f"optim.lr={o.lr} must be positive.")
+  if not 0 <= o.warmup_steps <= total_steps:
+    raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must lie in [0, train.steps={total_steps}].")
+  if not 0 <= o.min_lr_ratio <= 1:
+    raise ConfigError(f"optim.min_lr_ratio={o.min_lr_ratio} must lie in [0, 1].")
+  if o.schedule == "wsd" and not 0 < o.decay_fraction <= 1:
+    raise ConfigError(f"optim.decay_fraction={o.decay_fraction} must lie in (0, 1] for the wsd schedule.")
+  if o.grad_accum_steps < 1:
+    raise ConfigError(f"optim.grad_accum_steps={o.grad_accum_steps} must be >= 1.")
+
+
+def schedule(o, total_steps: int) -> optax.Schedule:
+  """Learning rate per optimizer step.
+
+  cosine:   linear warmup 0 -> lr, then cosine down to lr * min_lr_ratio at total_steps.
+  constant: linear warmup, then lr.
+  wsd:      warmup, stable at lr, then a linear decay to lr * min_lr_ratio over the last
+            decay_fraction of the steps (Hu et al. 2024, "MiniCPM").
+  """
+  lr, warmup, final = float(o.lr), int(o.warmup_steps), float(o.lr) * float(o.min_lr_ratio)
+  if o.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1), final)
+  warm = optax.linear_schedule(0.0, lr, max(warmup, 1))
+  if o.schedule == "constant":
+    return optax.join_schedules([warm, optax.constant_schedule(lr)], [warmup])
+  decay_steps = max(1, int(round(total_steps * float(o.decay_fraction))))
+  stable_end = max(warmup, total_steps - decay_steps)
+  return optax.join_schedules(
+      [warm, optax.constant_schedule(lr), optax.linear_schedule(lr, final, decay_steps)], [warmup, stable_end])
+
+
+def decay_mask(params):
+  """True for weight matrices; False for norm scales, biases and embeddings.
+
+  Decided by name, not rank: under scan_layers a norm scale is 2-D (layers, embed) and
+  a q bias is 2-D (heads, head_dim) anyway.
+  """
+  def decayed(path, leaf):
+    names = [str(getattr(k, "key", getattr(k, "name", ""))) for k in path]
+    last = names[-1] if names else ""
+    no_decay = last in ("scale", "bias") or last.endswith("_bias") or any(n in NO_DECAY_NAMES for n in names)
+    return not no_decay
+  return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def make_optimizer(o, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  validate(o, total_steps)
+  lr = schedule(o, total_steps)
+  if o.name == "adamw":
+    opt = optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask)
+  else:
+    opt = optax.lion(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
+  if o.clip_norm and o.clip_norm > 0:
+    opt = optax.chain(optax.clip_by_global_norm(o.clip_norm), opt)
+  return opt, lr

@@ -1,0 +1,43 @@
+"""What a finished run prints: loss against the unigram baseline, and sampled text."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+
+
+def print_summary(s: dict) -> None:
+  if jax.process_index() != 0:
+    return
+  lines = [f"status {s['status']} after {s['steps']} steps, {s['tokens']:,} tokens, {s['wall_s']:.0f} s"
+           + (f", {s['tokens_per_s']:,.0f} tokens/s" if s.get("tokens_per_s") else "")
+           + (f", MFU {s['mfu']:.1%}" if s.get("mfu") else "")]
+  if s.get("eval_loss") is not None:
+    line = f"validation loss {s['eval_loss']:.4f} nats/token, {s['eval_bpb']:.4f} bits/byte"
+    if s.get("unigram_loss"):
+      line += (f" (unigram baseline {s['unigram_loss']:.4f} nats/token, {s['unigram_bpb']:.4f} bits/byte: "
+               f"{s['eval_loss'] / s['unigram_loss']:.0%} of its loss, perplexity {math.exp(s['eval_loss']):.1f} "
+               f"vs {math.exp(s['unigram_loss']):.1f})")
+    lines.append(line)
+  print("\n".join(lines), flush=True)
+
+
+def print_samples(result, prompts, workdir: str, max_new_tokens: int = 48, temperature: float = 0.8,
+                  top_p: float = 0.95, seed: int = 0) -> list[str]:
+  """Sampled continuations of fixed prompts; also written to WORKDIR/samples.txt."""
+  from lm import decode
+  tok = result.tokenizer
+  out = decode.generate(result.model, result.state["params"], [[tok.bos_id] + tok.encode(p) for p in prompts],
+                        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                        eos_id=tok.eos_id)
+  texts = []
+  for prompt, ids, n in zip(prompts, out.tokens, out.lengths):
+    texts.append(prompt + tok.decode([int(i) for i in ids[:n]]))
+  if jax.process_index() == 0:
+    body = "\n\n".join(f"[{i + 1}] {t}" for i, t in enumerate(texts))
+    print(f"\nSamples (temperature {temperature}, top-p {top_p}, seed {seed}):\n{body}\n", flush=True)
+    with open(os.path.join(workdir, "samples.txt"), "w") as f:
+      f.write(body + "\n")
+  return texts

@@ -1,0 +1,119 @@
+"""The command line, as a user runs it: exact resume after SIGKILL, SIGTERM preemption,
+config errors, and evaluation on plain text. Each test runs `python -m lm...` processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lm.metrics import read_jsonl
+from tests.helpers import shared_data_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # one CPU device per process
+
+
+def command(workdir, data_dir, *overrides, steps=100):
+  return [sys.executable, "-m", "lm.main", "--config=configs/tiny.py", f"--workdir={workdir}",
+          f"--config.data.data_dir={data_dir}", f"--config.train.steps={steps}",
+          "--config.train.checkpoint_every=20", "--config.train.eval_every=50", "--config.train.samples=0",
+          *overrides]
+
+
+def run(cmd, **kw):
+  return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, **kw)
+
+
+def start_and_wait_for_checkpoint(cmd, workdir, step):
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  target = os.path.join(workdir, "checkpoints", str(step))
+  deadline = time.time() + 240
+  while not os.path.isdir(target):
+    assert proc.poll() is None, f"the run ended before step {step}: {proc.stdout.read()[-2000:]}"
+    assert time.time() < deadline, "no checkpoint in time"
+    time.sleep(0.02)
+  return proc
+
+
+def losses(workdir):
+  return {r["step"]: r["train_loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "train_loss" in r}
+
+
+def data_state(workdir, step):
+  with open(os.path.join(workdir, "checkpoints", str(step), "data", "metadata")) as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return shared_data_dir(tmp_path_factory)
+
+
+def test_sigkill_then_same_command_resumes_bitwise_identically(tmp_path, data_dir):
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  done = run(command(straight, data_dir))
+  assert done.returncode == 0, done.stderr[-3000:]
+  proc = start_and_wait_for_checkpoint(command(killed, data_dir), killed, 40)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(killed / "summary.json")  # it really died mid-run
+  resumed = run(command(killed, data_dir))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resumed from the checkpoint at step" in resumed.stdout
+  a, b = losses(straight), losses(killed)
+  assert sorted(b) == list(range(1, 101))          # no step lost or logged twice
+  assert all(a[s] == b[s] for s in a), [(s, a[s], b[s]) for s in a if a[s] != b[s]][:5]  # bitwise
+  assert data_state(straight, 100) == data_state(killed, 100)   # the same data position
+
+
+def test_sigterm_checkpoints_the_step_reached_and_the_next_launch_resumes(tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  proc = start_and_wait_for_checkpoint(command(workdir, data_dir), workdir, 20)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-3000:]
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["status"] == "preempted" and summary["steps"] < 100
+  reached = summary["steps"]
+  assert max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()) == reached
+  assert f"saved a checkpoint at step {reached}" in out
+  again = run(command(workdir, data_dir))
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"Resumed from the checkpoint at step {reached}" in again.stdout
+  assert json.loads((workdir / "summary.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.model.d_modle=64", 'Did you mean "d_model"'),
+    ("--config.model.d_model=wide", "invalid literal for int()"),
+    ("--config.model.n_kv_heads=3", "model.n_kv_heads=3 does not divide model.n_heads=4"),
+    ("--config.optim.schedule=linear", "optim.schedule='linear' is not one of"),
+])
+def test_bad_overrides_fail_fast_with_one_clear_line(tmp_path, data_dir, override, message):
+  result = run(command(tmp_path / "run", data_dir, override))
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")  # nothing was started
+
+
+def test_evaluate_prints_loss_and_bits_per_byte_on_plain_text(tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  assert run(command(workdir, data_dir, steps=10)).returncode == 0
+  text = tmp_path / "texts"
+  text.mkdir()
+  (text / "a.txt").write_text("We the People of the United States, in Order to form a more perfect Union.")
+  (text / "b.txt").write_bytes(b"Invalid \xff\xfe UTF-8 is replaced, not fatal.")
+  result = run([sys.executable, "-m", "lm.evaluate", f"--workdir={workdir}", f"--text={text}", "--json"])
+  assert result.returncode == 0, result.stderr[-2000:]
+  row = json.loads(result.stdout.strip().splitlines()[-1])
+  nbytes = len("We the People of the United States, in Order to form a more perfect Union.") + len(
+      "Invalid \ufffd\ufffd UTF-8 is replaced, not fatal.".encode())
+  assert row["bytes"] == nbytes and row["tokens"] == nbytes + 2   # bytes tokenizer: one per byte, + 2 EOS
+  assert 0 < row["loss"] < 10 and row["bits_per_byte"] > 0 and row["step"] == 10
+  missing = run([sys.executable, "-m", "lm.evaluate", f"--workdir={tmp_path / 'nothing'}", f"--text={text}"])
+  assert missing.returncode != 0 and "is not an lm workdir" in missing.stderr
