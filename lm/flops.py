@@ -1,12 +1,25 @@
-"""Parameter and FLOP accounting (design.md section 5).
+"""Parameter, FLOP and memory accounting, device peak and MFU (design.md section 5).
 
 Counts are closed-form functions of a ModelConfig, checked in tests against the real
-parameter pytree and against XLA's cost analysis of the compiled step.
+parameter pytree, the matmuls in the jaxpr of the train step, XLA's cost analysis of the
+compiled step and the residuals autodiff saves.
+
+Symbols: L layers, D d_model, H heads, G kv heads, K head dim, F d_ff, V vocab,
+S sequence length. A multiply-add counts as 2 FLOPs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,3 +51,297 @@ def param_counts(cfg) -> ParamCounts:
   head = 0 if cfg.tie_embeddings else cfg.d_model * cfg.vocab_size
   nonembedding = cfg.n_layers * layer_params(cfg) + norm_params(cfg) + head
   return ParamCounts(total=embedding + nonembedding, embedding=embedding, nonembedding=nonembedding)
+
+
+def params_total(cfg) -> int:
+  return param_counts(cfg).total
+
+
+def params_embedding(cfg) -> int:
+  return param_counts(cfg).embedding
+
+
+def params_nonembedding(cfg) -> int:
+  return param_counts(cfg).nonembedding
+
+
+def count_params(params) -> int:
+  """Parameters in a pytree of arrays (or ShapeDtypeStructs)."""
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+# ---- FLOPs ----
+
+def flops_6n(cfg) -> float:
+  """Kaplan et al. (2020): 6 FLOPs per non-embedding parameter per training token."""
+  return 6.0 * param_counts(cfg).nonembedding
+
+
+def forward_flops_breakdown(cfg, seq_len: int) -> dict[str, float]:
+  """Forward FLOPs per token by term, Hoffmann et al. (2022) Appendix F.
+
+  Generalised to GQA (k and v project to G heads, not H) and gated MLPs (three D x F
+  matmuls, not two). As in the paper: the attention logits are counted over the full
+  S^2 with no causal discount, the softmax as 3 FLOPs per logit, the embedding as a
+  matmul with a one-hot (XLA does a gather and counts 0), and norms, biases, activations
+  and residual adds not at all.
+  """
+  d, h, g, k, f, v, s = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size, seq_len
+  n = cfg.n_layers
+  return {
+      "embed": 2 * v * d,
+      "qkv": n * 2 * d * (h + 2 * g) * k,   # 2 * 3 * d * (k * h) for multi-head
+      "logits": n * 2 * s * k * h,          # Q K^T: one query row against S keys
+      "softmax": n * 3 * h * s,
+      "values": n * 2 * s * k * h,          # softmax @ V
+      "out": n * 2 * h * k * d,
+      "mlp": n * 2 * d * f * (3 if cfg.mlp == "swiglu" else 2),
+      "head": 2 * d * v,
+  }
+
+
+def forward_flops_per_token(cfg, seq_len: int) -> float:
+  """Hoffmann et al. (2022), Appendix F, per token: the sum of forward_flops_breakdown."""
+  return float(sum(forward_flops_breakdown(cfg, seq_len).values()))
+
+
+def flops_exact(cfg, seq_len: int) -> float:
+  """Training FLOPs per token: forward + backward (2x forward), Hoffmann et al. Appendix F.
+
+  These are model FLOPs (what MFU divides by): the forward recomputed under remat is
+  not counted; see flops_executed.
+  """
+  return 3.0 * forward_flops_per_token(cfg, seq_len)
+
+
+def flops_executed(cfg, seq_len: int) -> float:
+  """Training FLOPs per token the device runs: flops_exact plus the remat recompute.
+
+  Under remat ('full', and 'dots', which recomputes the same because every weight
+  matmul is a custom-VJP `dense` that the dots policy cannot see into) the backward pass
+  reruns each block's forward except the MLP down-projection, whose output the backward
+  never needs. Divide by this for hardware FLOPs utilisation (HFU).
+  """
+  if cfg.remat == "none":
+    return flops_exact(cfg, seq_len)
+  b = forward_flops_breakdown(cfg, seq_len)
+  down_proj = cfg.n_layers * 2 * cfg.d_model * cfg.d_ff
+  recompute = sum(b[t] for t in ("qkv", "logits", "softmax", "values", "out", "mlp")) - down_proj
+  return flops_exact(cfg, seq_len) + recompute
+
+
+def flops_per_token(cfg, seq_len: int, definition: str = "flops_exact") -> float:
+  """One of the two definitions of design.md section 5, by its results-table name."""
+  if definition == "flops_6n":
+    return flops_6n(cfg)
+  if definition == "flops_exact":
+    return flops_exact(cfg, seq_len)
+  raise ValueError(f"unknown FLOP definition {definition!r}; use 'flops_6n' or 'flops_exact'.")
+
+
+# ---- memory ----
+
+def _itemsize(dtype) -> int:
+  return jnp.dtype(dtype).itemsize
+
+
+def activation_bytes_per_token(cfg, seq_len: int) -> dict[str, float]:
+  """Bytes per token that the forward pass keeps for the backward pass, by part.
+
+  Models what autodiff of this implementation saves (checked against
+  jax.ad_checkpoint.print_saved_residuals in tests), with c = compute-dtype bytes:
+    per layer, no remat: two norms, each (3D + 2) f32 (input, x^2, normalised x,
+      rsqrt terms; norms run in f32) + D c (the output); q, k, v and the attention
+      output (2H + 2G) K c; RoPE's cos/sin 2K f32; per attention logit (H S of them)
+      9 + c bytes (mask 1, masked logits and exp f32, probabilities c) + 8H for the
+      row sums, or only 4H (log-sum-exp) for cuDNN flash attention; MLP 6F c (GELU-tanh
+      and SwiGLU both keep six F-wide tensors);
+    remat ('full'/'dots'): only the block input D c per layer is kept, and one layer's
+      full set is live while that layer's backward runs ('transient');
+    outside the layers: the final norm and exp(logits) for the loss, V f32.
+  The S^2 term dominates long sequences: S=4096, H=32 is 1.7 MB per token per layer.
+  """
+  d, h, g, k, f, v, s = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size, seq_len
+  c = _itemsize(cfg.dtype)
+  norms = 2 * ((3 * d + 2) * 4 + d * c)
+  attn = (2 * h + 2 * g) * k * c + (2 * k * 4 if cfg.positions == "rope" else 0)
+  attn += 4 * h if cfg.attention == "cudnn" else (9 + c) * h * s + 8 * h
+  layer = norms + attn + 6 * f * c
+  outside = (3 * d + 2) * 4 + d * c + v * 4 + 16  # final norm, exp(logits), labels and small terms
+  if cfg.remat == "none":
+    return {"layers": cfg.n_layers * layer, "transient": 0.0, "outside": outside}
+  return {"layers": cfg.n_layers * d * c, "transient": layer, "outside": outside}
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+  """Bytes for one training step over all devices; divide by the shards for one device."""
+  params: float
+  grads: float
+  optimizer: float
+  activations: float
+  weight_casts: float = 0.0  # compute-dtype copies of the weights (bf16 compute, f32 params)
+
+  @property
+  def total(self) -> float:
+    return self.params + self.grads + self.optimizer + self.activations + self.weight_casts
+
+  def __str__(self):
+    gib = lambda x: f"{x / 2**30:.3g} GiB"
+    return (f"params {gib(self.params)}, grads {gib(self.grads)}, optimizer {gib(self.optimizer)}, "
+            f"activations {gib(self.activations)}, weight casts {gib(self.weight_casts)}, total {gib(self.total)}")
+
+
+def train_memory(cfg, seq_len: int, batch_size: int, optimizer_states: int = 2,
+                 optimizer_dtype="float32") -> MemoryEstimate:
+  """Parameters, gradients, optimizer state (AdamW: 2 moments) and activations.
+
+  Activations scale with the tokens in flight (batch_size * seq_len, per micro-batch
+  under gradient accumulation); the rest with the parameter count. XLA's temporaries
+  (fusion buffers, collectives) come on top.
+  """
+  n = params_total(cfg)
+  p, c = _itemsize(cfg.param_dtype), _itemsize(cfg.dtype)
+  act = activation_bytes_per_token(cfg, seq_len)
+  return MemoryEstimate(
+      params=n * p, grads=n * p, optimizer=optimizer_states * n * _itemsize(optimizer_dtype),
+      activations=batch_size * seq_len * sum(act.values()),
+      weight_casts=n * c if cfg.dtype != cfg.param_dtype else 0.0)
+
+
+# ---- device peak and MFU ----
+
+# Dense (no 2:4 sparsity) peak FLOP/s per chip from the vendors' spec sheets. float32 is
+# what jax's default matmul precision runs: one bfloat16 pass on TPU, TF32 tensor cores
+# on A100 and later NVIDIA GPUs (docs.jax.dev, "Matmul precision").
+SPEC_PEAK_FLOPS = {
+    "tpu-v4": {"bfloat16": 275e12, "float32": 275e12},
+    "tpu-v5e": {"bfloat16": 197e12, "float32": 197e12},
+    "tpu-v5p": {"bfloat16": 459e12, "float32": 459e12},
+    "tpu-v6e": {"bfloat16": 918e12, "float32": 918e12},
+    "a100": {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12},
+    "h100": {"bfloat16": 989e12, "float16": 989e12, "float32": 495e12},         # SXM
+    "h100-pcie": {"bfloat16": 756e12, "float16": 756e12, "float32": 378e12},
+    "h200": {"bfloat16": 989e12, "float16": 989e12, "float32": 495e12},
+    "b200": {"bfloat16": 2250e12, "float16": 2250e12, "float32": 1100e12},      # HGX, 1000 W
+}
+
+# jax device_kind strings (lower-cased substrings, first match wins) -> SPEC_PEAK_FLOPS key.
+_KIND_PATTERNS = (
+    ("v5 lite", "tpu-v5e"), ("v5e", "tpu-v5e"), ("v5p", "tpu-v5p"), ("tpu v5", "tpu-v5p"),
+    ("v6 lite", "tpu-v6e"), ("v6e", "tpu-v6e"), ("tpu v4", "tpu-v4"),
+    ("h100 pcie", "h100-pcie"), ("h100", "h100"), ("h200", "h200"), ("b200", "b200"), ("a100", "a100"),
+)
+
+
+def device_name(device_kind: str) -> str | None:
+  """'NVIDIA H100 80GB HBM3' -> 'h100', 'TPU v5 lite' -> 'tpu-v5e'; None when unknown."""
+  kind = device_kind.lower()
+  if kind in SPEC_PEAK_FLOPS:
+    return kind
+  return next((name for pattern, name in _KIND_PATTERNS if pattern in kind), None)
+
+
+def spec_peak_flops(device_kind: str, dtype="bfloat16") -> float | None:
+  """The spec-sheet peak of one chip, or None for an unknown kind or dtype (e.g. CPUs)."""
+  name = device_name(device_kind)
+  return SPEC_PEAK_FLOPS.get(name, {}).get(jnp.dtype(dtype).name) if name else None
+
+
+def _default_device():
+  return jax.devices()[0]
+
+
+def device_key(device=None) -> str:
+  """What a measured peak is cached under: the device kind, and for CPUs the model and cores."""
+  device = device or _default_device()
+  if device.platform != "cpu":
+    return device.device_kind
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return f"cpu: {model} x{os.cpu_count()}"
+
+
+def default_matmul_size(device) -> int:
+  return 2048 if device.platform == "cpu" else 8192
+
+
+def measure_peak_flops(dtype="float32", n: int | None = None, device=None, iters: int | None = None,
+                       trials: int = 3) -> float:
+  """FLOP/s of an n x n x n matmul in `dtype` on one device: the best of `trials` timings.
+
+  Each trial queues `iters` matmuls and waits once, so dispatch overlaps compute. n
+  defaults to 2048 on CPU (2 * 2048^3 = 17 GFLOP, ~0.1-0.2 s at 100-200 GFLOP/s; 4096
+  gave no higher figure on a 2-core host and took 8x as long) and 8192 on accelerators
+  (1.1 TFLOP, ~1.4 ms at 800 TFLOP/s).
+  """
+  device = device or _default_device()
+  n = n or default_matmul_size(device)
+  iters = iters or (2 if device.platform == "cpu" else 20)
+  a = jax.device_put(jax.random.normal(jax.random.key(0), (n, n), dtype), device)
+  b = jax.device_put(jax.random.normal(jax.random.key(1), (n, n), dtype), device)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a, b).block_until_ready()  # compile and warm up
+  best = float("inf")
+  for _ in range(trials):
+    start = time.perf_counter()
+    outs = [matmul(a, b) for _ in range(iters)]
+    jax.block_until_ready(outs)
+    best = min(best, (time.perf_counter() - start) / iters)
+  return 2.0 * n ** 3 / best
+
+
+def default_cache_file() -> str:
+  """~/.cache/lm/peak_flops.json, or $XDG_CACHE_HOME/lm/peak_flops.json."""
+  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(cache, "lm", "peak_flops.json")
+
+
+def peak_flops(dtype="float32", device=None, *, cache_file: str | None = None, refresh: bool = False,
+               n: int | None = None) -> tuple[float, float | None]:
+  """(measured, spec-sheet or None) peak FLOP/s of one device in `dtype`.
+
+  The measurement runs once per device kind and dtype and is cached in a JSON file
+  (default_cache_file()); `refresh` measures again. On CPU every simulated device shares
+  the host's cores, so the measured figure is the host's, not one device's.
+  """
+  device = device or _default_device()
+  dtype = jnp.dtype(dtype).name
+  path = cache_file or default_cache_file()
+  key = f"{device_key(device)} | {dtype}"
+  cache = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      cache = json.load(f)
+  if refresh or key not in cache:
+    n = n or default_matmul_size(device)
+    cache[key] = {"flops_per_s": measure_peak_flops(dtype, n, device), "n": n,
+                  "jax": jax.__version__, "measured": datetime.datetime.now().isoformat(timespec="seconds")}
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+      json.dump(cache, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+  return cache[key]["flops_per_s"], spec_peak_flops(device.device_kind, dtype)
+
+
+def peak_units(devices) -> int:
+  """How many device peaks a run has: the chips, or the processes for CPU devices
+  (simulated CPU devices share one host's cores, whose peak peak_flops measures)."""
+  devices = list(devices)
+  if devices and devices[0].platform == "cpu":
+    return len({d.process_index for d in devices})
+  return len(devices)
+
+
+def mfu(flops_per_token: float, tokens_per_s: float, peak_flops_per_device: float, n_devices: int = 1) -> float:
+  """Model FLOPs utilisation: achieved model FLOP/s over the peak of the devices used.
+
+  E.g. GPT-2 small (124M params, flops_exact 1.087 GFLOP/token at S=1024) at 150k
+  tokens/s on one H100 (989 TFLOP/s bf16): 1.087e9 * 1.5e5 / 9.89e14 = 0.165.
+  """
+  return flops_per_token * tokens_per_s / (peak_flops_per_device * n_devices)
