@@ -11,6 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from lm import config as config_lib
+from lm import distributed  # defines the multi-process flags; imports jax only when called
 from lm.cli import parse_flags, quiet_logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/default.py.",
@@ -30,6 +31,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; config fields are set with --config.<field>=value.")
   quiet_logs()
   from lm import report, train  # after flag parsing: jax starts here
+  distributed.initialize()
   try:
     result = train.train(_CONFIG.value, _WORKDIR.value)
   except config_lib.ConfigError as e:
