@@ -146,7 +146,8 @@ def train(cfg, workdir: str) -> "TrainResult":
   train_step = spec.jit_train_step(
       steps_lib.make_train_step(model, optimizer, lr_schedule, cfg.train.z_loss, cfg.optim.grad_accum_steps), b_shard)
   eval_step = spec.jit_eval_step(steps_lib.make_eval_step(model), e_shard)
-  peak = flops_lib.peak_flops_for_mfu(cfg.model.dtype) if hasattr(flops_lib, "peak_flops_for_mfu") else None
+  measured_peak, spec_peak = flops_lib.peak_flops(cfg.model.dtype)  # cached per device kind + dtype
+  peak = measured_peak * flops_lib.peak_units(jax.devices())  # FLOP/s of all the devices used
 
   writer = metrics_lib.MetricWriter(workdir, resume_step=start, tensorboard=cfg.logging.tensorboard)
   progress = metrics_lib.Progress(t.steps, start, enabled=cfg.logging.progress)
@@ -192,7 +193,7 @@ def train(cfg, workdir: str) -> "TrainResult":
       m["tokens"] = s * tokens_per_step
       m["tokens_per_s"] = throughput.rate()
       if peak:
-        m["mfu"] = m["tokens_per_s"] * per_token["flops_exact"] / (peak * jax.device_count())
+        m["mfu"] = m["tokens_per_s"] * per_token["flops_exact"] / peak
       throughput.reset()
       writer.write(s, m)
       last = m
@@ -241,7 +242,7 @@ def train(cfg, workdir: str) -> "TrainResult":
     ckpt.close()
     progress.close()
     _summary(cfg, workdir, model_cfg, counts, per_token, status, step, tokens_per_step, last, last_eval,
-             recent_losses, wall_before + time.perf_counter() - t0, run_throughput, peak, error=repr(e))
+             recent_losses, wall_before + time.perf_counter() - t0, run_throughput, peak, spec_peak, error=repr(e))
     writer.close()
     raise
   ckpt.close()
@@ -251,7 +252,7 @@ def train(cfg, workdir: str) -> "TrainResult":
     last_eval = evaluate(state["params"])
   completed = step if status != "finished" else t.steps
   summary = _summary(cfg, workdir, model_cfg, counts, per_token, status, completed, tokens_per_step, last,
-                     last_eval, recent_losses, wall_before + time.perf_counter() - t0, run_throughput, peak,
+                     last_eval, recent_losses, wall_before + time.perf_counter() - t0, run_throughput, peak, spec_peak,
                      baseline=data_lib.unigram_baseline(cfg.data, tokenizer) if status == "finished" else None)
   return TrainResult(summary, state, model, tokenizer)
 
@@ -264,7 +265,7 @@ class TrainResult(NamedTuple):
 
 
 def _summary(cfg, workdir, model_cfg, counts, per_token, status, steps_done, tokens_per_step, last, last_eval,
-             recent_losses, wall_s, run_throughput, peak, error=None, baseline=None) -> dict:
+             recent_losses, wall_s, run_throughput, peak, spec_peak, error=None, baseline=None) -> dict:
   tokens = steps_done * tokens_per_step
   tps = run_throughput.rate() if run_throughput.tokens else None
   row = {
@@ -276,12 +277,14 @@ def _summary(cfg, workdir, model_cfg, counts, per_token, status, steps_done, tok
       "flops_6n": per_token["flops_6n"] * tokens, "flops_exact": per_token["flops_exact"] * tokens,
       "train_loss": float(np.mean(recent_losses)) if recent_losses else None,
       "eval_loss": last_eval.get("eval_loss"), "eval_bpb": last_eval.get("eval_bpb"), "wall_s": wall_s,
-      "tokens_per_s": tps, "mfu": tps * per_token["flops_exact"] / (peak * jax.device_count()) if (tps and peak) else None,
+      "tokens_per_s": tps, "mfu": tps * per_token["flops_exact"] / peak if (tps and peak) else None,
       "device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),
       "jax_version": jax.__version__, "git_commit": metrics_lib.git_commit(),
       "head_dim": model_cfg.head_dim, "positions": model_cfg.positions, "mlp": model_cfg.mlp,
       "tokenizer": cfg.data.tokenizer, "dataset": cfg.data.dataset, "schedule": cfg.optim.schedule,
-      "params_embedding": counts.embedding, "peak_flops_per_device": peak,
+      "params_embedding": counts.embedding, "peak_flops_measured": peak,
+      "peak_flops_spec": spec_peak * len(jax.devices()) if spec_peak else None,
+      "mfu_spec": tps * per_token["flops_exact"] / (spec_peak * len(jax.devices())) if (tps and spec_peak) else None,
   }
   if baseline:
     row["unigram_loss"] = baseline["nats_per_token"]
