@@ -154,3 +154,17 @@ def test_gradient_accumulation_equals_one_big_batch():
   np.testing.assert_allclose(out[1][1]["grad_norm"], out[4][1]["grad_norm"], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                out[1][0]["params"], out[4][0]["params"])
+
+
+def test_init_from_takes_another_runs_parameters_but_not_its_optimizer(tmp_path, data_dir):
+  from lm import checkpoint, loading
+  base_cfg = tiny_run_config(data_dir, train=dict(steps=6, eval_every=6, checkpoint_every=6))
+  train_lib.train(base_cfg, str(tmp_path / "pretrained"))
+  tuned = tiny_run_config(data_dir, train=dict(steps=1, eval_every=1, checkpoint_every=1,
+                                               init_from=str(tmp_path / "pretrained")),
+                          optim=dict(lr=1e-12, warmup_steps=0, weight_decay=0.0))
+  summary = train_lib.train(tuned, str(tmp_path / "tuned")).summary
+  pre, post = loading.load(str(tmp_path / "pretrained")), loading.load(str(tmp_path / "tuned"))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), pre.params, post.params)
+  assert losses(tmp_path / "tuned")[1] < losses(tmp_path / "pretrained")[1] - 0.5  # starts trained
+  assert summary["steps"] == 1 and checkpoint.read_meta(str(tmp_path / "tuned"))["step"] == 1
