@@ -124,30 +124,37 @@ class Mlp(nn.Module):
 class Block(nn.Module):
   """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
   cfg: ModelConfig
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x_BLD, segment_ids_BL, positions_BL):
-    x_BLD = x_BLD + Attention(self.cfg, name="attn")(Norm(self.cfg, name="attn_norm")(x_BLD),
+    x_BLD = x_BLD + Attention(self.cfg, self.decode, name="attn")(Norm(self.cfg, name="attn_norm")(x_BLD),
                                                       segment_ids_BL, positions_BL)
     x_BLD = x_BLD + Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x_BLD))
     x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
     return x_BLD, None  # (carry, per-layer output) so the block can run under nn.scan
 
 
-def _block_class(cfg: ModelConfig):
+def _block_class(cfg: ModelConfig, decode: bool):
   block = Block
-  if cfg.remat != "none":
+  if cfg.remat != "none" and not decode:  # nothing to recompute without a backward pass
     # prevent_cse is only needed outside scan (scan already stops CSE across iterations).
     block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
   return block
 
 
 class Transformer(nn.Module):
-  """tokens [B, L] (+ segment ids, positions) -> float32 logits [B, L, V]."""
+  """tokens [B, L] (+ segment ids, positions) -> float32 logits [B, L, V].
+
+  decode=True: every attention layer reads and extends a KV cache in the `cache`
+  collection (apply with mutable=["cache"]); lm/decode.py drives it. last_only=True
+  returns only the last position's logits [B, 1, V] (all a left-padded prefill needs).
+  """
   cfg: ModelConfig
+  decode: bool = False
 
   @nn.compact
-  def __call__(self, tokens_BL, segment_ids_BL=None, positions_BL=None):
+  def __call__(self, tokens_BL, segment_ids_BL=None, positions_BL=None, last_only=False):
     cfg = self.cfg
     if segment_ids_BL is None:
       segment_ids_BL = jnp.ones_like(tokens_BL)
@@ -165,19 +172,26 @@ class Transformer(nn.Module):
       x_BLD = x_BLD + jnp.take(pos_table_LD, positions_BL, axis=0).astype(cfg.dtype)
     x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
 
-    block = _block_class(cfg)
+    block = _block_class(cfg, self.decode)
     if cfg.scan_layers:
       # One block's parameters stacked along a leading `layers` axis; compile time stays
       # flat in depth.
       x_BLD, _ = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
                          in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers,
-                         metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")(
+                         metadata_params={nn.PARTITION_NAME: "layers"})(cfg, self.decode, name="layers")(
                              x_BLD, segment_ids_BL, positions_BL)
     else:
       for i in range(cfg.n_layers):
-        x_BLD, _ = block(cfg, name=f"layer_{i}")(x_BLD, segment_ids_BL, positions_BL)
+        x_BLD, _ = block(cfg, self.decode, name=f"layer_{i}")(x_BLD, segment_ids_BL, positions_BL)
 
+    if last_only:
+      x_BLD = x_BLD[:, -1:]  # a 128-token prefill at V 32k, d 768: saves 127 * 2 * 768 * 32k = 6.2 GFLOP
     x_BLD = Norm(cfg, name="final_norm")(x_BLD)
+    if cfg.tie_embeddings and self.decode:
+      # Contract the table's own D axis: with embedding_VD.T, XLA:CPU copied the whole
+      # transposed table on every decode step (V x D x 4 bytes read and written per token).
+      logits_BLV = dense("BLD,VD->BLV", x_BLD, embedding_VD.astype(cfg.dtype), jnp.float32)
+      return nn.with_logical_constraint(logits_BLV, ("batch", "length", "vocab"))
     if cfg.tie_embeddings:
       head_DV = embedding_VD.T
     else:
