@@ -10,10 +10,17 @@ established here on CPU for the shapes below:
     Appendix F says 3), and every other elementwise op at 1 FLOP: norms, biases, GELU
     (~23 per element forward and backward), SiLU, RoPE, residual adds, the loss;
   - a while loop's body once: under scan_layers the count holds one layer, not L.
-So XLA = matmuls + elementwise, and the elementwise surplus falls as 1/D (per token it
-grows with D and F, the matmuls with D^2 and D F): measured 3.1/D of the matmuls for the
+So XLA = matmuls + elementwise, and at a fixed sequence length the elementwise surplus
+falls as 1/D (per token it grows with D and F, the matmuls with D^2 and D F; the
+softmax's part grows with H S): measured on CPU at S = 64 as 3.1/D of the matmuls for the
 GPT-2 family (GELU-tanh, LayerNorm, biases) and 1.9/D for the Llama family (SwiGLU,
-RMSNorm), at D = 64, 128 and 256.
+RMSNorm), at D = 64, 128 and 256; at D = 1024, S = 1024 it was 4.0/D and 3.1/D.
+
+These comparisons hold on CPU, where CI runs. On an H200 (jax 0.11.2) the same small f32
+shapes gave 3.7/D and 3.8/D, but XLA:GPU counts a matmul it hands to cuBLASLt
+(`__cublas$lt$matmul`, e.g. any 4096^3 GEMM) as 0 FLOPs, so a bf16 step at D = 1024
+reported 0.3x its matmul FLOPs: MFU must come from the analytic counts, never from
+cost_analysis.
 """
 
 import contextlib
@@ -165,6 +172,7 @@ def test_matmuls_in_the_jaxpr_equal_the_analytic_count(family, variant):
   assert _jaxpr_dot_flops(jaxpr) == _matmul_part(cfg) + recompute
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:GPU counts cuBLAS GEMMs as 0 FLOPs (module docstring)")
 @pytest.mark.parametrize("family,d_model", [("gpt2", 128), ("llama", 128), ("llama_mqa_tied", 128),
                                             ("gpt2", 64), ("llama", 64)])
 def test_xla_cost_analysis_is_the_matmuls_plus_an_elementwise_surplus_below_c_over_d(family, d_model):
@@ -179,6 +187,7 @@ def test_xla_cost_analysis_is_the_matmuls_plus_an_elementwise_surplus_below_c_ov
   assert xla < exact and abs(xla - (exact - embed)) / exact < SURPLUS_PER_WIDTH[family] / d_model
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:GPU counts cuBLAS GEMMs as 0 FLOPs (module docstring)")
 def test_xla_counts_a_scanned_layer_once():
   """Under scan_layers, cost_analysis holds the loop body once: use the analytic count
   (or an unrolled model) for MFU, never cost_analysis of a scanned step."""
