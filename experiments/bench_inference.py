@@ -1,0 +1,285 @@
+"""Inference cost: lm's KV-cache decoding against Hugging Face transformers' generate().
+
+    python -m experiments.bench_inference [--sizes=llama-10m,llama-100m,gpt2-10m] [--batches=1,8]
+        [--prompt_len=64] [--new_tokens=64] [--repeats=3] [--no_hf]
+
+For each model size and batch size, in one process:
+  * HF: `model.generate(use_cache=True, do_sample=False, min_new_tokens=N)` on a
+    LlamaForCausalLM / GPT2LMHeadModel with random weights, float32, torch threads = the
+    cores jax sees;
+  * lm: `lm.decode.generate` (greedy, float32) on the same architecture holding the same
+    weights (`params_from_hf`), so both compute the same function: the "same tok" column
+    is the fraction of greedy tokens that agree (a near-tie may flip on float noise).
+The two never run at the same time. Both are timed end to end the same way: t(1) = generate 1 new token (prefill + first
+token), t(N) = generate N; prefill tokens/s = B * P / t(1), decode tokens/s =
+B * (N - 1) / (t(N) - t(1)), ms per output token = (t(N) - t(1)) / (N - 1) (each of the
+B sequences gets one token per step). Each is the median over --repeats runs, lm and HF
+runs interleaved, so a change of machine load hits both sides alike.
+
+Bandwidth. At small batch a decode step is bound by reading memory: every weight once per
+step (the embedding table only B rows of it, unless it is tied to the output head) and
+lm's whole KV cache (it attends over all S = P + N - 1 slots, masked). bytes/token = that
+/ B. Utilisation = bytes per step x steps/s / the copy bandwidth measured in this run
+(jit(x * c) on a donated 512 MiB array: 512 MiB read + 512 MiB written). The read-only
+bandwidth (the faster of a sum and a matrix-vector product over the array) is printed too:
+decoding mostly reads, so it is the tighter roof. HF's utilisation uses the same byte count (its cache grows instead, so this
+slightly overstates it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+import lm  # noqa: F401  (first: lm sets its XLA:CPU flags before jax starts, as in any lm run)
+
+SIZES = {
+    # Llama family: RoPE, RMSNorm, SwiGLU, grouped-query attention, untied head, no biases.
+    "llama-10m": dict(family="llama", n_layers=5, d_model=384, n_heads=6, n_kv_heads=2, d_ff=1024),
+    "llama-100m": dict(family="llama", n_layers=14, d_model=768, n_heads=12, n_kv_heads=4, d_ff=2048),
+    # GPT-2 family: learned positions, LayerNorm and biases, GELU, multi-head, tied head.
+    "gpt2-10m": dict(family="gpt2", n_layers=6, d_model=384, n_heads=6, n_kv_heads=6, d_ff=1536),
+    "gpt2-100m": dict(family="gpt2", n_layers=12, d_model=768, n_heads=12, n_kv_heads=12, d_ff=3072),
+}
+FAMILY = {
+    "llama": dict(positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False, tie_embeddings=False),
+    "gpt2": dict(positions="learned", norm="layernorm", mlp="gelu", use_bias=True, tie_embeddings=True),
+}
+VOCAB = 4096  # the project's SentencePiece vocabulary (data.vocab_size)
+MAX_SEQ_LEN = 512
+
+
+def model_config(size: str):
+  from lm.model import ModelConfig
+  spec = dict(SIZES[size])
+  fam = FAMILY[spec.pop("family")]
+  return ModelConfig(vocab_size=VOCAB, head_dim=spec["d_model"] // spec["n_heads"], max_seq_len=MAX_SEQ_LEN,
+                     norm_eps=1e-5, **fam, **spec)
+
+
+def measure_bandwidth() -> dict:
+  """GB/s of an in-place scale (read + write) and of reading (sum, matvec) over 512 MiB, float32."""
+  import jax
+  import jax.numpy as jnp
+  n = 512 * 2**20 // 4
+  scale = jax.jit(lambda x: x * 1.0000001, donate_argnums=0)
+  reads = [jax.jit(jnp.sum), jax.jit(lambda x: x.reshape(-1, 2048) @ jnp.ones((2048,), jnp.float32))]
+  x = scale(jnp.ones((n,), jnp.float32))
+  for f in reads:
+    f(x).block_until_ready()
+  copy_s, read_s = [], []
+  for _ in range(5):
+    t = time.perf_counter()
+    x = scale(x)
+    x.block_until_ready()
+    copy_s.append(time.perf_counter() - t)
+    for f in reads:
+      t = time.perf_counter()
+      f(x).block_until_ready()
+      read_s.append(time.perf_counter() - t)
+  return dict(copy=2 * 4 * n / min(copy_s) / 1e9, read=4 * n / min(read_s) / 1e9)
+
+
+def params_from_hf(hf_model, cfg) -> dict:
+  """lm parameters holding a transformers Llama / GPT-2 model's weights (float32 numpy).
+
+  torch Linear stores [out, in] (x @ W.T); GPT-2's Conv1D stores [in, out] (x @ W).
+  """
+  sd = {k: v.detach().float().numpy() for k, v in hf_model.state_dict().items()}
+  d, h, g, k, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff
+  params = {}
+  if cfg.positions == "rope":
+    params["embedding"] = sd["model.embed_tokens.weight"]
+    params["final_norm"] = {"scale": sd["model.norm.weight"]}
+    if not cfg.tie_embeddings:
+      params["head"] = sd["lm_head.weight"].T
+    for i in range(cfg.n_layers):
+      w = lambda name: sd[f"model.layers.{i}.{name}.weight"]
+      params[f"layer_{i}"] = {
+          "attn": {"q": w("self_attn.q_proj").T.reshape(d, h, k), "k": w("self_attn.k_proj").T.reshape(d, g, k),
+                   "v": w("self_attn.v_proj").T.reshape(d, g, k), "o": w("self_attn.o_proj").T.reshape(h, k, d)},
+          "mlp": {"wi": np.stack([w("mlp.gate_proj").T, w("mlp.up_proj").T], axis=1), "wo": w("mlp.down_proj").T},
+          "attn_norm": {"scale": w("input_layernorm")}, "mlp_norm": {"scale": w("post_attention_layernorm")}}
+  else:
+    params["embedding"] = sd["transformer.wte.weight"]
+    params["pos_embedding"] = sd["transformer.wpe.weight"]
+    params["final_norm"] = {"scale": sd["transformer.ln_f.weight"], "bias": sd["transformer.ln_f.bias"]}
+    for i in range(cfg.n_layers):
+      w = lambda name: sd[f"transformer.h.{i}.{name}"]
+      q, kk, v = np.split(w("attn.c_attn.weight"), 3, axis=1)
+      qb, kb, vb = np.split(w("attn.c_attn.bias"), 3)
+      params[f"layer_{i}"] = {
+          "attn": {"q": q.reshape(d, h, k), "k": kk.reshape(d, g, k), "v": v.reshape(d, g, k),
+                   "o": w("attn.c_proj.weight").reshape(h, k, d), "q_bias": qb.reshape(h, k),
+                   "k_bias": kb.reshape(g, k), "v_bias": vb.reshape(g, k), "o_bias": w("attn.c_proj.bias")},
+          "mlp": {"wi": w("mlp.c_fc.weight"), "wi_bias": w("mlp.c_fc.bias"), "wo": w("mlp.c_proj.weight"),
+                  "wo_bias": w("mlp.c_proj.bias")},
+          "attn_norm": {"scale": w("ln_1.weight"), "bias": w("ln_1.bias")},
+          "mlp_norm": {"scale": w("ln_2.weight"), "bias": w("ln_2.bias")}}
+  return params
+
+
+class LmSide:
+  def __init__(self, cfg, hf_model=None):
+    """Random weights, or those of `hf_model` (then both sides compute the same function)."""
+    import jax
+    import flax.linen as nn
+    from lm import decode
+    from lm.model import Transformer, init_params
+    self.decode, self.model = decode, Transformer(cfg)
+    if hf_model is None:
+      self.params = init_params(self.model, jax.random.key(0))
+    else:
+      self.params = jax.tree.map(jax.numpy.asarray, params_from_hf(hf_model, cfg))
+      tokens = jax.numpy.zeros((1, 8), jax.numpy.int32)
+      ours = nn.meta.unbox(jax.eval_shape(lambda: self.model.init(jax.random.key(0), tokens))["params"])
+      assert jax.tree.map(lambda x: x.shape, self.params) == jax.tree.map(lambda x: x.shape, ours)
+    leaves = jax.tree.leaves(self.params)
+    self.weight_bytes = sum(x.nbytes for x in leaves)
+    self.n_params = sum(x.size for x in leaves)
+    self.table_bytes = self.params["embedding"].nbytes
+
+  def cache_bytes(self, batch: int, slots: int) -> int:
+    import jax
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
+        self.decode._abstract_cache(self.model, batch, slots)))
+
+  def run(self, prompts, new_tokens: int) -> float:
+    t = time.perf_counter()
+    r = self.decode.generate(self.model, self.params, prompts, max_new_tokens=new_tokens)
+    assert r.tokens.shape == (len(prompts), new_tokens)
+    self.last_tokens = r.tokens
+    return time.perf_counter() - t
+
+
+class HfSide:
+  def __init__(self, cfg, threads: int):
+    import torch
+    import transformers
+    torch.set_num_threads(threads)
+    self.transformers = transformers
+    torch.manual_seed(0)
+    self.torch = torch
+    common = dict(vocab_size=cfg.vocab_size, tie_word_embeddings=cfg.tie_embeddings, bos_token_id=None,
+                  eos_token_id=None)
+    if cfg.positions == "rope":
+      hf_cfg = transformers.LlamaConfig(
+          hidden_size=cfg.d_model, intermediate_size=cfg.d_ff, num_hidden_layers=cfg.n_layers,
+          num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+          max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps, **common)
+      self.model = transformers.LlamaForCausalLM(hf_cfg)
+    else:
+      hf_cfg = transformers.GPT2Config(n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads,
+                                       n_inner=cfg.d_ff, n_positions=cfg.max_seq_len,
+                                       layer_norm_epsilon=cfg.norm_eps, **common)
+      self.model = transformers.GPT2LMHeadModel(hf_cfg)
+    self.model.eval()
+    self.n_params = sum(p.numel() for p in self.model.parameters())
+    self.step_s = []  # every decode step's duration, from a stopping criterion that only reads the clock
+
+    class Clock(transformers.StoppingCriteria):
+      def __call__(clock, input_ids, scores, **kwargs):
+        clock.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+    self.clock = Clock()
+
+  def run(self, prompts, new_tokens: int) -> float:
+    torch = self.torch
+    ids = torch.tensor(prompts, dtype=torch.long)
+    self.clock.times = []
+    t = time.perf_counter()
+    with torch.no_grad():
+      out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                min_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=0,
+                                stopping_criteria=self.transformers.StoppingCriteriaList([self.clock]))
+    seconds = time.perf_counter() - t
+    assert out.shape == (len(prompts), ids.shape[1] + new_tokens)
+    self.last_tokens = out[:, ids.shape[1]:].numpy()
+    self.step_s += np.diff(self.clock.times).tolist()
+    return seconds
+
+
+def timings(sides: dict, prompts, new_tokens: int, repeats: int) -> dict:
+  """{side: {n: [seconds, ...]}} for n = 1 and N, the sides' runs interleaved, after a warm-up."""
+  runs = {name: {1: [], new_tokens: []} for name in sides}
+  for name, side in sides.items():  # warm-up: compiles (lm) and first-touch allocations
+    side.run(prompts, 1)
+    side.run(prompts, new_tokens)
+  for _ in range(repeats):
+    for name, side in sides.items():
+      for n in (1, new_tokens):
+        runs[name][n].append(side.run(prompts, n))
+  return runs
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--sizes", default="llama-10m,llama-100m,gpt2-10m", help=f"comma-separated, of {list(SIZES)}")
+  p.add_argument("--batches", default="1,8")
+  p.add_argument("--prompt_len", type=int, default=64)
+  p.add_argument("--new_tokens", type=int, default=64)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--no_hf", action="store_true", help="lm only (no torch / transformers needed)")
+  args = p.parse_args()
+  import jax
+  cores = len(os.sched_getaffinity(0))
+  load0 = os.getloadavg()
+  bw = measure_bandwidth()
+  P, N = args.prompt_len, args.new_tokens
+  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({cores} cores); float32, greedy; prompt "
+        f"{P} tokens, {N} new tokens; medians of {args.repeats} runs")
+  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; torch threads {cores}")
+  print(f"measured bandwidth: copy {bw['copy']:.1f} GB/s (read+write), read {bw['read']:.1f} GB/s")
+  print(f"load average at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}\n")
+  head = (f"{'model':<11} {'params':>7} {'B':>2} {'side':<4} {'prefill tok/s':>13} {'decode tok/s':>12} "
+          f"{'ms/tok':>7} {'KV MB':>6} {'weights MB':>10} {'MB/tok':>7} {'BW util':>7} {'lm/HF':>6} {'same tok':>8}")
+  print(head)
+  print("-" * len(head))
+  rng = np.random.default_rng(0)
+  steady = []  # lm/HF against HF's median single step: robust to bursts of other load (which slow torch most)
+  for size in args.sizes.split(","):
+    cfg = model_config(size)
+    hf = None if args.no_hf else HfSide(cfg, cores)
+    sides = {"lm": LmSide(cfg, hf and hf.model)}  # HF's random weights, so both compute the same function
+    step_lm = None
+    if hf:
+      sides["HF"] = hf
+      assert hf.n_params == sides["lm"].n_params, (size, hf.n_params, sides["lm"].n_params)
+    lm = sides["lm"]
+    for batch in (int(b) for b in args.batches.split(",")):
+      prompts = rng.integers(0, VOCAB, (batch, P)).tolist()
+      if hf:
+        hf.step_s = []
+      runs = timings(sides, prompts, N, args.repeats)
+      times = {name: (statistics.median(r[1]), statistics.median(r[N])) for name, r in runs.items()}
+      kv = lm.cache_bytes(batch, P + N - 1)
+      # per step: every weight once, but only B rows of an untied embedding table; the whole cache
+      step_bytes = lm.weight_bytes - (0 if cfg.tie_embeddings else lm.table_bytes) + kv
+      decode_tps = {}
+      for name, (t1, tn) in times.items():
+        step_s = (tn - t1) / (N - 1)
+        decode_tps[name] = batch / step_s
+        step_lm = step_s if name == "lm" else step_lm
+        ratio = same = ""
+        if name == "HF":  # greedy tokens of the last run: equal unless float noise flips a near-tie
+          ratio = f"{decode_tps['lm'] / decode_tps['HF']:>5.2f}x"
+          same = f"{np.mean(lm.last_tokens == sides['HF'].last_tokens):.0%}"
+          hf_step = statistics.median(sides["HF"].step_s)
+          steady.append(f"{size} B={batch} {hf_step * 1e3:.2f} ms -> {hf_step / step_lm:.2f}x")
+        print(f"{size:<11} {lm.n_params / 1e6:>6.1f}M {batch:>2} {name:<4} {batch * P / t1:>13,.0f} "
+              f"{decode_tps[name]:>12,.1f} {1e3 * step_s:>7.2f} {kv / 1e6:>6.2f} {lm.weight_bytes / 1e6:>10.1f} "
+              f"{step_bytes / batch / 1e6:>7.1f} {step_bytes / step_s / 1e9 / bw['copy']:>6.0%} {ratio:>6} {same:>8}")
+  if steady:
+    print("\nHF's median decode step (timed inside generate), and lm/HF against it: " + ", ".join(steady))
+  load1 = os.getloadavg()
+  print(f"load average at end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; BW util = bytes per step x steps/s "
+        f"/ copy bandwidth ({bw['copy']:.1f} GB/s); against read bandwidth multiply by "
+        f"{bw['copy'] / bw['read']:.2f}")
+
+
+if __name__ == "__main__":
+  main()
