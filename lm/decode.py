@@ -16,7 +16,9 @@ Loop. `_start` (jit): a zero cache, the prefill (logits of the last slot only), 
 `_advance` (jit, state donated): a lax.while_loop whose step feeds the previous token at
 position n_b + i - 1 and samples token i; it stops after `stop` tokens or once every row
 has emitted EOS. The loop state comes back to the host between calls, so `stream` runs
-the same compiled loop in chunks and yields each chunk's tokens as it is done.
+the same compiled loop in chunks and yields each chunk's tokens as it is done. A CLI
+streams with `for chunk in stream(..., chunk_tokens=8)`, decoding all tokens so far and
+printing the new suffix of the text (a multi-byte character may straddle two chunks).
 
 Sampling (HF's order): temperature, then top-k, then top-p over the renormalised top-k.
 temperature=0 is greedy (argmax; top_k and top_p are ignored). The key of token i of row b
@@ -172,7 +174,11 @@ def init_cache(model: Transformer, batch: int, slots: int, mesh=None, rules=None
 
 
 def forward_with_cache(model, params, cache, tokens_BL, segment_ids_BL, positions_BL, last_only=False):
-  """Run L tokens through the model, reading and extending the cache -> (logits, cache)."""
+  """Run L tokens through the model, reading and extending the cache -> (logits, cache).
+
+  The tokens go into the next L free slots of every row; size the cache for the whole
+  sequence (a write past the last slot is clamped by dynamic_update_slice and overwrites it).
+  """
   logits, mutated = decoding(model).apply({"params": _unwrap(params), "cache": cache}, tokens_BL,
                                           segment_ids_BL, positions_BL, last_only=last_only, mutable=["cache"])
   return logits, mutated["cache"]
