@@ -84,6 +84,8 @@ class State(NamedTuple):
 
 def check_prompts(prompts, vocab_size: int, max_seq_len: int, max_new_tokens: int) -> list[np.ndarray]:
   """Token-id lists -> int arrays, with an error naming the fix for anything unusable."""
+  if hasattr(prompts, "__array__") and not isinstance(prompts, np.ndarray):
+    prompts = np.asarray(prompts)  # a jax array [B, L]
   if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) and not isinstance(prompts, np.ndarray):
     raise ValueError(f"prompts must be a list of token-id lists, got {type(prompts).__name__}; tokenize the "
                      "text first (e.g. [tokenizer.encode(text)]).")
