@@ -173,8 +173,7 @@ def test_matmuls_in_the_jaxpr_equal_the_analytic_count(family, variant):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:GPU counts cuBLAS GEMMs as 0 FLOPs (module docstring)")
-@pytest.mark.parametrize("family,d_model", [("gpt2", 128), ("llama", 128), ("llama_mqa_tied", 128),
-                                            ("gpt2", 64), ("llama", 64)])
+@pytest.mark.parametrize("family,d_model", [("gpt2", 128), ("llama", 128), ("llama_mqa_tied", 128), ("gpt2", 64)])
 def test_xla_cost_analysis_is_the_matmuls_plus_an_elementwise_surplus_below_c_over_d(family, d_model):
   cfg = _config(family, d_model=d_model)
   xla = _xla_flops(cfg)
@@ -191,12 +190,12 @@ def test_xla_cost_analysis_is_the_matmuls_plus_an_elementwise_surplus_below_c_ov
 def test_xla_counts_a_scanned_layer_once():
   """Under scan_layers, cost_analysis holds the loop body once: use the analytic count
   (or an unrolled model) for MFU, never cost_analysis of a scanned step."""
-  cfg = _config("llama", n_layers=4)
+  cfg = _config("llama", d_model=64, n_layers=3)
   unrolled = _xla_flops(cfg)
-  per_layer = (unrolled - _xla_flops(dataclasses.replace(cfg, n_layers=2))) / 2
+  per_layer = (unrolled - _xla_flops(dataclasses.replace(cfg, n_layers=1))) / 2
   scanned = _xla_flops(dataclasses.replace(cfg, scan_layers=True))
-  assert scanned == pytest.approx(unrolled - 3 * per_layer, rel=0.01)
-  assert scanned < unrolled / 2
+  assert scanned == pytest.approx(unrolled - 2 * per_layer, rel=0.01)
+  assert scanned < unrolled * 0.6
 
 
 # ---- memory ----
