@@ -97,10 +97,12 @@ def group_budgets(c: np.ndarray) -> np.ndarray:
 # ---- log-space Huber fits of sums of power laws (saturating, chinchilla) ----
 
 def _lse_residuals(theta, log_x, log_loss):
-  """theta = [a_1..a_k, alpha_1..alpha_k, e]; prediction log(sum_i e^(a_i - alpha_i log x_i) + e^e)."""
+  """theta = [a_1..a_k, alpha_1..alpha_k, e] (or a batch of them, [..., 2k + 1]); the
+  prediction is log(sum_i e^(a_i - alpha_i log x_i) + e^e) for each run."""
   k = len(log_x)
-  terms = [theta[i] - theta[k + i] * log_x[i] for i in range(k)] + [np.broadcast_to(theta[-1], log_loss.shape)]
-  stacked = np.stack(terms)
+  theta = np.asarray(theta)[..., None]  # broadcast against the runs
+  terms = [theta[..., i, :] - theta[..., k + i, :] * log_x[i] for i in range(k)]
+  stacked = np.stack(terms + [np.broadcast_to(theta[..., -1, :], terms[0].shape)])
   top = stacked.max(axis=0)
   exp = np.exp(stacked - top)
   total = exp.sum(axis=0)
@@ -125,12 +127,8 @@ def _huber_fit(log_x, log_loss, n_starts=None, extra_starts=(), delta=HUBER_DELT
   """L-BFGS from the best `n_starts` grid points (all 4500 for chinchilla when None) plus
   `extra_starts`; the lowest final objective wins."""
   starts = _grid(len(log_x))
-  if n_starts and n_starts < len(starts):
-    # Rank the grid by its starting objective, evaluated for all points at once.
-    k = len(log_x)
-    terms = np.stack([starts[:, [i]] - starts[:, [k + i]] * log_x[i][None] for i in range(k)]
-                     + [np.broadcast_to(starts[:, [-1]], (len(starts), len(log_loss)))])
-    r = special.logsumexp(terms, axis=0) - log_loss[None]
+  if n_starts and n_starts < len(starts):  # rank the grid by its starting objective
+    r, _ = _lse_residuals(starts, log_x, log_loss)
     starts = starts[np.argsort(special.huber(delta, r).sum(axis=1))[:n_starts]]
   starts = np.concatenate([np.asarray(list(extra_starts)).reshape(-1, starts.shape[1]), starts])
   best = None
