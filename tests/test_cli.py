@@ -101,9 +101,15 @@ def test_bad_overrides_fail_fast_with_one_clear_line(tmp_path, data_dir, overrid
   assert not os.path.exists(tmp_path / "run" / "checkpoints")  # nothing was started
 
 
-def test_evaluate_prints_loss_and_bits_per_byte_on_plain_text(tmp_path, data_dir):
-  workdir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+  workdir = tmp_path_factory.mktemp("trained") / "run"
   assert run(command(workdir, data_dir, steps=10)).returncode == 0
+  return workdir
+
+
+def test_evaluate_prints_loss_and_bits_per_byte_on_plain_text(tmp_path, trained):
+  workdir = trained
   text = tmp_path / "texts"
   text.mkdir()
   (text / "a.txt").write_text("We the People of the United States, in Order to form a more perfect Union.")
@@ -116,4 +122,27 @@ def test_evaluate_prints_loss_and_bits_per_byte_on_plain_text(tmp_path, data_dir
   assert row["bytes"] == nbytes and row["tokens"] == nbytes + 2   # bytes tokenizer: one per byte, + 2 EOS
   assert 0 < row["loss"] < 10 and row["bits_per_byte"] > 0 and row["step"] == 10
   missing = run([sys.executable, "-m", "lm.evaluate", f"--workdir={tmp_path / 'nothing'}", f"--text={text}"])
+  assert missing.returncode != 0 and "is not an lm workdir" in missing.stderr
+
+
+def generate(workdir, *flags):
+  return run([sys.executable, "-m", "lm.generate", f"--workdir={workdir}", *flags])
+
+
+def test_generate_streams_a_continuation_and_rejects_bad_prompts(tmp_path, trained):
+  greedy = ["--prompt=The Union", "--max_new_tokens=12", "--temperature=0", "--chunk_tokens=4"]
+  first, second = generate(trained, *greedy), generate(trained, *greedy)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert first.stdout.startswith("The Union") and len(first.stdout.rstrip("\n")) > len("The Union")
+  assert first.stdout == second.stdout  # greedy is deterministic
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("Fellow citizens\nOur economy\n")
+  batch = generate(trained, f"--prompt_file={prompts}", "--max_new_tokens=8", "--seed=3")
+  assert batch.returncode == 0 and "[1] Fellow citizens" in batch.stdout and "[2] Our economy" in batch.stdout
+  for flags, message in [(["--prompt="], "the prompt is empty"),
+                         (["--prompt=" + "x" * 30, "--max_new_tokens=8"], "> the model's context"),
+                         (["--prompt=hi", "--max_new_tokens=8", "--top_p=1.5"], "top_p=1.5 must be in (0, 1]")]:
+    bad = generate(trained, *flags)
+    assert bad.returncode != 0 and message in bad.stderr, (flags, bad.stderr[-500:])
+  missing = generate(tmp_path / "nothing", "--prompt=hi")
   assert missing.returncode != 0 and "is not an lm workdir" in missing.stderr
