@@ -117,14 +117,17 @@ def flops_exact(cfg, seq_len: int) -> float:
 def flops_executed(cfg, seq_len: int) -> float:
   """Training FLOPs per token the device runs: flops_exact plus the remat recompute.
 
-  Under remat ('full', and 'dots', which recomputes the same because every weight
-  matmul is a custom-VJP `dense` that the dots policy cannot see into) the backward pass
-  reruns each block's forward except the MLP down-projection, whose output the backward
-  never needs. Divide by this for hardware FLOPs utilisation (HFU).
+  'full' remat reruns each block's forward in the backward pass except the MLP
+  down-projection, whose output the backward never needs; 'dots' keeps the outputs of the
+  weight matmuls (lm.ops.dense) and reruns only the attention core (logits, softmax,
+  weighted values) and the elementwise work. Divide by this for hardware FLOPs
+  utilisation (HFU).
   """
   if cfg.remat == "none":
     return flops_exact(cfg, seq_len)
   b = forward_flops_breakdown(cfg, seq_len)
+  if cfg.remat == "dots":
+    return flops_exact(cfg, seq_len) + sum(b[t] for t in ("logits", "softmax", "values"))
   down_proj = cfg.n_layers * 2 * cfg.d_model * cfg.d_ff
   recompute = sum(b[t] for t in ("qkv", "logits", "softmax", "values", "out", "mlp")) - down_proj
   return flops_exact(cfg, seq_len) + recompute
@@ -156,8 +159,10 @@ def activation_bytes_per_token(cfg, seq_len: int) -> dict[str, float]:
       9 + c bytes (mask 1, masked logits and exp f32, probabilities c) + 8H for the
       row sums, or only 4H (log-sum-exp) for cuDNN flash attention; MLP 6F c (GELU-tanh
       and SwiGLU both keep six F-wide tensors);
-    remat ('full'/'dots'): only the block input D c per layer is kept, and one layer's
-      full set is live while that layer's backward runs ('transient');
+    remat 'full': only the block input D c per layer is kept, and one layer's full set
+      is live while that layer's backward runs ('transient'); 'dots' also keeps the
+      weight matmuls' outputs that the backward reads: q, k, v (H + 2G) K c, the MLP's
+      input projection (2F for SwiGLU, F for GELU) c and one D-wide projection D c;
     outside the layers: the final norm and exp(logits) for the loss, V f32.
   The S^2 term dominates long sequences: S=4096, H=32 is 1.7 MB per token per layer.
   On an H200 with jax 0.11.2 the same count was within 1% for Llama shapes (xla and cuDNN
@@ -172,7 +177,10 @@ def activation_bytes_per_token(cfg, seq_len: int) -> dict[str, float]:
   outside = (3 * d + 2) * 4 + d * c + v * 4 + 16  # final norm, exp(logits), labels and small terms
   if cfg.remat == "none":
     return {"layers": cfg.n_layers * layer, "transient": 0.0, "outside": outside}
-  return {"layers": cfg.n_layers * d * c, "transient": layer, "outside": outside}
+  kept = d * c
+  if cfg.remat == "dots":
+    kept += ((h + 2 * g) * k + (2 * f if cfg.mlp == "swiglu" else f) + d) * c
+  return {"layers": cfg.n_layers * kept, "transient": layer, "outside": outside}
 
 
 @dataclasses.dataclass(frozen=True)

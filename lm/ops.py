@@ -14,6 +14,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 
 @functools.lru_cache(maxsize=None)
@@ -23,14 +24,24 @@ def _grad_equations(eq: str) -> tuple[str, str]:
   return f"{out},{w}->{x}", f"{x},{out}->{w}"
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+DENSE_NAME = "dense"
+# Remat policy 'dots': keep the outputs of weight contractions, recompute the rest. The
+# custom VJP hides the dot from jax's dots_* policies, so the outputs are named instead.
+SAVE_DENSE_OUTPUTS = jax.checkpoint_policies.save_only_these_names(DENSE_NAME)
+
+
 def dense(eq: str, x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
   """einsum(eq, x, w); `out_dtype` accumulates and returns in that dtype (float32 logits)."""
+  return checkpoint_name(_dense(eq, x, w, out_dtype), DENSE_NAME)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _dense(eq, x, w, out_dtype):
   return jnp.einsum(eq, x, w, preferred_element_type=out_dtype)
 
 
 def _dense_fwd(eq, x, w, out_dtype):
-  return dense(eq, x, w, out_dtype), (x, w)
+  return _dense(eq, x, w, out_dtype), (x, w)
 
 
 def _dense_bwd(eq, out_dtype, residuals, dy):
@@ -41,4 +52,4 @@ def _dense_bwd(eq, out_dtype, residuals, dy):
   return dx, dw
 
 
-dense.defvjp(_dense_fwd, _dense_bwd)
+_dense.defvjp(_dense_fwd, _dense_bwd)
