@@ -21,12 +21,26 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 
 
+def on_cloud_tpu_vm() -> bool:
+  """A Cloud TPU VM: libtpu installed and TPU chips attached (/dev/accel* on v4 and
+  older, VFIO groups on v5e/v6e). Checked without starting jax's backend."""
+  import glob
+  import importlib.util
+  if importlib.util.find_spec("libtpu") is None:
+    return False
+  return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
 def detected_cluster() -> str | None:
-  """'slurm' or 'tpu' when the environment is a multi-process job jax can detect."""
+  """'slurm' or 'tpu' when the environment is a multi-process job jax can detect.
+
+  On a TPU VM jax reads the slice's hosts from the metadata server (ssh sessions do not
+  carry TPU_WORKER_HOSTNAMES), and a single-host slice initialises as one process, so a
+  TPU VM always starts jax.distributed: orbax's checkpoint barriers need its client.
+  """
   if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
     return "slurm"
-  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  if "," in hosts:
+  if "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or on_cloud_tpu_vm():
     return "tpu"
   return None
 

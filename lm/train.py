@@ -64,11 +64,23 @@ def validate_all(cfg) -> None:
 
 
 class _Preemption:
-  """SIGTERM sets a flag; the loop checkpoints at the next step boundary and exits."""
+  """SIGTERM sets a flag; the loop checkpoints at the next step boundary and exits.
+
+  With several processes, the signal reaches each at its own moment, so `stop()` agrees
+  across processes (an allgather of the flags at every step): all stop at the same step,
+  or one would enter the checkpoint's collectives while the others train on.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+
+  def stop(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.array([self.requested], np.int32))
+    return bool(np.any(flags))
 
   def __enter__(self):
     try:
@@ -203,7 +215,7 @@ def train(cfg, workdir: str) -> "TrainResult":
   try:
     with _Preemption() as preemption, steps_lib.in_context(mesh, rules):
       for step in range(start, t.steps):
-        if preemption.requested:
+        if preemption.stop():
           status = "preempted"
           break
         batch = sharding.shard_batch({k: v for k, v in next(train_it).items() if k in b_shard}, mesh, rules)
