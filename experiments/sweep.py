@@ -1,0 +1,325 @@
+"""Run a sweep: every point of a sweep config is one `python -m lm.main` in its own workdir.
+
+    python -m experiments.sweep --config=experiments/sweeps/isoflop_cpu.py --sweep_dir=DIR [--dry_run] [--parallel=N]
+    python -m experiments.sweep --status --sweep_dir=DIR       # each point's state, and nothing else
+
+A sweep config (experiments/sweep_plan.py lists its fields) is a grid of models x token budgets
+or an IsoFLOP set (for each FLOP budget C, every model with D = C / flops-per-token). Its fields
+can be overridden like lm.main's: --config.budgets="(1e12, 3e12)". Each point runs as a separate
+process (a crash or divergence of one cannot take down the others), one at a time or --parallel
+at once, with its output in SWEEP_DIR/<point>/log.txt; results.csv is rewritten as points end.
+
+Relaunch = the same command. Finished and diverged points are skipped; every other point (never
+started, preempted, failed, or killed together with an earlier runner) runs again, and lm.main
+resumes it from its last checkpoint. A relaunch whose config would change what an existing point
+computes is refused (new --sweep_dir, or delete that point's directory). One runner per sweep
+directory (sweep.lock). SIGTERM or Ctrl-C: the runner passes SIGTERM to its running points, which
+save a checkpoint and stop ('preempted'), records that and exits 0. SIGKILL: the points get
+SIGTERM from the kernel (PR_SET_PDEATHSIG) and do the same; the relaunch waits for them to exit.
+
+Multi-host (the launchers run this same command on every host of a slice or SLURM job): each host
+runs the same points in the same order, one at a time (--parallel is 1), each point's lm.main
+joining the others' in one jax.distributed job, so the hosts move in lockstep: a point starts
+when every host has started it (jax.distributed.initialize waits for all processes). Which points
+run is decided once at start from the points' summary.json files (shared storage), so every host
+decides the same. Only process 0 takes the lock and writes sweep-level files (sweep.json,
+status.json, point.json, results.csv); host i > 0 logs to <point>/log.host<i>.txt. The process
+index comes from --process_id (passed on to lm.main with --coordinator_address and
+--num_processes), SLURM_PROCID, or TPU_WORKER_ID (or this host's place in TPU_WORKER_HOSTNAMES).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import sweep_plan
+from experiments import sweep_status as status_lib
+from lm import distributed  # --coordinator_address, --num_processes, --process_id: passed on to every point
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file, e.g. experiments/sweeps/isoflop_cpu.py.")
+_SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Directory of the sweep: one workdir per point, status, results.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan (N, D, C, steps, memory, estimated time); run nothing.")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "Points run at once on this host (1 on a multi-host sweep).")
+_STATUS = flags.DEFINE_bool("status", False, "Print each point's state and exit.")
+_PROBE = flags.DEFINE_bool("probe", True, "Dry run: time a few train steps of each model shape.")
+flags.mark_flags_as_required(["sweep_dir"])
+
+POLL_S = 0.2
+ORPHAN_WAIT_S = 600  # a previous runner's point, told to stop, may take this long to checkpoint
+
+
+def host_role() -> tuple[int, int]:
+  """(process index, process count) of this host in a multi-host sweep; (0, 1) alone."""
+  if distributed._PROCESS_ID.value is not None:
+    return distributed._PROCESS_ID.value, distributed._NUM_PROCESSES.value or 1
+  cluster = distributed.detected_cluster()
+  if cluster == "slurm":
+    return int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
+  if cluster == "tpu":
+    hosts = os.environ["TPU_WORKER_HOSTNAMES"].split(",")
+    if os.environ.get("TPU_WORKER_ID", "").isdigit():
+      return int(os.environ["TPU_WORKER_ID"]), len(hosts)
+    names = {socket.gethostname(), socket.getfqdn()}
+    try:
+      names.add(socket.gethostbyname(socket.gethostname()))
+    except OSError:
+      pass
+    for i, h in enumerate(hosts):
+      if h in names:
+        return i, len(hosts)
+    raise SystemExit("experiments.sweep: a multi-host TPU run, but neither TPU_WORKER_ID nor this host's name "
+                     "in TPU_WORKER_HOSTNAMES says which host this is; pass --process_id.")
+  return 0, 1
+
+
+def passthrough_flags() -> list[str]:
+  return [f"--{f.name}={f.value}" for f in (distributed._COORDINATOR, distributed._NUM_PROCESSES,
+                                             distributed._PROCESS_ID) if f.value is not None]
+
+
+def _die_with_parent(parent: int):
+  """In the child before exec: SIGTERM when the runner dies, even by SIGKILL (Linux)."""
+  def hook():
+    try:
+      ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+      return
+    if os.getppid() != parent:  # the runner died before prctl took effect
+      os.kill(os.getpid(), signal.SIGTERM)
+  return hook
+
+
+def orphans(sweep_dir: str) -> list[tuple[int, str]]:
+  """(pid, point) of lm.main processes on this host still running in this sweep's workdirs."""
+  found, prefix = [], f"--workdir={os.path.abspath(sweep_dir)}{os.sep}"
+  for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
+    try:
+      with open(f"/proc/{pid}/cmdline", "rb") as f:
+        args = f.read().decode(errors="replace").split("\0")
+    except OSError:
+      continue
+    workdir = next((a[len(prefix):] for a in args if a.startswith(prefix)), None)
+    if "lm.main" in args and workdir and int(pid) != os.getpid():
+      found.append((int(pid), workdir))
+  return found
+
+
+def wait_for_orphans(sweep_dir: str, log) -> None:
+  left = orphans(sweep_dir)
+  if not left:
+    return
+  log(f"waiting for {len(left)} point(s) of an earlier runner to save a checkpoint and exit: "
+      + ", ".join(f"{name} (pid {pid})" for pid, name in left))
+  for pid, _ in left:
+    os.kill(pid, signal.SIGTERM)  # what the kernel sent when their runner died; lm.main stops once
+  deadline = time.time() + ORPHAN_WAIT_S
+  while orphans(sweep_dir) and time.time() < deadline:
+    time.sleep(1)
+  for pid, name in orphans(sweep_dir):
+    log(f"{name} (pid {pid}) did not exit in {ORPHAN_WAIT_S} s: SIGKILL (it resumes from its last checkpoint)")
+    os.kill(pid, signal.SIGKILL)
+
+
+class Runner:
+  """Runs the points that are not final, `parallel` at a time; only the writer records state."""
+
+  def __init__(self, sweep_dir: str, points, parallel: int, index: int, log=print):
+    self.sweep_dir, self.points, self.parallel, self.index = sweep_dir, points, parallel, index
+    self.writer = index == 0
+    self.log = log
+    self.records = status_lib.read_records(sweep_dir) if self.writer else {}
+    self.running: dict[str, tuple[subprocess.Popen, object]] = {}
+    self.signals = 0
+
+  def point_dir(self, p) -> str:
+    return os.path.join(self.sweep_dir, p.name)
+
+  def _save(self):
+    if self.writer:
+      status_lib.write_records(self.sweep_dir, self.records)
+      from experiments import collect
+      collect.write(self.sweep_dir)
+
+  def _on_signal(self, signum, frame):
+    del frame
+    self.signals += 1
+    how = signal.SIGTERM if self.signals == 1 else signal.SIGKILL
+    self.log(f"{signal.Signals(signum).name}: {how.name} to {len(self.running)} running point(s); "
+             + ("they save a checkpoint and stop; no new points start" if how == signal.SIGTERM else "now"))
+    for proc, _ in self.running.values():
+      if proc.poll() is None:
+        proc.send_signal(how)
+
+  def start(self, p):
+    d = self.point_dir(p)
+    os.makedirs(d, exist_ok=True)
+    record = self.records.setdefault(p.name, {})
+    attempt = record.get("attempt", 0) + 1
+    argv = [sys.executable, *p.argv(os.path.abspath(d)), *passthrough_flags()]
+    log = open(os.path.join(d, "log.txt" if self.writer else f"log.host{self.index}.txt"), "a")
+    log.write(f"==== attempt {attempt} on {socket.gethostname()} at {status_lib.now()}: {' '.join(argv)}\n")
+    log.flush()
+    proc = subprocess.Popen(argv, cwd=sweep_plan.REPO, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                            preexec_fn=_die_with_parent(os.getpid()))
+    record.update(state="running", attempt=attempt, pid=proc.pid, host=socket.gethostname(),
+                  started=status_lib.now(), started_ts=time.time(), ended=None, returncode=None, message="")
+    self.running[p.name] = (proc, log)
+    self.log(f"start {p.name} (attempt {attempt}, {p.steps} steps, pid {proc.pid})")
+    self._save()
+
+  def finish(self, p, rc: int):
+    proc, log = self.running.pop(p.name)
+    log.close()
+    d = self.point_dir(p)
+    record = self.records[p.name]
+    s = status_lib.summary(d) if status_lib.summary_time(d) >= record["started_ts"] else None
+    if s:
+      state, message = s["status"], s.get("error") or ""
+    elif self.signals:
+      state, message = "preempted", f"stopped before training began (exit status {rc})"
+    else:
+      state, message = "failed", _last_line(os.path.join(d, "log.txt" if self.writer else
+                                                         f"log.host{self.index}.txt")) or f"exit status {rc}"
+    record.update(state=state, ended=status_lib.now(), returncode=rc, message=message)
+    self.log(f"end   {p.name}: {state}" + (f" ({message})" if message else "")
+             + (f", eval_loss {s['eval_loss']:.4f}" if s and s.get("eval_loss") is not None else ""))
+    self._save()
+
+  def run(self, todo) -> None:
+    previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+      queue = list(todo)
+      while queue or self.running:
+        while queue and len(self.running) < self.parallel and not self.signals:
+          self.start(queue.pop(0))
+        if self.signals:
+          queue = []
+        for name, (proc, _) in list(self.running.items()):
+          rc = proc.poll()
+          if rc is not None:
+            self.finish(next(p for p in self.points if p.name == name), rc)
+        time.sleep(POLL_S)
+    finally:
+      for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def _last_line(path: str) -> str:
+  try:
+    with open(path, errors="replace") as f:
+      lines = [l.strip() for l in f.readlines()[-40:] if l.strip() and not l.startswith("====")]
+  except OSError:
+    return ""
+  return lines[-1] if lines else ""
+
+
+def check_unchanged(sweep_dir: str, points) -> list[str]:
+  """Problems: existing points whose recorded identity differs from what the config now says."""
+  problems = []
+  for p in points:
+    old = status_lib.read_json(os.path.join(sweep_dir, p.name, "point.json"))
+    if old is not None and {"config": old.get("config"), "overrides": old.get("overrides")} != p.identity():
+      was, now = old.get("overrides", {}), p.identity()["overrides"]
+      diff = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+      detail = ", ".join(f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in diff)
+      if old.get("config") != p.config:
+        detail = f"config: {old.get('config')} -> {p.config}" + (f", {detail}" if detail else "")
+      problems.append(f"{p.name}: {detail}")
+  return problems
+
+
+def write_plan_files(sweep_dir: str, cfg, points) -> None:
+  meta = status_lib.read_json(os.path.join(sweep_dir, "sweep.json")) or {"created": status_lib.now(), "launches": []}
+  meta.update(name=cfg.name, sweep_config=cfg.to_dict(), points=[p.name for p in points])
+  meta["launches"].append({"time": status_lib.now(), "host": socket.gethostname(), "argv": sys.argv})
+  status_lib.write_json(os.path.join(sweep_dir, "sweep.json"), meta)
+  for p in points:
+    path = os.path.join(sweep_dir, p.name, "point.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    status_lib.write_json(path, {"sweep": cfg.name, **p.record()})
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
+  from lm.cli import quiet_logs
+  quiet_logs()
+  sweep_dir = _SWEEP_DIR.value
+  if _STATUS.value:
+    names = status_lib.point_dirs(sweep_dir)
+    print(status_lib.table(sweep_dir, names))
+    return 0
+  if _CONFIG.value is None:
+    raise app.UsageError("--config=experiments/sweeps/<sweep>.py is required (except with --status).")
+  cfg = _CONFIG.value
+  try:
+    points, left_out = sweep_plan.expand(cfg)
+  except sweep_plan.SweepError as e:
+    sys.exit(f"Sweep config error: {e}")
+  if _DRY_RUN.value:
+    from experiments import sweep_dry_run
+    print(sweep_dry_run.report(cfg, points, left_out, sweep_dir, _PARALLEL.value, _PROBE.value))
+    return 0
+  index, count = host_role()
+  parallel = _PARALLEL.value
+  if count > 1 and parallel != 1:
+    print(f"experiments.sweep: a {count}-host sweep runs one point at a time on every host; --parallel={parallel} "
+          "ignored.", flush=True)
+    parallel = 1
+  prefix = f"[sweep {cfg.name}{f' host {index}/{count}' if count > 1 else ''}]"
+  log = lambda text: print(f"{prefix} {text}", flush=True)
+  problems = check_unchanged(sweep_dir, points)
+  if problems:
+    sys.exit(f"Refusing to relaunch: the sweep config now computes {len(problems)} existing point(s) differently "
+             f"from what {sweep_dir} holds:\n  " + "\n  ".join(problems)
+             + "\nUse a new --sweep_dir, or delete those point directories to run them afresh.")
+  os.makedirs(sweep_dir, exist_ok=True)
+  lock = status_lib.Lock(sweep_dir)
+  if index == 0:
+    if not lock.acquire():
+      owner = lock.owner()
+      sys.exit(f"Another sweep runner holds {lock.path} (pid {owner.get('pid')} on {owner.get('host')} since "
+               f"{owner.get('since')}); one runner per sweep directory.")
+    write_plan_files(sweep_dir, cfg, points)
+  extra = sorted(set(status_lib.point_dirs(sweep_dir)) - {p.name for p in points})
+  if extra and index == 0:
+    log(f"{len(extra)} point directories are not in the config (left in place, still collected): {', '.join(extra)}")
+  wait_for_orphans(sweep_dir, log)
+  todo = [p for p in points if status_lib.should_run(os.path.join(sweep_dir, p.name))]
+  if parallel > 1:  # longest first: the shortest makespan of list scheduling
+    todo.sort(key=lambda p: p.flops_per_token["flops_exact"] * p.tokens, reverse=True)
+  names = [p.name for p in points] + extra
+  log(f"{len(points)} points, {len(points) - len(todo)} final (skipped), {len(todo)} to run, {parallel} at a time"
+      + (f"; left out by min/max_steps: {', '.join(n for n, _ in left_out)}" if left_out else ""))
+  if index == 0:
+    print(status_lib.table(sweep_dir, names, runner_alive=False), flush=True)
+  runner = Runner(sweep_dir, points, parallel, index, log)
+  try:
+    runner.run(todo)
+  finally:
+    if index == 0:
+      runner._save()
+      print(status_lib.table(sweep_dir, names, runner_alive=False), flush=True)
+      log(f"results: {os.path.join(sweep_dir, 'results.csv')}")
+      lock.release()
+  final = status_lib.states(sweep_dir, [p.name for p in points], runner_alive=False)
+  if runner.signals:
+    log("stopped by a signal; the same command resumes the sweep")
+    return 0
+  return 1 if any(s == "failed" for s in final.values()) else 0
+
+
+if __name__ == "__main__":
+  from lm.cli import parse_flags
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

@@ -1,0 +1,231 @@
+"""A sweep config -> its points: each one lm.main run (config + overrides) with N, D, C, steps.
+
+A sweep is a Python file whose get_config(arg=None) returns a ConfigDict with fields:
+
+  name              the sweep's name (the `sweep` column of the results table)
+  config            the lm.main config file of every point, e.g. 'configs/ladder.py'
+  models            tuple of model names. A name listed in `shapes` is `config` plus those
+                    overrides; any other name is the config's ':arg' (configs/ladder.py:p1m)
+  shapes            optional, name -> nested overrides, e.g. {'model': {'d_model': 48}}
+  kind              'isoflop': budgets are training FLOPs C; each model trains D = C / flops-per-token
+                    'grid':    budgets are training tokens D; every model x every D
+  budgets           tuple of C (isoflop) or D (grid)
+  flops_definition  what C counts: 'flops_exact' (default) or 'flops_6n' (design.md section 5).
+                    At CPU scale flops_exact is 1.3x (p10m) to 7x (p50k) flops_6n, so a sweep
+                    budgets in one definition and its fits use the same one.
+  min_steps, max_steps  isoflop points with fewer / more steps are left out (listed by the dry run)
+  warmup_fraction   optim.warmup_steps = round(fraction x steps), at least 1 (None: the config's)
+  evals, checkpoints  per point: eval_every = ceil(steps / evals), checkpoint_every = ceil(steps /
+                    checkpoints) (unless `overrides` sets them); a preempted point loses at most
+                    1/checkpoints of its steps
+  overrides         nested overrides of every point, e.g. {'train': {'eval_steps': 16}}; None
+                    values are not passed (placeholders a command line may fill:
+                    --config.overrides.data.data_dir=DIR)
+
+Point names are '<budget>-<model>': C3e12-p1m (isoflop), D2M-p1m (grid). Steps:
+  isoflop  steps = round(C / (flops_per_token x batch_size x seq_len))
+  grid     steps = round(D / (batch_size x seq_len))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import os
+from typing import Any
+
+from ml_collections import ConfigDict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KINDS = ("isoflop", "grid")
+DEFINITIONS = ("flops_exact", "flops_6n")
+BYTE_VOCAB = 3 + 256  # lm.data.tokenizers.ByteTokenizer: pad, bos, eos + 256 bytes
+# Overrides that name where things are, not what a point computes: a relaunch may change them.
+NOT_IDENTITY = ("data.data_dir", "logging.")
+
+
+class SweepError(ValueError):
+  """A sweep config or sweep directory that cannot run; the message says what to change."""
+
+
+@dataclasses.dataclass
+class Point:
+  name: str
+  model: str
+  config: str                      # lm.main --config address, e.g. configs/ladder.py:p1m
+  overrides: dict[str, Any]        # dotted path -> value, passed as --config.<path>=<value>
+  budget: float                    # the sweep's budget: C (isoflop) or D (grid)
+  flops_budget: float              # nominal C of the point, in flops_definition
+  flops_definition: str
+  steps: int
+  tokens_per_step: int
+  params_total: int
+  params_nonembedding: int
+  flops_per_token: dict[str, float]  # both definitions
+  memory_bytes: float              # lm.flops.train_memory total, all devices
+  cfg: Any = dataclasses.field(repr=False, default=None)  # the resolved ConfigDict
+
+  @property
+  def tokens(self) -> int:
+    return self.steps * self.tokens_per_step
+
+  @property
+  def flops(self) -> float:
+    """Training FLOPs the point spends, in the sweep's definition (C up to the rounding of steps)."""
+    return self.flops_per_token[self.flops_definition] * self.tokens
+
+  def identity(self) -> dict:
+    """What a point computes; a relaunch whose identity differs would mix two experiments."""
+    return {"config": self.config, "overrides": {k: v for k, v in self.overrides.items()
+                                                 if not any(k.startswith(p) for p in NOT_IDENTITY)}}
+
+  def record(self) -> dict:
+    """point.json: the identity plus the planned quantities the results table carries."""
+    return {"name": self.name, "model": self.model, **self.identity(), "all_overrides": self.overrides,
+            "budget": self.budget, "flops_budget": self.flops_budget, "flops_definition": self.flops_definition,
+            "steps": self.steps, "tokens": self.tokens, "params_total": self.params_total,
+            "params_nonembedding": self.params_nonembedding}
+
+  def argv(self, workdir: str) -> list[str]:
+    return ["-m", "lm.main", f"--config={self.config}", f"--workdir={workdir}",
+            *[f"--config.{k}={_flag_value(v)}" for k, v in self.overrides.items()]]
+
+
+def _flag_value(v) -> str:
+  if isinstance(v, bool):
+    return "true" if v else "false"  # absl's boolean parser
+  return repr(v) if isinstance(v, float) else str(v)
+
+
+# ---- loading configs ----
+
+def config_path(path: str) -> str:
+  """A config file as given, or relative to the repository (points run with cwd = REPO)."""
+  if os.path.isabs(path) or os.path.exists(path):
+    return os.path.abspath(path)
+  return os.path.join(REPO, path)
+
+
+def load_config(address: str) -> ConfigDict:
+  """'path/to/file.py[:arg]' -> get_config(arg), as ml_collections' config_flags loads it."""
+  path, _, arg = address.partition(":")
+  full = config_path(path)
+  if not os.path.isfile(full):
+    raise SweepError(f"no config file {path} (looked in {os.getcwd()} and {REPO}).")
+  spec = importlib.util.spec_from_file_location(f"_sweep_config_{abs(hash(full))}", full)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def flatten(tree, prefix: str = "") -> dict[str, Any]:
+  """{'train': {'steps': 5}} -> {'train.steps': 5}; None leaves are dropped."""
+  items = tree.items() if hasattr(tree, "items") else []
+  out = {}
+  for k, v in items:
+    if isinstance(v, (dict, ConfigDict)):
+      out.update(flatten(v, f"{prefix}{k}."))
+    elif v is not None:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def apply_overrides(cfg: ConfigDict, overrides: dict[str, Any], where: str) -> None:
+  """Set dotted fields that must already exist (lm.main locks its config the same way)."""
+  for path, value in overrides.items():
+    node, *_, leaf = [cfg] + path.split(".")
+    for part in path.split(".")[:-1]:
+      if not isinstance(node, ConfigDict) or part not in node:
+        raise SweepError(f"{where}: the config has no section {path!r}.")
+      node = node[part]
+    if not isinstance(node, ConfigDict) or leaf not in node:
+      raise SweepError(f"{where}: the config has no field {path!r} (fields are listed in configs/base.py).")
+    node[leaf] = value
+
+
+def model_config(cfg):
+  from lm.model import ModelConfig
+  vocab = BYTE_VOCAB if cfg.data.tokenizer == "bytes" else cfg.data.vocab_size
+  return ModelConfig.from_config(cfg.model, vocab)
+
+
+# ---- expansion ----
+
+def budget_label(kind: str, budget: float) -> str:
+  """C3e12, C2.5e+13 -> C2.5e13; grid token budgets D2M, D512K (from configs.ladder.human)."""
+  if kind == "grid":
+    from configs.ladder import human
+    return "D" + human(budget)
+  mantissa, exponent = f"{budget:.3g}".split("e") if "e" in f"{budget:.3g}" else (f"{budget:.3g}", "0")
+  return f"C{mantissa}e{int(exponent)}"
+
+
+def validate(s: ConfigDict) -> None:
+  for field in ("name", "config", "models", "kind", "budgets"):
+    if field not in s or s[field] in (None, (), []):
+      raise SweepError(f"the sweep config has no {field!r}; see experiments/sweep_plan.py for the fields.")
+  if s.kind not in KINDS:
+    raise SweepError(f"kind={s.kind!r} is not one of {KINDS}.")
+  if s.get("flops_definition", "flops_exact") not in DEFINITIONS:
+    raise SweepError(f"flops_definition={s.flops_definition!r} is not one of {DEFINITIONS}.")
+  if any(not b > 0 for b in s.budgets):
+    raise SweepError(f"budgets={tuple(s.budgets)} must be positive.")
+  if len(set(s.models)) != len(s.models):
+    raise SweepError(f"models={tuple(s.models)} names a model twice.")
+
+
+def expand(s: ConfigDict) -> tuple[list[Point], list[tuple[str, str]]]:
+  """(points in run order: budget by budget, models in the given order; (name, why) of those left out)."""
+  from lm import flops as flops_lib
+  validate(s)
+  definition = s.get("flops_definition", "flops_exact")
+  shapes = s.get("shapes") or {}
+  common = flatten(s.get("overrides") or {})
+  points, left_out = [], []
+  for model in s.models:
+    address = s.config if model in shapes else f"{s.config}:{model}"
+    shape = flatten(shapes[model]) if model in shapes else {}
+    try:
+      base = load_config(address)
+    except Exception as e:  # a ladder's unknown rung, a config error: name the model
+      raise SweepError(f"model {model!r} ({address}): {e}") from e
+    apply_overrides(base, {**shape, **common}, f"model {model!r}")
+    mcfg = model_config(base)
+    seq, batch = base.data.seq_len, base.train.batch_size
+    per_token = {"flops_exact": flops_lib.flops_exact(mcfg, seq), "flops_6n": flops_lib.flops_6n(mcfg)}
+    counts = flops_lib.param_counts(mcfg)
+    memory = flops_lib.train_memory(mcfg, seq, batch // base.optim.grad_accum_steps).total
+    for budget in s.budgets:
+      name = f"{budget_label(s.kind, budget)}-{model}"
+      if s.kind == "isoflop":
+        steps = round(budget / (per_token[definition] * batch * seq))
+        flops_budget = float(budget)
+      else:
+        steps = round(budget / (batch * seq))
+        flops_budget = per_token[definition] * steps * batch * seq
+      low, high = s.get("min_steps") or 1, s.get("max_steps") or math.inf
+      if not low <= steps <= high:
+        left_out.append((name, f"{steps} steps, outside [{low}, {high if high < math.inf else 'inf'}]"))
+        continue
+      overrides = {**shape, **common, **_per_point(s, steps, common)}
+      cfg = load_config(address)
+      apply_overrides(cfg, overrides, f"point {name}")
+      points.append(Point(name=name, model=model, config=address, overrides=overrides, budget=float(budget),
+                          flops_budget=flops_budget, flops_definition=definition, steps=steps,
+                          tokens_per_step=batch * seq, params_total=counts.total,
+                          params_nonembedding=counts.nonembedding, flops_per_token=per_token,
+                          memory_bytes=memory, cfg=cfg))
+  points.sort(key=lambda p: s.budgets.index(p.budget) if p.budget in s.budgets else 0)  # budget-major
+  return points, left_out
+
+
+def _per_point(s: ConfigDict, steps: int, common: dict) -> dict:
+  """train.steps, the warmup and the eval / checkpoint cadence that follow from the steps."""
+  out = {"train.steps": steps}
+  if s.get("warmup_fraction") is not None:
+    out["optim.warmup_steps"] = max(1, round(s.warmup_fraction * steps))
+  for key, per in (("train.eval_every", s.get("evals") or 1), ("train.checkpoint_every", s.get("checkpoints") or 4)):
+    if key not in common:
+      out[key] = max(1, math.ceil(steps / per))
+  return out

@@ -1,0 +1,184 @@
+"""The state of every point of a sweep directory, and the files that record it.
+
+    SWEEP_DIR/
+      sweep.json            the sweep config and each launch (time, host, command)
+      status.json           the runner's record per point: state, attempt, pid, host, start, end, message
+      sweep.lock            held (flock) by the live runner; names its pid, host and start time
+      results.csv           the results table (experiments/collect.py), rewritten as points end
+      <point>/point.json    what the point computes (config + overrides) and its plan
+      <point>/...           the point's lm.main workdir: config.json, metrics.jsonl, checkpoints/, summary.json
+      <point>/log.txt       the point's output, appended over attempts (log.host<i>.txt on other hosts)
+
+States: pending (never started), running, preempted (stopped with a checkpoint; or its runner
+died: it resumes), finished, diverged, failed. finished and diverged are final: a relaunch
+skips them. Every other point is run again and lm.main resumes it from its last checkpoint.
+A point's summary.json (written by lm.main) is the truth about its outcome; status.json adds
+what summary.json cannot say (running, a failure before training started, the attempt count).
+Only the runner that holds sweep.lock (process 0 of a multi-host sweep) writes these files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import socket
+
+STATES = ("pending", "running", "preempted", "finished", "diverged", "failed")
+FINAL = ("finished", "diverged")
+
+
+def now() -> str:
+  return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def read_json(path: str) -> dict | None:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def write_json(path: str, obj) -> None:
+  """Atomic: a reader (or a runner killed mid-write) sees the old file or the new one."""
+  tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def summary(point_dir: str) -> dict | None:
+  return read_json(os.path.join(point_dir, "summary.json"))
+
+
+def summary_time(point_dir: str) -> float:
+  try:
+    return os.path.getmtime(os.path.join(point_dir, "summary.json"))
+  except OSError:
+    return 0.0
+
+
+def point_state(point_dir: str, record: dict | None, runner_alive: bool) -> str:
+  """The state of one point from its summary.json and the runner's record of it."""
+  s = summary(point_dir)
+  record = record or {}
+  started = record.get("started_ts", 0.0)
+  if record.get("state") == "running":
+    if runner_alive:
+      return "running"
+    if s and summary_time(point_dir) >= started:
+      return s["status"]  # its runner died; the point itself stopped and said how (SIGTERM: preempted)
+    return "preempted"     # killed with its runner: it resumes from its last checkpoint
+  if s and summary_time(point_dir) >= started:
+    return s["status"]
+  return record.get("state") or ("preempted" if s else "pending")
+
+
+def should_run(point_dir: str) -> bool:
+  """The relaunch rule, from summary.json alone, so every host of a multi-host sweep agrees."""
+  s = summary(point_dir)
+  return not (s and s.get("status") in FINAL)
+
+
+def pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+class Lock:
+  """An exclusive flock on SWEEP_DIR/sweep.lock: one runner per sweep directory. The kernel
+  drops it when its holder dies, however it dies, so a lock left behind is never stale."""
+
+  def __init__(self, sweep_dir: str):
+    self.path = os.path.join(sweep_dir, "sweep.lock")
+    self._f = None
+
+  def acquire(self) -> bool:
+    f = open(self.path, "a+")
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      f.close()
+      return False
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": now()}) + "\n")
+    f.flush()
+    self._f = f
+    return True
+
+  def held_elsewhere(self) -> bool:
+    """True while another live runner holds it (checked by taking it for a moment)."""
+    if self._f is not None or not os.path.exists(self.path):
+      return False
+    if self.acquire():
+      self.release()
+      return False
+    return True
+
+  def owner(self) -> dict:
+    try:
+      with open(self.path) as f:
+        return json.loads(f.read() or "{}")
+    except (OSError, ValueError):
+      return {}
+
+  def release(self) -> None:
+    if self._f is not None:
+      fcntl.flock(self._f, fcntl.LOCK_UN)
+      self._f.close()
+      self._f = None
+
+
+def status_path(sweep_dir: str) -> str:
+  return os.path.join(sweep_dir, "status.json")
+
+
+def read_records(sweep_dir: str) -> dict[str, dict]:
+  return (read_json(status_path(sweep_dir)) or {}).get("points", {})
+
+
+def write_records(sweep_dir: str, records: dict[str, dict]) -> None:
+  write_json(status_path(sweep_dir), {"updated": now(), "points": records})
+
+
+def point_dirs(sweep_dir: str) -> list[str]:
+  """Names of the point directories (those with a point.json) in a sweep directory."""
+  if not os.path.isdir(sweep_dir):
+    return []
+  return sorted(n for n in os.listdir(sweep_dir) if os.path.isfile(os.path.join(sweep_dir, n, "point.json")))
+
+
+def states(sweep_dir: str, names: list[str], runner_alive: bool | None = None) -> dict[str, str]:
+  if runner_alive is None:
+    runner_alive = Lock(sweep_dir).held_elsewhere()
+  records = read_records(sweep_dir)
+  return {n: point_state(os.path.join(sweep_dir, n), records.get(n), runner_alive) for n in names}
+
+
+def table(sweep_dir: str, names: list[str], runner_alive: bool | None = None) -> str:
+  """One line per point: state, steps reached / planned, attempts, eval loss, wall time, note."""
+  from configs.ladder import human
+  records = read_records(sweep_dir)
+  st = states(sweep_dir, names, runner_alive)
+  rows = [("point", "state", "steps", "tries", "N", "eval_loss", "wall_s", "note")]
+  for n in names:
+    d = os.path.join(sweep_dir, n)
+    plan, s, r = read_json(os.path.join(d, "point.json")) or {}, summary(d) or {}, records.get(n, {})
+    done = s.get("steps") if s else 0
+    rows.append((n, st[n], f"{done}/{plan.get('steps', '?')}", str(r.get("attempt", 0)),
+                 human(plan["params_nonembedding"]) if plan.get("params_nonembedding") else "",
+                 f"{s['eval_loss']:.4f}" if s.get("eval_loss") is not None else "",
+                 f"{s['wall_s']:.0f}" if s.get("wall_s") is not None else "", r.get("message", "")[:60]))
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+  counts = {k: list(st.values()).count(k) for k in STATES if k in st.values()}
+  lines.append("  ".join(f"{k} {v}" for k, v in counts.items()) or "no points")
+  return "\n".join(lines)
