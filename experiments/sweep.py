@@ -25,7 +25,8 @@ run is decided once at start from the points' summary.json files (shared storage
 decides the same. Only process 0 takes the lock and writes sweep-level files (sweep.json,
 status.json, point.json, results.csv); host i > 0 logs to <point>/log.host<i>.txt. The process
 index comes from --process_id (passed on to lm.main with --coordinator_address and
---num_processes), SLURM_PROCID, or TPU_WORKER_ID (or this host's place in TPU_WORKER_HOSTNAMES).
+--num_processes), SLURM_PROCID, or on a Cloud TPU VM TPU_WORKER_ID or the metadata server's
+agent-worker-number (what jax.distributed reads there). Multi-slice (Megascale) jobs are not supported.
 """
 
 from __future__ import annotations
@@ -66,20 +67,28 @@ def host_role() -> tuple[int, int]:
   if cluster == "slurm":
     return int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
   if cluster == "tpu":
-    hosts = os.environ["TPU_WORKER_HOSTNAMES"].split(",")
-    if os.environ.get("TPU_WORKER_ID", "").isdigit():
+    hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+    if hosts and os.environ.get("TPU_WORKER_ID", "").isdigit():
       return int(os.environ["TPU_WORKER_ID"]), len(hosts)
-    names = {socket.gethostname(), socket.getfqdn()}
-    try:
-      names.add(socket.gethostbyname(socket.gethostname()))
-    except OSError:
-      pass
-    for i, h in enumerate(hosts):
-      if h in names:
-        return i, len(hosts)
-    raise SystemExit("experiments.sweep: a multi-host TPU run, but neither TPU_WORKER_ID nor this host's name "
-                     "in TPU_WORKER_HOSTNAMES says which host this is; pass --process_id.")
+    worker, endpoints = _tpu_metadata("agent-worker-number"), _tpu_metadata("worker-network-endpoints")
+    if worker is not None and worker.strip().isdigit() and endpoints:  # what jax.distributed reads on a TPU VM
+      return int(worker), len(endpoints.split(","))
+    raise SystemExit("experiments.sweep: on a Cloud TPU VM, but neither TPU_WORKER_ID nor the metadata server "
+                     "says which host this is; pass --process_id and --num_processes.")
   return 0, 1
+
+
+def _tpu_metadata(key: str) -> str | None:
+  """A Cloud TPU VM's instance attribute (agent-worker-number, worker-network-endpoints)."""
+  import urllib.request
+  request = urllib.request.Request(
+      f"http://metadata.google.internal/computeMetadata/v1/instance/attributes/{key}",
+      headers={"Metadata-Flavor": "Google"})
+  try:
+    with urllib.request.urlopen(request, timeout=5) as response:
+      return response.read().decode()
+  except OSError:
+    return None
 
 
 def passthrough_flags() -> list[str]:
@@ -99,23 +108,8 @@ def _die_with_parent(parent: int):
   return hook
 
 
-def orphans(sweep_dir: str) -> list[tuple[int, str]]:
-  """(pid, point) of lm.main processes on this host still running in this sweep's workdirs."""
-  found, prefix = [], f"--workdir={os.path.abspath(sweep_dir)}{os.sep}"
-  for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
-    try:
-      with open(f"/proc/{pid}/cmdline", "rb") as f:
-        args = f.read().decode(errors="replace").split("\0")
-    except OSError:
-      continue
-    workdir = next((a[len(prefix):] for a in args if a.startswith(prefix)), None)
-    if "lm.main" in args and workdir and int(pid) != os.getpid():
-      found.append((int(pid), workdir))
-  return found
-
-
 def wait_for_orphans(sweep_dir: str, log) -> None:
-  left = orphans(sweep_dir)
+  left = status_lib.orphans(sweep_dir)
   if not left:
     return
   log(f"waiting for {len(left)} point(s) of an earlier runner to save a checkpoint and exit: "
@@ -123,9 +117,9 @@ def wait_for_orphans(sweep_dir: str, log) -> None:
   for pid, _ in left:
     os.kill(pid, signal.SIGTERM)  # what the kernel sent when their runner died; lm.main stops once
   deadline = time.time() + ORPHAN_WAIT_S
-  while orphans(sweep_dir) and time.time() < deadline:
+  while status_lib.orphans(sweep_dir) and time.time() < deadline:
     time.sleep(1)
-  for pid, name in orphans(sweep_dir):
+  for pid, name in status_lib.orphans(sweep_dir):
     log(f"{name} (pid {pid}) did not exit in {ORPHAN_WAIT_S} s: SIGKILL (it resumes from its last checkpoint)")
     os.kill(pid, signal.SIGKILL)
 

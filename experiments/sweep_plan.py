@@ -6,7 +6,10 @@ A sweep is a Python file whose get_config(arg=None) returns a ConfigDict with fi
   config            the lm.main config file of every point, e.g. 'configs/ladder.py'
   models            tuple of model names. A name listed in `shapes` is `config` plus those
                     overrides; any other name is the config's ':arg' (configs/ladder.py:p1m)
-  shapes            optional, name -> nested overrides, e.g. {'model': {'d_model': 48}}
+  shapes            optional, name -> nested overrides, e.g. {'model': {'d_model': 48}}; an 'arg'
+                    entry picks the config's ':arg' they start from ({'arg': 'p50k', 'model': ...})
+  budget_models     optional, one tuple of model names per budget: the models that budget runs
+                    (an IsoFLOP set brackets each budget's optimum with its own range of sizes)
   kind              'isoflop': budgets are training FLOPs C; each model trains D = C / flops-per-token
                     'grid':    budgets are training tokens D; every model x every D
   budgets           tuple of C (isoflop) or D (grid)
@@ -173,6 +176,14 @@ def validate(s: ConfigDict) -> None:
     raise SweepError(f"budgets={tuple(s.budgets)} must be positive.")
   if len(set(s.models)) != len(s.models):
     raise SweepError(f"models={tuple(s.models)} names a model twice.")
+  per_budget = s.get("budget_models")
+  if per_budget:
+    if len(per_budget) != len(s.budgets):
+      raise SweepError(f"budget_models has {len(per_budget)} entries for {len(s.budgets)} budgets; give one tuple "
+                       "of model names per budget.")
+    unknown = sorted({m for ms in per_budget for m in ms} - set(s.models))
+    if unknown:
+      raise SweepError(f"budget_models names {unknown}, which are not in models={tuple(s.models)}.")
 
 
 def expand(s: ConfigDict) -> tuple[list[Point], list[tuple[str, str]]]:
@@ -182,21 +193,32 @@ def expand(s: ConfigDict) -> tuple[list[Point], list[tuple[str, str]]]:
   definition = s.get("flops_definition", "flops_exact")
   shapes = s.get("shapes") or {}
   common = flatten(s.get("overrides") or {})
-  points, left_out = [], []
+  points, left_out, seen = [], [], {}
+  per_budget = s.get("budget_models")
   for model in s.models:
-    address = s.config if model in shapes else f"{s.config}:{model}"
     shape = flatten(shapes[model]) if model in shapes else {}
+    arg = shape.pop("arg", None) if model in shapes else model
+    address = f"{s.config}:{arg}" if arg else s.config
     try:
       base = load_config(address)
     except Exception as e:  # a ladder's unknown rung, a config error: name the model
       raise SweepError(f"model {model!r} ({address}): {e}") from e
     apply_overrides(base, {**shape, **common}, f"model {model!r}")
-    mcfg = model_config(base)
+    try:
+      mcfg = model_config(base)
+    except ValueError as e:  # lm.config.ConfigError: heads that do not divide d_model, ...
+      raise SweepError(f"model {model!r}: {e}") from e
+    twin = seen.setdefault(base.to_json_best_effort(sort_keys=True), model)
+    if twin != model:
+      raise SweepError(f"models {twin!r} and {model!r} are the same config; a name not in `shapes` is passed to "
+                       f"{s.config} as ':{model}', which may ignore it.")
     seq, batch = base.data.seq_len, base.train.batch_size
     per_token = {"flops_exact": flops_lib.flops_exact(mcfg, seq), "flops_6n": flops_lib.flops_6n(mcfg)}
     counts = flops_lib.param_counts(mcfg)
     memory = flops_lib.train_memory(mcfg, seq, batch // base.optim.grad_accum_steps).total
-    for budget in s.budgets:
+    for i, budget in enumerate(s.budgets):
+      if per_budget and model not in per_budget[i]:
+        continue
       name = f"{budget_label(s.kind, budget)}-{model}"
       if s.kind == "isoflop":
         steps = round(budget / (per_token[definition] * batch * seq))

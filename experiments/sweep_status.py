@@ -92,6 +92,21 @@ def pid_alive(pid: int) -> bool:
   return True
 
 
+def orphans(sweep_dir: str) -> list[tuple[int, str]]:
+  """(pid, point) of lm.main processes on this host still running in this sweep's workdirs."""
+  found, prefix = [], f"--workdir={os.path.abspath(sweep_dir)}{os.sep}"
+  for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
+    try:
+      with open(f"/proc/{pid}/cmdline", "rb") as f:
+        args = f.read().decode(errors="replace").split("\0")
+    except OSError:
+      continue
+    workdir = next((a[len(prefix):] for a in args if a.startswith(prefix)), None)
+    if "lm.main" in args and workdir and int(pid) != os.getpid():
+      found.append((int(pid), workdir))
+  return found
+
+
 class Lock:
   """An exclusive flock on SWEEP_DIR/sweep.lock: one runner per sweep directory. The kernel
   drops it when its holder dies, however it dies, so a lock left behind is never stale."""

@@ -3,7 +3,7 @@
     python -m experiments.sweep --config=experiments/sweeps/tiny.py --sweep_dir=/tmp/tiny_sweep [--dry_run]
     python -m experiments.sweep --config=experiments/sweeps/tiny.py:isoflop --sweep_dir=/tmp/tiny_iso
 
-'grid' (default): two widths x one token budget of 40 steps (40 x 8 x 32 = 10,240 tokens);
+'grid' (default): two widths x one token budget of 128 steps (128 x 8 x 32 = 32,768 tokens);
 'faults': the same two points, plus one that diverges (lr 1e6: a NaN gradient by step 3) and
   one that fails (an eval split the corpus lacks: lm.main exits with a config error);
 'isoflop': two FLOP budgets x three widths.
@@ -27,7 +27,7 @@ def get_config(arg=None):
   s.flops_definition = "flops_exact"
   s.warmup_fraction = 0.1
   s.evals = 1
-  s.checkpoints = 4                    # every 10 steps of 40
+  s.checkpoints = 4                    # every 32 steps of 128
   s.min_steps = 5
   s.max_steps = placeholder(int)
   s.overrides = ConfigDict({
@@ -38,7 +38,7 @@ def get_config(arg=None):
   if arg in (None, "grid", "faults"):
     s.kind = "grid"
     s.models = ("d16", "d32") + (("diverge", "broken") if arg == "faults" else ())
-    s.budgets = (40 * 8 * 32,)          # tokens
+    s.budgets = (128 * 8 * 32,)         # tokens
   elif arg == "isoflop":
     s.kind = "isoflop"
     s.models = ("d16", "d32", "d48")

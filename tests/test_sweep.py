@@ -1,0 +1,235 @@
+"""experiments.sweep: plans (grid, IsoFLOP), the dry run, point states, and the runner as a user
+runs it: failures recorded without stopping the sweep, a changed config refused, final points
+skipped, and a sweep stopped by SIGTERM then SIGKILL that finishes with the same table as an
+uninterrupted one. The runner tests run real `python -m experiments.sweep` processes on
+experiments/sweeps/tiny.py (points of 128 steps, a few seconds each, most of it start-up)."""
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from experiments import collect
+from experiments import sweep_plan
+from experiments import sweep_status as status_lib
+from lm import flops as flops_lib
+from lm.metrics import SCHEMA
+from tests.helpers import shared_data_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # one CPU device per process
+TINY = "experiments/sweeps/tiny.py"
+COMPARED = ["point", "status", "steps", "train_loss", "eval_loss", "eval_bpb"]
+
+
+def tiny_sweep(variant="grid", **fields):
+  cfg = sweep_plan.load_config(f"{TINY}:{variant}")
+  cfg.update(fields)
+  return cfg
+
+
+def sweep_cmd(sweep_dir, data_dir, variant="faults", *flags):
+  return [sys.executable, "-m", "experiments.sweep", f"--config={TINY}:{variant}", f"--sweep_dir={sweep_dir}",
+          f"--config.overrides.data.data_dir={data_dir}", *flags]
+
+
+def run(cmd):
+  return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def table(sweep_dir):
+  return pd.read_csv(os.path.join(sweep_dir, "results.csv"))
+
+
+def wait_for(predicate, proc, what, timeout=120):
+  deadline = time.time() + timeout
+  while not predicate():
+    assert proc.poll() is None, f"the sweep ended before {what}: {proc.stdout.read()[-3000:]}"
+    assert time.time() < deadline, f"no {what} in {timeout} s"
+    time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return shared_data_dir(tmp_path_factory)
+
+
+# ---- plans ----
+
+def test_isoflop_points_spend_their_budget_in_the_stated_flop_definition():
+  points, left_out = sweep_plan.expand(tiny_sweep("isoflop"))
+  assert [p.name for p in points] == [f"C{c}-{m}" for c in ("3e9", "6e9") for m in ("d16", "d32", "d48")]
+  for p in points:
+    mcfg = sweep_plan.model_config(p.cfg)
+    per_token = flops_lib.flops_exact(mcfg, p.cfg.data.seq_len)
+    assert p.tokens_per_step == 8 * 32 and p.cfg.train.steps == p.steps
+    assert p.steps == round(p.budget / (per_token * 256)) and p.flops_budget == p.budget
+    assert abs(p.flops / p.budget - 1) < 0.5 / p.steps + 1e-9  # off only by the rounding of steps
+    assert p.params_nonembedding == flops_lib.params_nonembedding(mcfg)
+    assert p.overrides["optim.warmup_steps"] == max(1, round(0.1 * p.steps))
+    assert p.overrides["train.eval_every"] == p.steps and p.overrides["train.checkpoint_every"] == math.ceil(p.steps / 4)
+  assert not left_out
+  six_n, _ = sweep_plan.expand(tiny_sweep("isoflop", flops_definition="flops_6n"))
+  for a, b in zip(six_n, points):  # 6N counts fewer FLOPs a token here, so the same C buys more steps
+    assert a.steps == round(a.budget / (6 * a.params_nonembedding * 256)) > b.steps
+  fewer, left_out = sweep_plan.expand(tiny_sweep("isoflop", min_steps=60, max_steps=200))
+  assert {p.name for p in fewer} | {n for n, _ in left_out} == {p.name for p in points}
+  assert all(60 <= p.steps <= 200 for p in fewer) and left_out
+
+
+def test_grid_points_and_what_identifies_them():
+  points, _ = sweep_plan.expand(tiny_sweep("grid"))
+  assert [(p.name, p.steps) for p in points] == [("D32.8K-d16", 128), ("D32.8K-d32", 128)]
+  p = points[1]
+  assert p.flops_budget == flops_lib.flops_exact(sweep_plan.model_config(p.cfg), 32) * 128 * 256
+  p.overrides["data.data_dir"] = "/somewhere"
+  assert "data.data_dir" not in p.identity()["overrides"] and "logging.tensorboard" not in p.identity()["overrides"]
+  argv = p.argv("/w")
+  assert argv[:4] == ["-m", "lm.main", "--config=configs/tiny.py", "--workdir=/w"]
+  assert "--config.train.steps=128" in argv and "--config.logging.tensorboard=false" in argv
+
+
+def test_the_committed_cpu_isoflop_experiment_brackets_every_budget():
+  cfg = sweep_plan.load_config("experiments/sweeps/isoflop_cpu.py")
+  points, _ = sweep_plan.expand(cfg)
+  per_budget = {b: [p for p in points if p.budget == b] for b in cfg.budgets}
+  assert len(per_budget) >= 3 and all(len(ps) >= 4 for ps in per_budget.values())
+  assert all(p.flops_definition == "flops_exact" and p.steps >= cfg.min_steps for p in points)
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(kind="sideways"), "kind='sideways' is not one of"),
+    (dict(budgets=(0.0,)), "must be positive"),
+    (dict(flops_definition="flops_7n"), "flops_definition='flops_7n'"),
+    (dict(models=("d32", "d99")), "models 'd32' and 'd99' are the same config"),
+    (dict(config="configs/ladder.py", models=("p50k", "p3k"), shapes={}), "model 'p3k'.*unknown ladder rung"),
+    (dict(shapes={"d16": {"model": {"n_kv_heads": 3}}}), "model 'd16'.*n_kv_heads=3"),
+    (dict(shapes={"d16": {"model": {"d_modle": 3}}}), "no field 'model.d_modle'"),
+])
+def test_bad_sweep_configs_name_the_problem(fields, message):
+  with pytest.raises(sweep_plan.SweepError, match=message):
+    sweep_plan.expand(tiny_sweep("grid", **fields))
+
+
+def test_point_states_from_summary_and_record(tmp_path):
+  def point(name, summary=None, record=None):
+    d = tmp_path / name
+    d.mkdir()
+    if summary:
+      (d / "summary.json").write_text(json.dumps({"status": summary}))
+    return str(d), record
+  started = time.time() + 60  # a record newer than any summary here
+  cases = {
+      "pending": point("a"), "finished": point("b", "finished"), "diverged": point("c", "diverged"),
+      "preempted": point("d", None, {"state": "running", "started_ts": started}),  # its runner died
+      "failed": point("e", "preempted", {"state": "failed", "started_ts": started}),  # failed before training
+  }
+  for want, (d, record) in cases.items():
+    assert status_lib.point_state(d, record, runner_alive=False) == want
+  assert status_lib.point_state(*cases["preempted"], runner_alive=True) == "running"
+  assert [status_lib.should_run(d) for d, _ in cases.values()] == [True, False, False, True, True]
+
+
+# ---- the runner ----
+
+def test_dry_run_prints_the_plan_with_measured_estimates(data_dir):
+  result = run(sweep_cmd("/nonexistent/sweep", data_dir, "isoflop", "--dry_run", "--parallel=2",
+                         "--config.models=('d16',)", "--config.min_steps=150"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  assert "probe: d16: compile" in out and "C counts flops_exact" in out
+  for column in ("N_total", "C (flops_exact)", "steps", "D/N", "memory", "est. time"):
+    assert column in out
+  assert "C6e9-d16" in out and "left out: C3e9-d16 (129 steps" in out
+  assert "1 points, 1 to run" in out and "with --parallel=2" in out
+  assert not os.path.exists("/nonexistent/sweep")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+  """tiny:faults run without interruption: two points finish, one diverges, one fails."""
+  sweep_dir = tmp_path_factory.mktemp("reference") / "sweep"
+  result = run(sweep_cmd(sweep_dir, data_dir, "faults", "--parallel=4"))
+  assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]  # a point failed
+  return sweep_dir, result.stdout
+
+
+def test_failed_and_diverged_points_are_recorded_and_the_rest_finish(reference):
+  sweep_dir, out = reference
+  t = table(sweep_dir).set_index("point")
+  assert t["status"].to_dict() == {"D32.8K-d16": "finished", "D32.8K-d32": "finished",
+                                   "D32.8K-diverge": "diverged", "D32.8K-broken": "failed"}
+  assert (t["state"] == t["status"]).all()
+  assert "data.eval_split='no_such_split'" in t.loc["D32.8K-broken", "message"]
+  assert t.loc["D32.8K-diverge", "steps"] < 128 and t.loc["D32.8K-d16", "steps"] == 128
+  assert list(table(sweep_dir).columns[:len(SCHEMA)]) == list(SCHEMA)
+  assert set(collect.SWEEP_COLUMNS) <= set(table(sweep_dir).columns)
+  assert (t["flops_definition"] == "flops_exact").all() and (t["flops_budget"] > 0).all()
+  finished = t[t["status"] == "finished"]
+  assert (abs(finished["flops_exact"] / finished["flops_budget"] - 1) < 1e-9).all()  # grid: C = tokens x per token
+  assert "finished 2  diverged 1  failed 1" in out
+
+
+def test_a_relaunch_skips_final_points_and_refuses_a_changed_config(reference, data_dir, tmp_path):
+  sweep_dir = tmp_path / "copy"
+  shutil.copytree(reference[0], sweep_dir)
+  before = {p: os.path.getmtime(sweep_dir / p / "summary.json") for p in ("D32.8K-d16", "D32.8K-d32")}
+  again = run(sweep_cmd(sweep_dir, data_dir, "grid"))  # the same two points, both finished
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "2 points, 2 final (skipped), 0 to run" in again.stdout
+  assert "not in the config (left in place, still collected): D32.8K-broken, D32.8K-diverge" in again.stdout
+  assert before == {p: os.path.getmtime(sweep_dir / p / "summary.json") for p in before}
+  changed = run(sweep_cmd(sweep_dir, data_dir, "grid", "--config.overrides.train.eval_steps=3"))
+  assert changed.returncode != 0 and "Refusing to relaunch" in changed.stderr
+  assert "D32.8K-d16: train.eval_steps: 2 -> 3" in changed.stderr
+  shown = run([sys.executable, "-m", "experiments.sweep", "--status", f"--sweep_dir={sweep_dir}"])
+  assert "D32.8K-broken" in shown.stdout and "finished 2  diverged 1  failed 1" in shown.stdout
+
+
+def test_a_sweep_stopped_by_sigterm_then_sigkill_finishes_with_the_uninterrupted_table(reference, data_dir, tmp_path):
+  """tiny:grid is tiny:faults without its diverging and failing points: the same two points
+  (same names, same overrides), so its table must equal those rows of the reference."""
+  sweep_dir = tmp_path / "sweep"
+  cmd = sweep_cmd(sweep_dir, data_dir, "grid", "--parallel=2")
+  d32 = sweep_dir / "D32.8K-d32"
+
+  def launch():
+    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+  # 1. SIGTERM once d32 has its first checkpoint: the points save a checkpoint and stop.
+  proc = launch()
+  wait_for(lambda: (d32 / "checkpoints" / "32").is_dir(), proc, "a checkpoint of D32.8K-d32")
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-3000:]
+  assert "stopped by a signal" in out
+  first = status_lib.states(str(sweep_dir), ["D32.8K-d32"])["D32.8K-d32"]
+  assert first == "preempted" and json.loads((d32 / "summary.json").read_text())["steps"] < 128, out[-3000:]
+
+  # 2. Relaunch; SIGKILL the runner as soon as d32 has resumed. The kernel sends
+  # its points SIGTERM (PR_SET_PDEATHSIG): they stop, as preempted if their loop had begun.
+  proc = launch()
+  wait_for(lambda: "Resumed from the checkpoint" in (d32 / "log.txt").read_text(), proc, "D32.8K-d32 resuming")
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=60)
+  deadline = time.time() + 120
+  while status_lib.orphans(str(sweep_dir)):
+    assert time.time() < deadline, "the points of the killed runner did not exit"
+    time.sleep(0.05)
+  assert status_lib.summary(str(d32))["status"] == "preempted"  # killed mid-point, not finished
+
+  # 3. Relaunch to the end: the same table as the uninterrupted sweep.
+  final = run(cmd)
+  assert final.returncode == 0, final.stdout[-3000:]
+  got = table(sweep_dir)[COMPARED]
+  want = table(reference[0]).pipe(lambda t: t[t["point"].isin(got["point"])])[COMPARED].reset_index(drop=True)
+  assert len(got) == 2
+  pd.testing.assert_frame_equal(got, want, check_exact=True, check_dtype=False)  # bitwise: lm resumes exactly
+  assert table(sweep_dir).set_index("point").loc["D32.8K-d32", "attempts"] == 3
