@@ -23,14 +23,45 @@ import flax.linen as nn
 from lm.ops import dense
 
 
-def rope(x_BLHK: jax.Array, positions_BL: jax.Array, theta: float) -> jax.Array:
+def rope_inv_freq(head_dim: int, theta: float, scaling: str = "none", factor: float = 1.0,
+                  low_freq_factor: float = 1.0, high_freq_factor: float = 4.0,
+                  original_max_len: int = 8192) -> jax.Array:
+  """float32 [K/2]: the rotation rate of channel pair i, theta^(-2i/K), optionally rescaled.
+
+  scaling (the two Hugging Face rope types lm implements, same formulas):
+    'none'    unchanged.
+    'linear'  every rate / factor (positions interpolated: position p acts as p / factor).
+    'llama3'  by wavelength 2*pi/rate against the original context C: wavelengths shorter
+              than C / high_freq_factor unchanged, longer than C / low_freq_factor divided by
+              factor, and in between a linear blend s * rate + (1 - s) * rate / factor with
+              s = (C / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor).
+  """
+  inv_freq_F = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)  # F = K/2
+  if scaling == "none":
+    return inv_freq_F
+  if scaling == "linear":
+    return inv_freq_F / factor
+  if scaling != "llama3":
+    raise ValueError(f"rope scaling {scaling!r} is not one of ('none', 'linear', 'llama3').")
+  wavelen_F = 2 * jnp.pi / inv_freq_F
+  low_freq_wavelen, high_freq_wavelen = original_max_len / low_freq_factor, original_max_len / high_freq_factor
+  scaled_F = jnp.where(wavelen_F > low_freq_wavelen, inv_freq_F / factor, inv_freq_F)
+  smooth_F = (original_max_len / wavelen_F - low_freq_factor) / (high_freq_factor - low_freq_factor)
+  smoothed_F = (1 - smooth_F) * scaled_F / factor + smooth_F * scaled_F
+  medium_F = (wavelen_F >= high_freq_wavelen) & (wavelen_F <= low_freq_wavelen)
+  return jnp.where(medium_F, smoothed_F, scaled_F)
+
+
+def rope(x_BLHK: jax.Array, positions_BL: jax.Array, theta: float, inv_freq_F: jax.Array | None = None) -> jax.Array:
   """Rotary position embedding, "rotate half" layout (Su et al. 2021, as in Llama / HF).
 
   Channel i is paired with channel i + K/2 and the pair is rotated by angle
-  position * theta^(-2i/K). Computed in float32, returned in x's dtype.
+  position * theta^(-2i/K) (or position * inv_freq_F[i], see rope_inv_freq).
+  Computed in float32, returned in x's dtype.
   """
   k = x_BLHK.shape[-1]
-  inv_freq_F = theta ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)  # F = K/2
+  if inv_freq_F is None:
+    inv_freq_F = theta ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)  # F = K/2
   angle_BLF = positions_BL[..., None].astype(jnp.float32) * inv_freq_F
   cos_BL1F = jnp.cos(angle_BLF)[:, :, None, :]
   sin_BL1F = jnp.sin(angle_BLF)[:, :, None, :]
@@ -139,8 +170,12 @@ class Attention(nn.Module):
       k_BLGK += self._bias("k_bias", (g, k), ("kv_heads", "head_dim"))
       v_BLGK += self._bias("v_bias", (g, k), ("kv_heads", "head_dim"))
     if cfg.positions == "rope":
-      q_BLHK = rope(q_BLHK, positions_BL, cfg.rope_theta)
-      k_BLGK = rope(k_BLGK, positions_BL, cfg.rope_theta)
+      inv_freq_F = None  # the unscaled rates, computed inside rope() exactly as before
+      if cfg.rope_scaling != "none":
+        inv_freq_F = rope_inv_freq(k, cfg.rope_theta, cfg.rope_scaling, cfg.rope_scaling_factor,
+                                   cfg.rope_low_freq_factor, cfg.rope_high_freq_factor, cfg.rope_original_max_len)
+      q_BLHK = rope(q_BLHK, positions_BL, cfg.rope_theta, inv_freq_F)
+      k_BLGK = rope(k_BLGK, positions_BL, cfg.rope_theta, inv_freq_F)
     q_BLHK = nn.with_logical_constraint(q_BLHK, ("batch", "length", "heads", "head_dim"))
     k_BLGK = nn.with_logical_constraint(k_BLGK, ("batch", "length", "kv_heads", "head_dim"))
     v_BLGK = nn.with_logical_constraint(v_BLGK, ("batch", "length", "kv_heads", "head_dim"))

@@ -11,6 +11,7 @@ import math
 from ml_collections import ConfigDict
 
 POSITIONS = ("learned", "rope")
+ROPE_SCALINGS = ("none", "linear", "llama3")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
 ATTENTIONS = ("reference", "xla", "cudnn")
@@ -51,6 +52,7 @@ def validate_model(m: ConfigDict) -> None:
   _choice(m.remat, REMATS, "model.remat")
   _choice(m.dtype, DTYPES, "model.dtype")
   _choice(m.param_dtype, DTYPES, "model.param_dtype")
+  _choice(m.get("rope_scaling", "none"), ROPE_SCALINGS, "model.rope_scaling")
   if m.positions == "rope" and head_dim(m) % 2:
     raise ConfigError(f"RoPE rotates pairs of channels, so the head dim ({head_dim(m)}) must be even; "
                       "change model.d_model / model.n_heads or set model.head_dim.")

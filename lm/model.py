@@ -39,6 +39,11 @@ class ModelConfig:
   max_seq_len: int = 256
   positions: str = "rope"
   rope_theta: float = 10000.0
+  rope_scaling: str = "none"          # 'none' | 'linear' | 'llama3' (attention.rope_inv_freq)
+  rope_scaling_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0   # llama3 only
+  rope_high_freq_factor: float = 4.0  # llama3 only
+  rope_original_max_len: int = 8192   # llama3 only: the context the model was first trained at
   norm: str = "rmsnorm"
   norm_eps: float = 1e-6
   mlp: str = "swiglu"
