@@ -48,7 +48,8 @@ def get_config(arg=None):
   d.text_key = "text"
   d.train_split = "train"
   d.eval_split = "validation"
-  d.tokenizer = "sentencepiece"  # 'sentencepiece' | 'bytes'
+  d.tokenizer = "sentencepiece"  # 'sentencepiece' | 'bytes' | 'hf' (a Hugging Face tokenizer.json)
+  d.hf_tokenizer = placeholder(str)  # tokenizer='hf': folder with tokenizer.json (lm.convert sets it)
   d.sp_model_type = "bpe"       # 'bpe' | 'unigram'
   d.vocab_size = 4096
   d.seq_len = 256

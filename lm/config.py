@@ -115,7 +115,7 @@ def validate(cfg: ConfigDict, n_devices: int | None = None) -> None:
     validate_mesh(cfg, n_devices)
 
 
-TOKENIZERS = ("sentencepiece", "bytes")
+TOKENIZERS = ("sentencepiece", "bytes", "hf")
 SP_MODEL_TYPES = ("bpe", "unigram")
 SP_MIN_VOCAB = 261  # 256 byte-fallback pieces + pad, bos, eos, unk + at least one more
 
@@ -126,6 +126,9 @@ def validate_data(d: ConfigDict) -> None:
     if not isinstance(d[field], str) or not d[field]:
       raise ConfigError(f"data.{field}={d[field]!r} must be a non-empty string.")
   _choice(d.tokenizer, TOKENIZERS, "data.tokenizer")
+  if d.tokenizer == "hf" and not d.get("hf_tokenizer"):
+    raise ConfigError("data.tokenizer='hf' needs data.hf_tokenizer: a folder holding a Hugging Face "
+                      "tokenizer.json (an imported checkpoint's folder, or WORKDIR/tokenizer of `lm.convert`).")
   if d.tokenizer == "sentencepiece":
     _choice(d.sp_model_type, SP_MODEL_TYPES, "data.sp_model_type")
     if int(d.vocab_size) < SP_MIN_VOCAB:

@@ -1,21 +1,25 @@
 """A trained model from a workdir: its config, tokenizer, model and latest parameters.
 
-Used by lm.evaluate and lm.generate. The mesh is rebuilt for the devices present (all on
+Used by lm.evaluate, lm.generate and lm.convert; `--workdir` may also name a Hugging Face
+checkpoint directory (lm/hf/). The mesh is rebuilt for the devices present (all on
 `data` unless told otherwise), so a model trained on 8 devices loads on 1.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from ml_collections import ConfigDict
 
 from lm import checkpoint as checkpoint_lib
 from lm import data as data_lib
 from lm import sharding
+from lm.config import ConfigError
 from lm.model import ModelConfig, Transformer
 
 
@@ -31,18 +35,74 @@ class Trained:
 
 
 def load(workdir: str, mesh_cfg: ConfigDict | None = None) -> Trained:
-  """Raises FileNotFoundError naming the fix when `workdir` holds no run or no checkpoint."""
-  cfg = checkpoint_lib.load_config(workdir)
-  checkpoint_lib.latest_step_directory(workdir)  # fail before building anything
+  """The latest checkpoint of an lm workdir (an imported one included), or a Hugging Face
+  checkpoint directory (config.json + *.safetensors of a LlamaForCausalLM / GPT2LMHeadModel,
+  with its tokenizer.json), imported in memory as step 0.
+
+  Raises FileNotFoundError naming the fix when `workdir` holds no run or no checkpoint, and
+  lm.hf.config.HFError (a ConfigError) when a Hugging Face checkpoint cannot be read.
+  """
+  from lm.hf import files as hf_files
+  hf = hf_files.is_hf_dir(workdir)
+  if hf:
+    from lm.hf import convert
+    cfg, hf_params, tokenizer = convert.load_hf(workdir)
+  else:
+    cfg = checkpoint_lib.load_config(workdir)
+    checkpoint_lib.latest_step_directory(workdir)  # fail before building anything
+    _local_tokenizer_files(cfg, workdir)
+    tokenizer = data_lib.build_tokenizer(cfg.data)
   if mesh_cfg is None:
     mesh_cfg = cfg.mesh.copy_and_resolve_references()
     mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor = -1, 1, 1
   mesh, rules = sharding.make_mesh(mesh_cfg), sharding.rules(mesh_cfg)
-  tokenizer = data_lib.build_tokenizer(cfg.data)
   model = Transformer(ModelConfig.from_config(cfg.model, tokenizer.vocab_size))
   tokens = jnp.zeros((1, cfg.data.seq_len), jnp.int32)
   abstract, shardings = sharding.abstract_shardings(lambda r: model.init(r, tokens), mesh, rules,
                                                     jax.random.key(0))
   target = checkpoint_lib.abstract_with_shardings(abstract["params"], shardings["params"])
-  params, step = checkpoint_lib.load_params(workdir, target)
+  if hf:
+    params, step = place_params(convert.to_model_layout(hf_params, model.cfg), target, workdir), 0
+  else:
+    params, step = checkpoint_lib.load_params(workdir, target)
   return Trained(cfg, model, params, tokenizer, mesh, rules, step)
+
+
+def _local_tokenizer_files(cfg: ConfigDict, workdir: str) -> None:
+  """An imported workdir keeps its tokenizer in WORKDIR/tokenizer: use that copy, so a
+  workdir that was moved or copied elsewhere still finds it."""
+  local = os.path.join(workdir, "tokenizer")
+  if cfg.data.get("tokenizer") == "hf" and os.path.isfile(os.path.join(local, "tokenizer.json")):
+    cfg.data.hf_tokenizer = os.path.abspath(local)
+
+
+def place_params(params, target, source: str):
+  """Host parameters -> arrays placed as `target` (ShapeDtypeStructs with shardings), after
+  checking that every parameter is there with the target's shape."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  want, _ = jax.tree_util.tree_flatten_with_path(target)
+  have = {jax.tree_util.keystr(p): x for p, x in flat}
+  need = {jax.tree_util.keystr(p): x for p, x in want}
+  if set(have) != set(need):
+    raise ConfigError(f"{source}: the parameters {sorted(set(need) - set(have))[:4]} are missing and "
+                      f"{sorted(set(have) - set(need))[:4]} unexpected for this model config.")
+  for name, x in need.items():
+    if tuple(have[name].shape) != tuple(x.shape):
+      raise ConfigError(f"{source}: parameter {name} has shape {tuple(have[name].shape)} but the model config "
+                        f"gives {tuple(x.shape)}; use the checkpoint's own model config (configs/finetune.py:PATH "
+                        "copies it).")
+  return jax.tree.map(lambda x, t: jax.device_put(np.asarray(x).astype(t.dtype), t.sharding), params, target)
+
+
+def init_params_from(path: str, abstract_params) -> tuple[Any, int]:
+  """`train.init_from`: parameters from an lm workdir / checkpoint, or from a Hugging Face
+  checkpoint directory (imported on the fly), placed by the shardings in abstract_params."""
+  from lm.hf import files as hf_files
+  if hf_files.is_hf_dir(path):
+    from lm.hf import convert
+    cfg, params, _ = convert.load_hf(path, with_tokenizer=False)
+    if "layers" in abstract_params:  # the fine-tuning model scans its layers
+      from lm.model import stack_layers
+      params = stack_layers(params, cfg.model.n_layers)
+    return place_params(params, abstract_params, path), 0
+  return checkpoint_lib.load_params(path, abstract_params)

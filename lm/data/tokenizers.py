@@ -205,6 +205,9 @@ def build_tokenizer(data_cfg) -> Tokenizer:
   config_lib.validate_data(data_cfg)
   if data_cfg.tokenizer == "bytes":
     return ByteTokenizer()
+  if data_cfg.tokenizer == "hf":  # a Hugging Face tokenizer.json (lm/hf/tokenizer.py)
+    from lm.hf.tokenizer import HFTokenizer
+    return HFTokenizer(data_cfg.hf_tokenizer, vocab_size=int(data_cfg.vocab_size))
   source = sources.open_split(data_cfg, "train_split")  # checks before any training
   path = tokenizer_path(data_cfg)
   if not os.path.exists(path):
