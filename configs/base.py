@@ -55,6 +55,16 @@ def get_config(arg=None):
   d.seq_len = 256
   d.sp_train_bytes = 64_000_000  # SentencePiece trains on at most this much of the train split
   d.shuffle_docs = 64           # documents whose chunks are shuffled together (~14 in a batch of 16)
+  # Supervised fine-tuning (format='sft', lm/data/sft.py): (prompt, completion) pairs, loss on
+  # the completion only, each pair kept whole within a packed row.
+  d.format = "text"             # 'text' (language modelling on data.dataset) | 'sft'
+  d.sft_dataset = placeholder(str)  # TFDS name with two text features; None: sft_train/sft_eval are JSONL files
+  d.sft_train = placeholder(str)  # JSONL file of {"prompt": ..., "completion": ...}, or a split of sft_dataset
+  d.sft_eval = placeholder(str)   # the same, held out: completion loss and exact match
+  d.prompt_key = "prompt"
+  d.completion_key = "completion"
+  d.sft_eval_examples = 128     # held-out pairs answered by greedy generation for exact match
+  d.sft_max_new_tokens = 16     # tokens generated per answer
 
   # ---- train: the loop (lm/train.py) ----
   t = cfg.train = ConfigDict()

@@ -1,8 +1,9 @@
 """The train state and the pure step functions: (state, batch) -> (state, metrics).
 
 A batch holds this process's rows: inputs, targets, segment_ids, positions [b, L] (and
-target_bytes [b] for evaluation); a target counts where segment_ids > 0. Under jit the
-rows of all processes form one global batch sharded along `batch`.
+target_bytes [b] for evaluation); a target counts where segment_ids > 0 and, when the
+batch has one (supervised fine-tuning: completion tokens only), where loss_mask > 0.
+Under jit the rows of all processes form one global batch sharded along `batch`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lm.model import Transformer
 
 TRAIN_KEYS = ("inputs", "targets", "segment_ids", "positions")
 EVAL_KEYS = TRAIN_KEYS + ("target_bytes",)
+OPTIONAL_KEYS = ("loss_mask",)  # [b, L]: 1 where the target counts (lm/data/sft.py)
 
 
 def token_losses(model: Transformer, params, batch) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -27,7 +29,10 @@ def token_losses(model: Transformer, params, batch) -> tuple[jax.Array, jax.Arra
   logits_BLV = model.apply({"params": params}, batch["inputs"], batch["segment_ids"], batch["positions"])
   logz_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
   target_logit_BL = jnp.take_along_axis(logits_BLV, batch["targets"][..., None], axis=-1)[..., 0]
-  return logz_BL - target_logit_BL, logz_BL, batch["segment_ids"] > 0
+  mask_BL = batch["segment_ids"] > 0
+  if "loss_mask" in batch:
+    mask_BL = mask_BL & (batch["loss_mask"] > 0)
+  return logz_BL - target_logit_BL, logz_BL, mask_BL
 
 
 def summed_loss(model, z_loss: float, params, batch):
@@ -53,7 +58,7 @@ def make_train_step(model: Transformer, optimizer: optax.GradientTransformation,
 
   def train_step(state, batch):
     params = state["params"]
-    batch = {k: batch[k] for k in TRAIN_KEYS}
+    batch = {k: batch[k] for k in TRAIN_KEYS + OPTIONAL_KEYS if k in batch}
     if grad_accum_steps == 1:
       (_, aux), grads = grad_fn(params, batch)
     else:

@@ -28,10 +28,13 @@ from lm import checkpoint as checkpoint_lib
 from lm import config as config_lib
 from lm import data as data_lib
 from lm import flops as flops_lib
+from lm import loading
 from lm import metrics as metrics_lib
 from lm import optim
 from lm import sharding
+from lm import sft as sft_lib
 from lm import steps as steps_lib
+from lm.data import sft as sft_data
 from lm.model import ModelConfig, Transformer
 
 
@@ -133,7 +136,9 @@ def train(cfg, workdir: str) -> "TrainResult":
                f"{counts.nonembedding:,}", sharding.describe(mesh))
 
   ckpt = checkpoint_lib.Checkpointer(workdir, t.keep_checkpoints)
-  train_it = data_lib.train_iterator(cfg.data, tokenizer, t.batch_size, t.seed)
+  sft = cfg.data.get("format", "text") == "sft"  # supervised fine-tuning: lm/data/sft.py batches, loss_mask
+  data_src = sft_data if sft else data_lib
+  train_it = data_src.train_iterator(cfg.data, tokenizer, t.batch_size, t.seed)
   restored = ckpt.restore_latest(checkpoint_lib.abstract_with_shardings(spec.abstract, spec.shardings))
   if restored is not None:
     start, state, data_state, meta = restored
@@ -146,15 +151,17 @@ def train(cfg, workdir: str) -> "TrainResult":
     params = None
     if t.init_from:
       abstract = checkpoint_lib.abstract_with_shardings(spec.abstract["params"], spec.shardings["params"])
-      params, from_step = checkpoint_lib.load_params(t.init_from, abstract)
+      params, from_step = loading.init_params_from(t.init_from, abstract)  # lm workdir or HF directory
       print(f"Initialised parameters from {t.init_from} (step {from_step}).", flush=True)
     state = spec.init(t.seed, params)
 
-  eval_keys = steps_lib.EVAL_KEYS
-  b_shard = steps_lib.batch_shardings(mesh, rules, steps_lib.TRAIN_KEYS)
+  extra_keys = steps_lib.OPTIONAL_KEYS if sft else ()
+  eval_keys = steps_lib.EVAL_KEYS + extra_keys
+  b_shard = steps_lib.batch_shardings(mesh, rules, steps_lib.TRAIN_KEYS + extra_keys)
   e_shard = steps_lib.batch_shardings(mesh, rules, eval_keys)
   eval_batches = [sharding.shard_batch({k: b[k] for k in eval_keys}, mesh, rules)
-                  for b in itertools.islice(data_lib.eval_iterator(cfg.data, tokenizer, t.batch_size), t.eval_steps)]
+                  for b in itertools.islice(data_src.eval_iterator(cfg.data, tokenizer, t.batch_size), t.eval_steps)]
+  sft_pairs = sft_data.read_examples(cfg.data, "eval") if sft else None
   train_step = spec.jit_train_step(
       steps_lib.make_train_step(model, optimizer, lr_schedule, cfg.train.z_loss, cfg.optim.grad_accum_steps), b_shard)
   eval_step = spec.jit_eval_step(steps_lib.make_eval_step(model), e_shard)
@@ -175,7 +182,10 @@ def train(cfg, workdir: str) -> "TrainResult":
       for batch in eval_batches:
         out = eval_step(params, batch)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    return steps_lib.eval_metrics(jax.device_get(sums))
+    metrics = steps_lib.eval_metrics(jax.device_get(sums))
+    if sft:  # eval_loss is the completion loss; add exact match by greedy generation
+      metrics.update(sft_lib.train_metrics(model, params, tokenizer, sft_pairs, cfg.data, mesh, rules))
+    return metrics
 
   def save(state, step, wait=False):
     if not _all_finite(state["params"]):
@@ -265,7 +275,7 @@ def train(cfg, workdir: str) -> "TrainResult":
   completed = step if status != "finished" else t.steps
   summary = _summary(cfg, workdir, model_cfg, counts, per_token, status, completed, tokens_per_step, last,
                      last_eval, recent_losses, wall_before + time.perf_counter() - t0, run_throughput, peak, spec_peak,
-                     baseline=data_lib.unigram_baseline(cfg.data, tokenizer) if status == "finished" else None)
+                     baseline=data_lib.unigram_baseline(cfg.data, tokenizer) if status == "finished" and not sft else None)
   return TrainResult(summary, state, model, tokenizer)
 
 
@@ -298,6 +308,8 @@ def _summary(cfg, workdir, model_cfg, counts, per_token, status, steps_done, tok
       "peak_flops_spec": spec_peak * len(jax.devices()) if spec_peak else None,
       "mfu_spec": tps * per_token["flops_exact"] / (spec_peak * len(jax.devices())) if (tps and spec_peak) else None,
   }
+  if "eval_exact_match" in last_eval:  # supervised fine-tuning (lm/sft.py)
+    row["eval_exact_match"] = last_eval["eval_exact_match"]
   if baseline:
     row["unigram_loss"] = baseline["nats_per_token"]
     row["unigram_bpb"] = baseline["bits_per_byte"]

@@ -1,0 +1,53 @@
+"""Evaluate a model on (prompt, completion) pairs: completion loss and exact-match accuracy.
+
+    python -m lm.evaluate_sft --workdir=DIR --examples=FILE.jsonl [--max_examples=N]
+                              [--max_new_tokens=16] [--show=5] [--json]
+
+`--workdir` is anything lm.generate takes: a training run, an imported workdir, or a Hugging
+Face checkpoint directory. The definitions of both numbers are in lm/sft.py.
+"""
+
+import json
+import math
+import sys
+
+from absl import app
+from absl import flags
+
+from lm.cli import parse_flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A run, an imported workdir, or a Hugging Face checkpoint directory.")
+_EXAMPLES = flags.DEFINE_string("examples", None, "JSONL file of {\"prompt\": ..., \"completion\": ...} lines.")
+_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Use only the first N pairs.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 16, "Tokens generated per answer.")
+_SHOW = flags.DEFINE_integer("show", 5, "Print this many (prompt, expected, answer) triples.")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
+flags.mark_flags_as_required(["workdir", "examples"])
+
+
+def main(argv):
+  del argv
+  from lm.cli import quiet_logs
+  quiet_logs()
+  from lm import loading, sft
+  from lm.config import ConfigError
+  from lm.data import sft as sft_data
+  try:
+    pairs = sft_data.read_jsonl(_EXAMPLES.value, field="--examples")[:_MAX_EXAMPLES.value]
+    trained = loading.load(_WORKDIR.value)
+    result = sft.evaluate(trained, pairs, _MAX_NEW.value)
+  except (ConfigError, FileNotFoundError, ValueError) as e:
+    sys.exit(f"Error: {e}")
+  result.update(workdir=_WORKDIR.value, examples_file=_EXAMPLES.value, step=trained.step)
+  if _JSON.value:
+    print(json.dumps(result))
+    return
+  print(f"{_WORKDIR.value} (step {trained.step}) on {result['examples']} pairs of {_EXAMPLES.value}:\n"
+        f"completion loss {result['completion_loss']:.4f} nats/token ({result['completion_bpb']:.4f} bits/byte, "
+        f"perplexity {math.exp(result['completion_loss']):.2f}), exact match {result['exact_match']:.1%}")
+  for p, a in list(zip(pairs, result["answers"]))[:_SHOW.value]:
+    print(f"  prompt ...{p['prompt'][-60:]!r}\n    expected {p['completion'].strip()!r}  got {a.strip()!r}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)
