@@ -92,17 +92,31 @@ def pid_alive(pid: int) -> bool:
   return True
 
 
+def _cmdline(pid) -> list[str]:
+  try:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+      return f.read().decode(errors="replace").split("\0")
+  except OSError:
+    return []
+
+
+def _parent(pid) -> int:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return int(f.read().rsplit(")", 1)[1].split()[1])  # the field after the state
+  except (OSError, ValueError, IndexError):
+    return 0
+
+
 def orphans(sweep_dir: str) -> list[tuple[int, str]]:
-  """(pid, point) of lm.main processes on this host still running in this sweep's workdirs."""
+  """(pid, point) of lm.main processes on this host in this sweep's workdirs whose runner is
+  gone (their parent is no experiments.sweep: they were re-parented when it died). Points
+  of a live runner, e.g. another host's of a multi-host sweep simulated on one machine, are not."""
   found, prefix = [], f"--workdir={os.path.abspath(sweep_dir)}{os.sep}"
   for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
-    try:
-      with open(f"/proc/{pid}/cmdline", "rb") as f:
-        args = f.read().decode(errors="replace").split("\0")
-    except OSError:
-      continue
+    args = _cmdline(pid)
     workdir = next((a[len(prefix):] for a in args if a.startswith(prefix)), None)
-    if "lm.main" in args and workdir and int(pid) != os.getpid():
+    if "lm.main" in args and workdir and "experiments.sweep" not in _cmdline(_parent(pid)):
       found.append((int(pid), workdir))
   return found
 
