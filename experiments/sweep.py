@@ -285,6 +285,8 @@ def main(argv) -> int:
       owner = lock.owner()
       sys.exit(f"Another sweep runner holds {lock.path} (pid {owner.get('pid')} on {owner.get('host')} since "
                f"{owner.get('since')}); one runner per sweep directory.")
+    if lock.unsupported is not None:
+      log(f"cannot lock {lock.path} ({lock.unsupported}); make sure no other runner uses this sweep directory")
     write_plan_files(sweep_dir, cfg, points)
   extra = sorted(set(status_lib.point_dirs(sweep_dir)) - {p.name for p in points})
   if extra and index == 0:

@@ -123,17 +123,27 @@ def orphans(sweep_dir: str) -> list[tuple[int, str]]:
 
 class Lock:
   """An exclusive flock on SWEEP_DIR/sweep.lock: one runner per sweep directory. The kernel
-  drops it when its holder dies, however it dies, so a lock left behind is never stale."""
+  drops it when its holder dies, however it dies, so a lock left behind is never stale.
+  On a filesystem without locks (gcsfuse) the runner goes on without one, and says so."""
 
   def __init__(self, sweep_dir: str):
     self.path = os.path.join(sweep_dir, "sweep.lock")
     self._f = None
+    self.unsupported = None  # the OSError of a filesystem that cannot lock
+
+  def _try(self, f) -> bool:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      return True
+    except BlockingIOError:
+      return False
+    except OSError as e:  # ENOLCK, ENOSYS, EOPNOTSUPP: no locks here
+      self.unsupported = e
+      return True
 
   def acquire(self) -> bool:
     f = open(self.path, "a+")
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    if not self._try(f):
       f.close()
       return False
     f.seek(0)
@@ -147,10 +157,11 @@ class Lock:
     """True while another live runner holds it (checked by taking it for a moment)."""
     if self._f is not None or not os.path.exists(self.path):
       return False
-    if self.acquire():
-      self.release()
-      return False
-    return True
+    with open(self.path) as f:
+      free = self._try(f)
+      if free and self.unsupported is None:
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return not free
 
   def owner(self) -> dict:
     try:
@@ -161,7 +172,8 @@ class Lock:
 
   def release(self) -> None:
     if self._f is not None:
-      fcntl.flock(self._f, fcntl.LOCK_UN)
+      if self.unsupported is None:
+        fcntl.flock(self._f, fcntl.LOCK_UN)
       self._f.close()
       self._f = None
 
