@@ -18,11 +18,11 @@ import flax.linen as nn
 
 from lm import config as config_lib
 from lm.attention import Attention
-from lm.ops import dense
+from lm.ops import SAVE_DENSE_OUTPUTS, dense
 
 REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole block in the backward pass
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep weight matmuls
+    "dots": SAVE_DENSE_OUTPUTS,  # keep the weight matmuls' outputs, recompute the rest
 }
 
 
