@@ -124,14 +124,17 @@ def params_from_hf(hf_model, cfg) -> dict:
 
 
 class LmSide:
-  def __init__(self, cfg, hf_model=None):
-    """Random weights, or those of `hf_model` (then both sides compute the same function)."""
+  def __init__(self, cfg, hf_model=None, params=None):
+    """Random weights, those of `hf_model` (then both sides compute the same function), or
+    `params` (a trained model's, e.g. lm.loading.load(workdir).params)."""
     import jax
     import flax.linen as nn
     from lm import decode
     from lm.model import Transformer, init_params
     self.decode, self.model = decode, Transformer(cfg)
-    if hf_model is None:
+    if params is not None:
+      self.params = params
+    elif hf_model is None:
       self.params = init_params(self.model, jax.random.key(0))
     else:
       self.params = jax.tree.map(jax.numpy.asarray, params_from_hf(hf_model, cfg))
@@ -203,6 +206,19 @@ class HfSide:
     return seconds
 
 
+def costs(t1: float, tn: float, batch: int, prompt_len: int, new_tokens: int) -> dict:
+  """Throughputs from the times to generate 1 and N new tokens (the module docstring)."""
+  step_s = (tn - t1) / (new_tokens - 1)
+  return dict(prefill_tok_s=batch * prompt_len / t1, decode_tok_s=batch / step_s, ms_per_token=1e3 * step_s)
+
+
+def step_bytes(lm_side: LmSide, cfg, batch: int, slots: int) -> tuple[int, int]:
+  """(KV-cache bytes, bytes one decode step reads): every weight once, but only B rows of
+  an untied embedding table (left out); the whole cache of `slots` positions."""
+  kv = lm_side.cache_bytes(batch, slots)
+  return kv, lm_side.weight_bytes - (0 if cfg.tie_embeddings else lm_side.table_bytes) + kv
+
+
 def timings(sides: dict, prompts, new_tokens: int, repeats: int) -> dict:
   """{side: {n: [seconds, ...]}} for n = 1 and N, the sides' runs interleaved, after a warm-up."""
   runs = {name: {1: [], new_tokens: []} for name in sides}
@@ -256,13 +272,12 @@ def main():
         hf.step_s = []
       runs = timings(sides, prompts, N, args.repeats)
       times = {name: (statistics.median(r[1]), statistics.median(r[N])) for name, r in runs.items()}
-      kv = lm.cache_bytes(batch, P + N - 1)
-      # per step: every weight once, but only B rows of an untied embedding table; the whole cache
-      step_bytes = lm.weight_bytes - (0 if cfg.tie_embeddings else lm.table_bytes) + kv
+      kv, per_step = step_bytes(lm, cfg, batch, P + N - 1)
       decode_tps = {}
       for name, (t1, tn) in times.items():
-        step_s = (tn - t1) / (N - 1)
-        decode_tps[name] = batch / step_s
+        c = costs(t1, tn, batch, P, N)
+        step_s = c["ms_per_token"] / 1e3
+        decode_tps[name] = c["decode_tok_s"]
         step_lm = step_s if name == "lm" else step_lm
         ratio = same = ""
         if name == "HF":  # greedy tokens of the last run: equal unless float noise flips a near-tie
@@ -270,9 +285,9 @@ def main():
           same = f"{np.mean(lm.last_tokens == sides['HF'].last_tokens):.0%}"
           hf_step = statistics.median(sides["HF"].step_s)
           steady.append(f"{size} B={batch} {hf_step * 1e3:.2f} ms -> {hf_step / step_lm:.2f}x")
-        print(f"{size:<11} {lm.n_params / 1e6:>6.1f}M {batch:>2} {name:<4} {batch * P / t1:>13,.0f} "
+        print(f"{size:<11} {lm.n_params / 1e6:>6.1f}M {batch:>2} {name:<4} {c['prefill_tok_s']:>13,.0f} "
               f"{decode_tps[name]:>12,.1f} {1e3 * step_s:>7.2f} {kv / 1e6:>6.2f} {lm.weight_bytes / 1e6:>10.1f} "
-              f"{step_bytes / batch / 1e6:>7.1f} {step_bytes / step_s / 1e9 / bw['copy']:>6.0%} {ratio:>6} {same:>8}")
+              f"{per_step / batch / 1e6:>7.1f} {per_step / step_s / 1e9 / bw['copy']:>6.0%} {ratio:>6} {same:>8}")
   if steady:
     print("\nHF's median decode step (timed inside generate), and lm/HF against it: " + ", ".join(steady))
   load1 = os.getloadavg()
