@@ -45,7 +45,7 @@ def get_config(arg=None):
   s.budgets = (3e11, 1e12, 3e12)
   s.budget_models = (("p8k", "p50k", "p100k", "p200k"),
                      ("p8k", "p50k", "p100k", "p200k", "p400k"),
-                     ("p50k", "p100k", "p200k", "p400k"))
+                     ("p8k", "p50k", "p100k", "p200k", "p400k"))
   s.flops_definition = "flops_exact"
   s.min_steps = 100
   s.max_steps = placeholder(int)
