@@ -16,6 +16,7 @@ import os
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 
 def pareto(cost, quality) -> np.ndarray:
@@ -77,6 +78,9 @@ def frontier_plot(ax, table: pd.DataFrame, cost: str, quality: str, label: str =
   for x, y, name in zip(table[cost], table[quality], table[label]):
     ax.annotate(str(name), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
   ax.set(xscale="log", xlabel=xlabel or cost, ylabel=quality)
+  ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.2, 0.5, 1, 2, 5: under two decades of data
+  ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+  ax.xaxis.set_minor_formatter(NullFormatter())
   if title:
     ax.set_title(title)
   ax.grid(True, which="both", alpha=0.3)
