@@ -1,4 +1,4 @@
-"""A CPU-sized IsoFLOP experiment (Hoffmann et al. 2022, Approach 2): 3 budgets x 4-5 sizes, ~20 min on 2 cores.
+"""A CPU-sized IsoFLOP experiment (Hoffmann et al. 2022, Approach 2): 3 budgets x 4-5 sizes, 16 min on 2 cores.
 
     python -m experiments.sweep --config=experiments/sweeps/isoflop_cpu.py --sweep_dir=DIR --dry_run
     python -m experiments.sweep --config=experiments/sweeps/isoflop_cpu.py --sweep_dir=DIR --parallel=2
@@ -14,7 +14,7 @@ budget's minimum is bracketed. What departs from the CPU tier, and why:
     token, 6N = 0.27M), so at the budgets 2 cores afford in 30 minutes (<= 3e12) every IsoFLOP
     curve fell all the way down to the smallest model (pilot at 1e12: p50k 5.76 < p100k 6.12 <
     p200k 6.31 < p400k 6.41 < p1m 6.51 nats/token, batch 16; at 3e11 with batch 4: p8k 5.63 <
-    p50k 6.05). With bytes flops_exact is 1.4-3.6x 6N and the curves have minima inside the
+    p50k 6.05). With bytes flops_exact is 1.3x (p400k) to 3.0x (p8k) 6N and the curves have minima inside the
     ladder (pilots: 3e11 p8k 1.732 ~ p50k 1.743 < p100k 2.34; 1e12 p50k 1.405 < p100k 1.466
     < p8k 1.602 < p200k 1.617 nats/byte). Losses are nats per byte-token (eval_bpb in bits).
   - train.batch_size = 4 (512 tokens a step), not 16: these runs are step-limited (a larger
