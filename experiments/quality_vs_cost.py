@@ -41,6 +41,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from experiments.sweep_status import read_json
 from lm import frontier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,14 +79,6 @@ def sweep_workdirs(sweep_dir: str) -> list[str]:
     if os.path.isdir(d) and (read_json(os.path.join(d, "summary.json")) or {}).get("status") == "finished":
       out.append(d)
   return out
-
-
-def read_json(path: str) -> dict | None:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
 
 
 # ---- quality and cost ----
