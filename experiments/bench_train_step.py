@@ -1,6 +1,7 @@
 """Training-step benchmark: lm against Hugging Face transformers (PyTorch), side by side.
 
     python -m experiments.bench_train_step [--shapes=issue,small] [--steps=5] [--no_torch]
+        [--dtype=bfloat16] [--attention=xla]
 
 For each shape and family (GPT-2-like: learned positions, LayerNorm, GELU, biases, tied
 head; Llama-like: RoPE, RMSNorm, SwiGLU, untied head), times a full training step
@@ -9,7 +10,9 @@ in transformers (GPT2LMHeadModel / LlamaForCausalLM, random weights, torch.optim
 Every measurement runs in its own process, one after the other, never two at once. Each
 process also times a large matmul in its framework, so the analytic FLOP rate of the
 step can be read as a fraction of what the device can do (an MFU estimate).
-The torch side needs the benchmark extra: pip install -e '.[bench]'.
+The torch side needs the benchmark extra: pip install -e '.[bench]'. On a GPU both sides run
+there (torch with autocast in --dtype); --dtype=bfloat16 computes in bf16 with float32
+parameters on both sides, and the matmul peak is timed in that dtype.
 """
 
 import json
@@ -25,6 +28,8 @@ _SHAPES = flags.DEFINE_list("shapes", ["issue"], "Shapes to run: " + ", ".join([
 _FAMILIES = flags.DEFINE_list("families", ["gpt2", "llama"], "Model families.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per measurement (after 2 warm-up steps).")
 _NO_TORCH = flags.DEFINE_bool("no_torch", False, "Skip the transformers side.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (params stay float32).")
+_ATTENTION = flags.DEFINE_enum("attention", "reference", ["reference", "xla"], "lm's attention implementation.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: run one measurement and print JSON.")
 
 # (n_layers, d_model, n_heads, d_ff, vocab, seq_len, batch)
@@ -32,6 +37,7 @@ SHAPES = {
     "issue": (4, 512, 8, 2048, 8192, 256, 16),   # the shape issue 2 names
     "small": (4, 256, 4, 1024, 4096, 256, 16),
     "wide": (2, 1024, 16, 4096, 8192, 128, 8),
+    "gpu": (12, 1024, 16, 4096, 32768, 1024, 16),  # ~220M parameters, 16K tokens a step
 }
 FAMILIES = {
     "gpt2": dict(positions="learned", norm="layernorm", mlp="gelu", use_bias=True, tie_embeddings=True),
@@ -45,7 +51,7 @@ def model_config(shape: str, family: str):
   n_layers, d, h, f, v, s, _ = SHAPES[shape]
   m = base.get_config().model
   m.update(n_layers=n_layers, d_model=d, n_heads=h, n_kv_heads=h, d_ff=f, max_seq_len=s,
-           attention="reference", **FAMILIES[family])
+           attention=_ATTENTION.value, dtype=_DTYPE.value, **FAMILIES[family])
   return m, ModelConfig.from_config(m, v)
 
 
@@ -60,9 +66,14 @@ def median_step_seconds(step, steps: int) -> float:
   return sorted(times)[len(times) // 2]
 
 
-def matmul_gflops(matmul, n: int = 4096) -> float:
+def matmul_gflops(matmul, n: int) -> float:
   seconds = median_step_seconds(matmul, 5)
   return 2 * n ** 3 / seconds / 1e9
+
+
+def matmul_size() -> int:
+  import jax
+  return 8192 if jax.devices()[0].platform == "gpu" else 4096
 
 
 def lm_worker(shape: str, family: str) -> dict:
@@ -93,11 +104,12 @@ def lm_worker(shape: str, family: str) -> dict:
       box[0], metrics = step_fn(box[0], batch)
       jax.block_until_ready(metrics)
     seconds = median_step_seconds(one, _STEPS.value)
-  x = jnp.ones((4096, 4096), jnp.float32)
+  n = matmul_size()
+  x = jnp.ones((n, n), _DTYPE.value)
   mm = jax.jit(lambda a: a @ a)
-  peak = matmul_gflops(lambda: mm(x).block_until_ready())
+  peak = matmul_gflops(lambda: mm(x).block_until_ready(), n)
   counts = flops.param_counts(mcfg)
-  return {"impl": "lm (jax " + jax.__version__ + ")", "params": counts.total, "step_s": seconds,
+  return {"impl": f"lm (jax {jax.__version__}, {_ATTENTION.value} attention)", "params": counts.total, "step_s": seconds,
           "flops_6n": flops.flops_6n(mcfg), "flops_exact": flops.flops_exact(mcfg, s), "matmul_gflops": peak}
 
 
@@ -118,18 +130,24 @@ def torch_worker(shape: str, family: str) -> dict:
                                       max_position_embeddings=s, tie_word_embeddings=False, bos_token_id=0,
                                       eos_token_id=0, pad_token_id=0)
     model = transformers.LlamaForCausalLM(config)
-  model.train()
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  dtype = getattr(torch, _DTYPE.value)
+  model.to(device).train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
-  ids = torch.randint(0, v, (b, s))
+  ids = torch.randint(0, v, (b, s), device=device)
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
   def one():
-    loss = model(input_ids=ids, labels=ids).loss
+    with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
+      loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
+    sync()
   seconds = median_step_seconds(one, _STEPS.value)
-  x = torch.ones(4096, 4096)
-  peak = matmul_gflops(lambda: x @ x)
+  n = 8192 if device == "cuda" else 4096
+  x = torch.ones(n, n, device=device, dtype=dtype)
+  peak = matmul_gflops(lambda: (x @ x, sync()), n)
   _, mcfg = model_config(shape, family)
   return {"impl": f"transformers {transformers.__version__} (torch {torch.__version__})",
           "params": sum(p.numel() for p in model.parameters()), "step_s": seconds,
@@ -138,7 +156,7 @@ def torch_worker(shape: str, family: str) -> dict:
 
 def measure(kind: str, shape: str, family: str) -> dict | None:
   cmd = [sys.executable, "-m", "experiments.bench_train_step", f"--worker={kind}:{shape}:{family}",
-         f"--steps={_STEPS.value}"]
+         f"--steps={_STEPS.value}", f"--dtype={_DTYPE.value}", f"--attention={_ATTENTION.value}"]
   out = subprocess.run(cmd, capture_output=True, text=True)
   rows = [line for line in out.stdout.splitlines() if line.startswith("{")]
   if out.returncode or not rows:
@@ -154,7 +172,7 @@ def main(argv):
     row = (lm_worker if kind == "lm" else torch_worker)(shape, family)
     print(json.dumps(row))
     return
-  print(f"load average before: {os.getloadavg()[0]:.2f}  ({os.cpu_count()} CPUs)")
+  print(f"load average before: {os.getloadavg()[0]:.2f}  ({os.cpu_count()} CPUs); compute dtype {_DTYPE.value}")
   header = (f"{'shape':6} {'family':6} {'implementation':42} {'params':>11} {'step ms':>8} {'tokens/s':>9} "
             f"{'6N GF/s':>8} {'exact GF/s':>10} {'matmul GF/s':>11} {'MFU':>6}")
   print(header)
