@@ -21,7 +21,20 @@ def print_summary(s: dict) -> None:
                f"{s['eval_loss'] / s['unigram_loss']:.0%} of its loss, perplexity {math.exp(s['eval_loss']):.1f} "
                f"vs {math.exp(s['unigram_loss']):.1f})")
     lines.append(line)
+  if (s.get("mfu") or 0) > 1 and s.get("peak_flops_measured"):
+    lines.append(stale_peak_warning(s))
   print("\n".join(lines), flush=True)
+
+
+def stale_peak_warning(s: dict) -> str:
+  """MFU above 100% means the cached matmul peak is too low: a peak timed while other work
+  shared the device (only ever an underestimate)."""
+  from lm import flops
+  achieved = s["mfu"] * s["peak_flops_measured"]
+  return (f"warning: MFU above 100%: this run computed {achieved / 1e9:,.1f} GFLOP/s (flops_exact), more than the "
+          f"cached peak of {s['peak_flops_measured'] / 1e9:,.1f} GFLOP/s, which was probably measured while other work "
+          f"loaded the machine. Measure it again when the machine is quiet: python -c \"from lm import flops; "
+          f"flops.peak_flops('{s.get('dtype') or 'float32'}', refresh=True)\" (cache: {flops.default_cache_file()})")
 
 
 def print_samples(result, prompts, workdir: str, max_new_tokens: int = 48, temperature: float = 0.8,

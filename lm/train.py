@@ -303,6 +303,7 @@ def _summary(cfg, workdir, model_cfg, counts, per_token, status, steps_done, tok
       "device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),
       "jax_version": jax.__version__, "git_commit": metrics_lib.git_commit(),
       "head_dim": model_cfg.head_dim, "positions": model_cfg.positions, "mlp": model_cfg.mlp,
+      "dtype": cfg.model.dtype,
       "tokenizer": cfg.data.tokenizer, "dataset": cfg.data.dataset, "schedule": cfg.optim.schedule,
       "params_embedding": counts.embedding, "peak_flops_measured": peak,
       "peak_flops_spec": spec_peak * len(jax.devices()) if spec_peak else None,

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import optim, steps
+from lm import optim, report, steps
 from lm import train as train_lib
 from lm.metrics import read_jsonl
 from lm.model import Transformer, init_params
@@ -168,3 +168,15 @@ def test_init_from_takes_another_runs_parameters_but_not_its_optimizer(tmp_path,
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), pre.params, post.params)
   assert losses(tmp_path / "tuned")[1] < losses(tmp_path / "pretrained")[1] - 0.5  # starts trained
   assert summary["steps"] == 1 and checkpoint.read_meta(str(tmp_path / "tuned"))["step"] == 1
+
+
+def test_an_mfu_above_one_warns_that_the_cached_peak_is_stale(capsys):
+  summary = {"status": "finished", "steps": 10, "tokens": 40960, "wall_s": 5.0, "tokens_per_s": 8192.0,
+             "mfu": 1.895, "peak_flops_measured": 65.7e9, "dtype": "bfloat16", "eval_loss": None}
+  report.print_summary(summary)
+  out = capsys.readouterr().out
+  assert "MFU 189.5%" in out and "MFU above 100%" in out
+  assert "124.5 GFLOP/s" in out and "65.7 GFLOP/s" in out  # achieved = 1.895 x 65.7
+  assert "flops.peak_flops('bfloat16', refresh=True)" in out
+  report.print_summary({**summary, "mfu": 0.59})
+  assert "warning" not in capsys.readouterr().out
