@@ -6,7 +6,7 @@
     python -m experiments.quality_vs_cost --workdirs=runs/a,runs/b --out_dir=OUT
 
 Training (--train): `python -m experiments.sweep --config=experiments/sweeps/quality_vs_cost.py
---sweep_dir=DIR`, i.e. the CPU-tier rungs p200k .. p10m on the same 204,800 tokens, the same
+--sweep_dir=DIR`, i.e. the CPU-tier rungs p200k .. p10m on the same 1,638,400 tokens, the same
 data order and tokenizer, so quality differences come from size (that file has the time
 arithmetic). Finished points are skipped, so a relaunch only trains what is missing.
 

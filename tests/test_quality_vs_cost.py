@@ -111,8 +111,8 @@ def test_the_sweep_config_trains_every_rung_on_the_same_tokens():
   from experiments.sweeps import quality_vs_cost as sweep
   points, left_out = sweep_plan.expand(sweep.get_config())
   assert not left_out and [p.model for p in points] == list(sweep.RUNGS)
-  assert {p.tokens for p in points} == {204_800} and {p.steps for p in points} == {100}
-  assert all(p.overrides["train.eval_every"] == p.overrides["train.checkpoint_every"] == 100 for p in points)
+  assert {p.tokens for p in points} == {sweep.TOKENS} and {p.steps for p in points} == {sweep.TOKENS // (16 * 128)}
+  assert all(p.overrides["train.eval_every"] == p.overrides["train.checkpoint_every"] == 800 for p in points)
 
 
 @pytest.fixture(scope="module")
