@@ -313,16 +313,26 @@ def optimal_allocation(fit_json: dict, flops, params: dict | None = None):
                  "fit --law=isoflop or --law=chinchilla to plan.")
 
 
-def allocation_band(fit_json: dict, flops):
-  """Percentile band of (N_opt, D_opt) over the bootstrap samples: arrays lo_N, hi_N, lo_D, hi_D."""
+def bootstrap_band(fit_json: dict, flops, of=lambda n, d: (n, d)):
+  """Percentile band (lo, hi) over the bootstrap samples of of(N_opt, D_opt) at `flops`;
+  None when the fit kept no samples."""
   samples = fit_json.get("bootstrap") or {}
   count = fit_json.get("n_bootstrap_ok", 0)
   if not count:
     return None
-  ns, ds = zip(*(optimal_allocation(fit_json, flops, {k: v[i] for k, v in samples.items()}) for i in range(count)))
+  values = np.stack([np.asarray(of(*optimal_allocation(fit_json, flops, {k: v[i] for k, v in samples.items()})))
+                     for i in range(count)])
   tail = (1 - fit_json["confidence"]) / 2 * 100
-  q = lambda xs, pct: np.percentile(np.stack(xs), pct, axis=0)
-  return q(ns, tail), q(ns, 100 - tail), q(ds, tail), q(ds, 100 - tail)
+  return np.percentile(values, tail, axis=0), np.percentile(values, 100 - tail, axis=0)
+
+
+def allocation_band(fit_json: dict, flops):
+  """Percentile band of (N_opt, D_opt) over the bootstrap samples: arrays lo_N, hi_N, lo_D, hi_D."""
+  band = bootstrap_band(fit_json, flops)
+  if band is None:
+    return None
+  (lo_n, lo_d), (hi_n, hi_d) = band
+  return lo_n, hi_n, lo_d, hi_d
 
 
 def predicted_loss(fit_json: dict, n, d):

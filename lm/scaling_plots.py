@@ -87,13 +87,9 @@ def tokens_per_param(ax, fits, runs=None):
     style = LAW_STYLE[f["law"]]
     n, d = scaling.optimal_allocation(f, c)
     ax.plot(c, d / n, **style)
-    samples = f.get("bootstrap") or {}
-    if f.get("n_bootstrap_ok"):
-      ratios = np.stack([np.divide(*scaling.optimal_allocation(f, c, {k: v[i] for k, v in samples.items()})[::-1])
-                         for i in range(f["n_bootstrap_ok"])])
-      tail = (1 - f["confidence"]) / 2 * 100
-      ax.fill_between(c, np.percentile(ratios, tail, axis=0), np.percentile(ratios, 100 - tail, axis=0),
-                      color=style["color"], alpha=0.15, lw=0)
+    band = scaling.bootstrap_band(f, c, of=lambda n_opt, d_opt: d_opt / n_opt)
+    if band is not None:
+      ax.fill_between(c, *band, color=style["color"], alpha=0.15, lw=0)
     used = _budgets(f)
     if used:
       ax.scatter([b["C"] for b in used], [b["D_opt"] / b["N_opt"] for b in used], color=style["color"],
