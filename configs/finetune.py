@@ -48,8 +48,10 @@ def get_config(arg=None):
     cfg.model.update(model_fields)
     cfg.data.update({k: src["data"][k] for k in TOKENIZER_FIELDS if k in src["data"]})
     cfg.train.init_from = os.path.abspath(os.path.expanduser(arg))
-  else:
-    cfg.model.update(default.get_config().model.to_dict())
+  else:  # the default model, with the data fields its tokenizer and positions depend on
+    src = default.get_config()
+    cfg.model.update(src.model.to_dict())
+    cfg.data.update({k: src.data[k] for k in TOKENIZER_FIELDS})
   cfg.experiment = "finetune"
   d = cfg.data
   d.format = "sft"

@@ -208,3 +208,13 @@ def test_finetune_config_copies_a_runs_model_and_tokenizer(tmp_path):
   assert (cfg.model.d_model, cfg.model.n_heads, cfg.model.rope_theta) == (48, 6, 500.0)
   assert (cfg.data.vocab_size, cfg.data.train_split, cfg.data.format) == (1000, "train[:5]", "sft")
   assert cfg.train.init_from == str(tmp_path)
+
+
+def test_finetune_config_without_a_run_is_the_default_model_with_its_sequence_length():
+  from configs import default
+  from lm import config as config_lib
+  cfg = finetune.get_config()
+  cfg.train.init_from = "runs/default"
+  assert cfg.model.to_dict() == default.get_config().model.to_dict()
+  assert cfg.data.seq_len == default.get_config().data.seq_len
+  config_lib.validate(cfg, 1)  # the default's 128-token positions hold the data's rows
