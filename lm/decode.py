@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
+from lm import sharding, steps
 from lm.model import Transformer, unstack_layers
 
 
@@ -285,12 +286,7 @@ def _batch_shards(mesh, rules) -> int:
 
 
 def _context(mesh, rules):
-  if mesh is None:
-    return contextlib.nullcontext()
-  stack = contextlib.ExitStack()
-  stack.enter_context(jax.set_mesh(mesh))
-  stack.enter_context(nn.logical_axis_rules(rules))
-  return stack
+  return contextlib.nullcontext() if mesh is None else steps.in_context(mesh, rules)
 
 
 def stream(model: Transformer, params, prompts, *, max_new_tokens: int, chunk_tokens: int = 16,
@@ -333,8 +329,7 @@ def stream(model: Transformer, params, prompts, *, max_new_tokens: int, chunk_to
   with _context(mesh, rules):
     arrays = [batch.tokens_BP, batch.segment_ids_BP, batch.positions_BP, batch.lengths_B, batch.active_B]
     if mesh is not None:
-      arrays = [jax.device_put(x, jax.sharding.NamedSharding(
-          mesh, nn.logical_to_mesh_axes(("batch", "length")[:x.ndim], rules))) for x in arrays]
+      arrays = [jax.device_put(x, sharding.batch_sharding(mesh, rules, x.ndim)) for x in arrays]
     state = _start_jit(static, int(max_new_tokens), _unwrap(params), *arrays, jax.random.key(seed), *dyn)
     done = 0
     while True:
