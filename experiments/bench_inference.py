@@ -85,42 +85,11 @@ def measure_bandwidth() -> dict:
 
 
 def params_from_hf(hf_model, cfg) -> dict:
-  """lm parameters holding a transformers Llama / GPT-2 model's weights (float32 numpy).
-
-  torch Linear stores [out, in] (x @ W.T); GPT-2's Conv1D stores [in, out] (x @ W).
-  """
+  """lm parameters holding a transformers Llama / GPT-2 model's weights (float32 numpy),
+  through lm's own importer (lm/hf/weights.py), which checks every tensor's shape."""
+  from lm.hf.weights import TO_LM
   sd = {k: v.detach().float().numpy() for k, v in hf_model.state_dict().items()}
-  d, h, g, k, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff
-  params = {}
-  if cfg.positions == "rope":
-    params["embedding"] = sd["model.embed_tokens.weight"]
-    params["final_norm"] = {"scale": sd["model.norm.weight"]}
-    if not cfg.tie_embeddings:
-      params["head"] = sd["lm_head.weight"].T
-    for i in range(cfg.n_layers):
-      w = lambda name: sd[f"model.layers.{i}.{name}.weight"]
-      params[f"layer_{i}"] = {
-          "attn": {"q": w("self_attn.q_proj").T.reshape(d, h, k), "k": w("self_attn.k_proj").T.reshape(d, g, k),
-                   "v": w("self_attn.v_proj").T.reshape(d, g, k), "o": w("self_attn.o_proj").T.reshape(h, k, d)},
-          "mlp": {"wi": np.stack([w("mlp.gate_proj").T, w("mlp.up_proj").T], axis=1), "wo": w("mlp.down_proj").T},
-          "attn_norm": {"scale": w("input_layernorm")}, "mlp_norm": {"scale": w("post_attention_layernorm")}}
-  else:
-    params["embedding"] = sd["transformer.wte.weight"]
-    params["pos_embedding"] = sd["transformer.wpe.weight"]
-    params["final_norm"] = {"scale": sd["transformer.ln_f.weight"], "bias": sd["transformer.ln_f.bias"]}
-    for i in range(cfg.n_layers):
-      w = lambda name: sd[f"transformer.h.{i}.{name}"]
-      q, kk, v = np.split(w("attn.c_attn.weight"), 3, axis=1)
-      qb, kb, vb = np.split(w("attn.c_attn.bias"), 3)
-      params[f"layer_{i}"] = {
-          "attn": {"q": q.reshape(d, h, k), "k": kk.reshape(d, g, k), "v": v.reshape(d, g, k),
-                   "o": w("attn.c_proj.weight").reshape(h, k, d), "q_bias": qb.reshape(h, k),
-                   "k_bias": kb.reshape(g, k), "v_bias": vb.reshape(g, k), "o_bias": w("attn.c_proj.bias")},
-          "mlp": {"wi": w("mlp.c_fc.weight"), "wi_bias": w("mlp.c_fc.bias"), "wo": w("mlp.c_proj.weight"),
-                  "wo_bias": w("mlp.c_proj.bias")},
-          "attn_norm": {"scale": w("ln_1.weight"), "bias": w("ln_1.bias")},
-          "mlp_norm": {"scale": w("ln_2.weight"), "bias": w("ln_2.bias")}}
-  return params
+  return TO_LM["llama" if cfg.positions == "rope" else "gpt2"](sd, cfg)
 
 
 class LmSide:
@@ -128,7 +97,6 @@ class LmSide:
     """Random weights, those of `hf_model` (then both sides compute the same function), or
     `params` (a trained model's, e.g. lm.loading.load(workdir).params)."""
     import jax
-    import flax.linen as nn
     from lm import decode
     from lm.model import Transformer, init_params
     self.decode, self.model = decode, Transformer(cfg)
@@ -138,9 +106,6 @@ class LmSide:
       self.params = init_params(self.model, jax.random.key(0))
     else:
       self.params = jax.tree.map(jax.numpy.asarray, params_from_hf(hf_model, cfg))
-      tokens = jax.numpy.zeros((1, 8), jax.numpy.int32)
-      ours = nn.meta.unbox(jax.eval_shape(lambda: self.model.init(jax.random.key(0), tokens))["params"])
-      assert jax.tree.map(lambda x: x.shape, self.params) == jax.tree.map(lambda x: x.shape, ours)
     leaves = jax.tree.leaves(self.params)
     self.weight_bytes = sum(x.nbytes for x in leaves)
     self.n_params = sum(x.size for x in leaves)
