@@ -123,6 +123,14 @@ def read_meta(path: str) -> dict:
   return {}
 
 
+def write_config(cfg: ConfigDict, workdir: str, **derived) -> None:
+  """WORKDIR/config.json: the resolved config, and the sizes derived from it under "derived"."""
+  resolved = json.loads(cfg.to_json_best_effort())
+  resolved["derived"] = derived
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(resolved, f, indent=2)
+
+
 def load_config(workdir: str) -> ConfigDict:
   """The resolved config a run saved in WORKDIR/config.json."""
   path = os.path.join(workdir, "config.json")

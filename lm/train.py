@@ -12,7 +12,6 @@ failed (an exception: recorded, then re-raised).
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import signal
@@ -109,14 +108,6 @@ def _host(metrics: dict) -> dict:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def write_config(cfg, workdir: str, **derived) -> None:
-  if jax.process_index() == 0:
-    resolved = json.loads(cfg.to_json_best_effort())
-    resolved["derived"] = derived
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(resolved, f, indent=2)
-
-
 def train(cfg, workdir: str) -> "TrainResult":
   validate_all(cfg)
   os.makedirs(workdir, exist_ok=True)
@@ -130,8 +121,10 @@ def train(cfg, workdir: str) -> "TrainResult":
   counts = flops_lib.param_counts(model_cfg)
   tokens_per_step = t.batch_size * cfg.data.seq_len
   per_token = {"flops_6n": flops_lib.flops_6n(model_cfg), "flops_exact": flops_lib.flops_exact(model_cfg, cfg.data.seq_len)}
-  write_config(cfg, workdir, vocab_size=tokenizer.vocab_size, params_total=counts.total,
-               params_nonembedding=counts.nonembedding, tokens_per_step=tokens_per_step, **per_token)
+  if jax.process_index() == 0:
+    checkpoint_lib.write_config(cfg, workdir, vocab_size=tokenizer.vocab_size, params_total=counts.total,
+                                params_nonembedding=counts.nonembedding, tokens_per_step=tokens_per_step,
+                                **per_token)
   logging.info("model: %s parameters (%s non-embedding); mesh %s", f"{counts.total:,}",
                f"{counts.nonembedding:,}", sharding.describe(mesh))
 

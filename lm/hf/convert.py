@@ -58,13 +58,6 @@ def load_hf(hf_dir: str, seq_len: int | None = None, param_dtype: str = "float32
   return cfg, params, tokenizer
 
 
-def write_lm_config(cfg: ConfigDict, workdir: str, **derived) -> None:
-  resolved = json.loads(cfg.to_json_best_effort())
-  resolved["derived"] = derived
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(resolved, f, indent=2)
-
-
 def import_to_workdir(hf_dir: str, workdir: str, seq_len: int | None = None, param_dtype: str = "float32") -> dict:
   """Writes an lm workdir holding the checkpoint; returns a summary of what was written."""
   import jax
@@ -79,9 +72,9 @@ def import_to_workdir(hf_dir: str, workdir: str, seq_len: int | None = None, par
   copy_files(tokenizer.path, tok_dir, tokenizer.special_ids())
   cfg.data.hf_tokenizer = tok_dir
   counts = flops.param_counts(m)
-  write_lm_config(cfg, workdir, vocab_size=m.vocab_size, params_total=counts.total,
-                  params_nonembedding=counts.nonembedding, hf_source=os.path.abspath(hf_dir),
-                  tokenizer_vocab_size=tokenizer.tokenizer_vocab_size)
+  checkpoint_lib.write_config(cfg, workdir, vocab_size=m.vocab_size, params_total=counts.total,
+                              params_nonembedding=counts.nonembedding, hf_source=os.path.abspath(hf_dir),
+                              tokenizer_vocab_size=tokenizer.tokenizer_vocab_size)
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=1)
   state = {"params": jax.tree.map(jax.numpy.asarray, to_model_layout(params, m))}
   ckpt.save(0, state, {}, {"step": 0, "tokens": 0, "wall_s": 0.0, "hf_source": os.path.abspath(hf_dir)}, wait=True)
@@ -119,7 +112,7 @@ def export(m, params, tokenizer, out_dir: str, dtype: str = "float32", max_shard
   config = hf_config(m, special, dtype)
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(config, f, indent=2)
-  eos_ids = list(getattr(tokenizer, "eos_ids", None) or [tokenizer.eos_id])
+  eos_ids = list(tokenizer.eos_ids)
   with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
     json.dump({"bos_token_id": tokenizer.bos_id, "eos_token_id": eos_ids if len(eos_ids) > 1 else eos_ids[0],
                "pad_token_id": tokenizer.pad_id}, f, indent=2)
