@@ -336,9 +336,13 @@ def allocation_band(fit_json: dict, flops):
 
 
 def predicted_loss(fit_json: dict, n, d):
-  p = fit_json["params"]
   if fit_json["law"] != "chinchilla":
     return None
+  return chinchilla_loss(fit_json["params"], n, d)
+
+
+def chinchilla_loss(p: dict, n, d):
+  """L(N, D) = E + A / N^alpha + B / D^beta."""
   return p["E"] + p["A"] / np.asarray(n, float) ** p["alpha"] + p["B"] / np.asarray(d, float) ** p["beta"]
 
 

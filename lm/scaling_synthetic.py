@@ -27,15 +27,11 @@ BYTES_PER_TOKEN = 4.38           # sotu with the 4096-piece SentencePiece (lm.ma
 TOKENS_PER_S_AT_1M = 2080.0      # CPU throughput ~ N^-0.6 through lm.main's 13.4K tokens/s at p50k, 330 at p20m
 
 
-def chinchilla_loss(law: dict, n, d):
-  return law["E"] + law["A"] / np.asarray(n, float) ** law["alpha"] + law["B"] / np.asarray(d, float) ** law["beta"]
-
-
 def isoflop_table(law: dict = TRUE_LAW, budgets=BUDGETS, noise: float = 0.01, seed: int = 0,
                   tokens_per_param=TOKENS_PER_PARAM) -> pd.DataFrame:
   """One row per run, in the results schema, plus the sweep's nominal `flops_budget`."""
   from configs import ladder
-  from lm import flops
+  from lm import flops, scaling
   rng = np.random.default_rng(seed)
   rows = []
   cpu_rungs = [name for name, d in ladder.RUNGS.items() if d <= ladder.CPU_TIER_MAX_WIDTH]
@@ -49,7 +45,7 @@ def isoflop_table(law: dict = TRUE_LAW, budgets=BUDGETS, noise: float = 0.01, se
       tokens = steps * tokens_per_step
       if steps < 1 or not tokens_per_param[0] <= tokens / n <= tokens_per_param[1]:
         continue
-      loss = float(chinchilla_loss(law, n, tokens)) * math.exp(noise * rng.standard_normal())
+      loss = float(scaling.chinchilla_loss(law, n, tokens)) * math.exp(noise * rng.standard_normal())
       per_token = flops.flops_exact(m, cfg.data.seq_len)
       tokens_per_s = TOKENS_PER_S_AT_1M * (1e6 / n) ** 0.6
       rows.append(dict(
