@@ -72,7 +72,7 @@ def main(argv):
     tok = trained.tokenizer
     ids = [[tok.bos_id] + tok.encode(p) for p in prompts]
     kw = dict(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
-              top_p=_TOP_P.value, seed=_SEED.value, eos_id=tok.eos_id, pad_id=tok.pad_id,
+              top_p=_TOP_P.value, seed=_SEED.value, eos_id=list(tok.eos_ids), pad_id=tok.pad_id,
               mesh=trained.mesh, rules=trained.rules)
     if len(prompts) == 1:
       printer = _Printer(tok)

@@ -26,7 +26,7 @@ def generate_answers(model, params, tokenizer, pairs: list[dict], max_new_tokens
   """Greedy answers to each prompt (text up to EOS, or max_new_tokens tokens)."""
   from lm import decode
   keep = max(1, model.cfg.max_seq_len - max_new_tokens - 1)
-  eos_ids = list(getattr(tokenizer, "eos_ids", None) or [tokenizer.eos_id])  # Llama 3 has several
+  eos_ids = list(tokenizer.eos_ids)
   answers = []
   for start in range(0, len(pairs), batch_size):
     chunk = pairs[start:start + batch_size]

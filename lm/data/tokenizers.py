@@ -52,6 +52,7 @@ class Tokenizer:
   kind: str
   vocab_size: int
   pad_id, bos_id, eos_id = PAD, BOS, EOS
+  eos_ids = (EOS,)  # every id that ends a sequence (an HF Llama 3 tokenizer has several)
   token_bytes: np.ndarray  # int32 [vocab_size]: UTF-8 bytes each id stands for (0 for specials)
 
   def encode(self, text: str) -> list[int]:
