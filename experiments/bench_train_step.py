@@ -24,7 +24,7 @@ import time
 from absl import app
 from absl import flags
 
-_SHAPES = flags.DEFINE_list("shapes", ["issue"], "Shapes to run: " + ", ".join(["issue", "small", "wide"]))
+_SHAPES = flags.DEFINE_list("shapes", ["issue"], "Shapes to run: issue, small, wide, gpu.")
 _FAMILIES = flags.DEFINE_list("families", ["gpt2", "llama"], "Model families.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per measurement (after 2 warm-up steps).")
 _NO_TORCH = flags.DEFINE_bool("no_torch", False, "Skip the transformers side.")

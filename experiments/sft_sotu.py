@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import os
 import random
@@ -74,6 +75,7 @@ def build(out: str, words: int = 32, stride: int = 96, per_speech: int = 16, see
   return stats
 
 
+@functools.cache  # within_one asks once per table row; the corpus is decompressed once
 def presidents_in_order() -> dict[str, int]:
   """President -> index in order of first address (Grover Cleveland counts once, first term)."""
   from lm.data import sotu
