@@ -36,7 +36,7 @@ def pretrained_config(path: str) -> dict:
     if raw["data"].get("tokenizer") == "hf" and os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
       raw["data"]["hf_tokenizer"] = os.path.abspath(tok_dir)
     return raw
-  from lm.hf.config import import_config  # a Hugging Face directory: config.json only, no weights read
+  from lm.hf.architectures import import_config  # a Hugging Face directory: config.json only, no weights read
   return import_config(path)[0].to_dict()
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 
 from configs import base
-from lm.config import ConfigError
+from lm.errors import ConfigError
 
 # name -> d_model; everything else follows from the rule above.
 RUNGS = {

@@ -22,6 +22,9 @@ import flax.linen as nn
 
 from lm.ops import dense
 
+ATTENTIONS = ("reference", "xla", "cudnn")  # attend(): the einsum, or jax.nn.dot_product_attention's
+ROPE_SCALINGS = ("none", "linear", "llama3")  # rope_inv_freq()
+
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: str = "none", factor: float = 1.0,
                   low_freq_factor: float = 1.0, high_freq_factor: float = 4.0,
@@ -42,7 +45,7 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: str = "none", factor: fl
   if scaling == "linear":
     return inv_freq_F / factor
   if scaling != "llama3":
-    raise ValueError(f"rope scaling {scaling!r} is not one of ('none', 'linear', 'llama3').")
+    raise ValueError(f"rope scaling {scaling!r} is not one of {ROPE_SCALINGS}.")
   wavelen_F = 2 * jnp.pi / inv_freq_F
   low_freq_wavelen, high_freq_wavelen = original_max_len / low_freq_factor, original_max_len / high_freq_factor
   scaled_F = jnp.where(wavelen_F > low_freq_wavelen, inv_freq_F / factor, inv_freq_F)

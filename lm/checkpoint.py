@@ -22,6 +22,8 @@ import jax
 import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
+from lm import schema
+
 
 def abstract_with_shardings(tree, shardings):
   """ShapeDtypeStruct leaves carrying the target shardings: restore places each shard."""
@@ -132,10 +134,11 @@ def write_config(cfg: ConfigDict, workdir: str, **derived) -> None:
 
 
 def load_config(workdir: str) -> ConfigDict:
-  """The resolved config a run saved in WORKDIR/config.json."""
+  """The resolved config a run saved in WORKDIR/config.json, over today's defaults (fields
+  added since the run was made take their defaults: lm/schema.py:resolve)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: {workdir} is not an lm workdir (train into it with "
                             f"`python -m lm.main --config=configs/default.py --workdir={workdir}`).")
   with open(path) as f:
-    return ConfigDict(json.load(f))
+    return schema.resolve(json.load(f))

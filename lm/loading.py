@@ -12,15 +12,16 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
 from lm import checkpoint as checkpoint_lib
 from lm import data as data_lib
 from lm import sharding
-from lm.config import ConfigError
-from lm.model import ModelConfig, Transformer
+from lm.errors import ConfigError
+from lm.hf import files as hf_files
+from lm.hf import importer
+from lm.model import ModelConfig, Transformer, stack_layers
 
 
 @dataclasses.dataclass
@@ -40,13 +41,11 @@ def load(workdir: str, mesh_cfg: ConfigDict | None = None) -> Trained:
   with its tokenizer.json), imported in memory as step 0.
 
   Raises FileNotFoundError naming the fix when `workdir` holds no run or no checkpoint, and
-  lm.hf.config.HFError (a ConfigError) when a Hugging Face checkpoint cannot be read.
+  lm.errors.HFError (a ConfigError) when a Hugging Face checkpoint cannot be read.
   """
-  from lm.hf import files as hf_files
   hf = hf_files.is_hf_dir(workdir)
   if hf:
-    from lm.hf import convert
-    cfg, hf_params, tokenizer = convert.load_hf(workdir)
+    cfg, hf_params, tokenizer = importer.load_hf(workdir)
   else:
     cfg = checkpoint_lib.load_config(workdir)
     checkpoint_lib.latest_step_directory(workdir)  # fail before building anything
@@ -57,12 +56,9 @@ def load(workdir: str, mesh_cfg: ConfigDict | None = None) -> Trained:
     mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor = -1, 1, 1
   mesh, rules = sharding.make_mesh(mesh_cfg), sharding.rules(mesh_cfg)
   model = Transformer(ModelConfig.from_config(cfg.model, tokenizer.vocab_size))
-  tokens = jnp.zeros((1, cfg.data.seq_len), jnp.int32)
-  abstract, shardings = sharding.abstract_shardings(lambda r: model.init(r, tokens), mesh, rules,
-                                                    jax.random.key(0))
-  target = checkpoint_lib.abstract_with_shardings(abstract["params"], shardings["params"])
+  target = checkpoint_lib.abstract_with_shardings(*sharding.abstract_params(model, mesh, rules))
   if hf:
-    params, step = place_params(convert.to_model_layout(hf_params, model.cfg), target, workdir), 0
+    params, step = place_params(importer.to_model_layout(hf_params, model.cfg), target, workdir), 0
   else:
     params, step = checkpoint_lib.load_params(workdir, target)
   return Trained(cfg, model, params, tokenizer, mesh, rules, step)
@@ -97,12 +93,9 @@ def place_params(params, target, source: str):
 def init_params_from(path: str, abstract_params) -> tuple[Any, int]:
   """`train.init_from`: parameters from an lm workdir / checkpoint, or from a Hugging Face
   checkpoint directory (imported on the fly), placed by the shardings in abstract_params."""
-  from lm.hf import files as hf_files
   if hf_files.is_hf_dir(path):
-    from lm.hf import convert
-    cfg, params, _ = convert.load_hf(path, with_tokenizer=False)
+    cfg, params, _ = importer.load_hf(path, with_tokenizer=False)
     if "layers" in abstract_params:  # the fine-tuning model scans its layers
-      from lm.model import stack_layers
       params = stack_layers(params, cfg.model.n_layers)
     return place_params(params, abstract_params, path), 0
   return checkpoint_lib.load_params(path, abstract_params)

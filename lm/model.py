@@ -16,55 +16,116 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from lm import config as config_lib
-from lm.attention import Attention
+from lm.attention import ATTENTIONS, ROPE_SCALINGS, Attention
+from lm.errors import ConfigError
 from lm.ops import SAVE_DENSE_OUTPUTS, dense
 
+# The choices of each option live beside the code that dispatches on them.
+POSITIONS = ("learned", "rope")          # Transformer (the learned table) and Attention (rope)
+NORMS = ("layernorm", "rmsnorm")         # Norm
+MLPS = ("gelu", "swiglu")                # Mlp
+DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = {
+    "none": None,  # no remat: every activation the backward pass needs is kept
     "full": None,  # save nothing: recompute the whole block in the backward pass
     "dots": SAVE_DENSE_OUTPUTS,  # keep the weight matmuls' outputs, recompute the rest
 }
 
 
+def _option(default, choices=None):
+  """A ModelConfig field; `choices` (a tuple) are checked by validate()."""
+  return dataclasses.field(default=default, metadata={"choices": choices} if choices else {})
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """The resolved `model.` section plus the vocabulary size the tokenizer gives."""
+  """The `model.` section of a config, resolved, plus the vocabulary size the tokenizer gives.
+
+  This is the one place the model's fields and their defaults are written down: the config
+  schema (lm/schema.py) builds the `model.` section from these fields, so a new option is a
+  field here and the code that reads it. Every instance is validated (ConfigError).
+  """
   vocab_size: int
   n_layers: int = 4
   d_model: int = 256
   n_heads: int = 4
-  n_kv_heads: int = 4
-  head_dim: int = 64
+  n_kv_heads: int = 4                  # divides n_heads; 1 = multi-query, n_heads = multi-head
+  head_dim: int | None = None          # None -> d_model // n_heads
   d_ff: int = 1024
-  max_seq_len: int = 256
-  positions: str = "rope"
+  max_seq_len: int = 256               # size of the learned position table / RoPE limit
+  positions: str = _option("rope", POSITIONS)
   rope_theta: float = 10000.0
-  rope_scaling: str = "none"          # 'none' | 'linear' | 'llama3' (attention.rope_inv_freq)
-  rope_scaling_factor: float = 1.0
-  rope_low_freq_factor: float = 1.0   # llama3 only
-  rope_high_freq_factor: float = 4.0  # llama3 only
-  rope_original_max_len: int = 8192   # llama3 only: the context the model was first trained at
-  norm: str = "rmsnorm"
+  rope_scaling: str = _option("none", ROPE_SCALINGS)  # as Hugging Face's rope types (attention.rope_inv_freq)
+  rope_scaling_factor: float = 1.0     # linear, llama3: rates divided by this (context stretched by it)
+  rope_low_freq_factor: float = 1.0    # llama3: wavelengths > original_max_len / this are fully scaled
+  rope_high_freq_factor: float = 4.0   # llama3: wavelengths < original_max_len / this are unchanged
+  rope_original_max_len: int = 8192    # llama3: the context the model was first trained at
+  norm: str = _option("rmsnorm", NORMS)
   norm_eps: float = 1e-6
-  mlp: str = "swiglu"
+  mlp: str = _option("swiglu", MLPS)
   use_bias: bool = False
   tie_embeddings: bool = True
   init_std: float = 0.02
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  attention: str = "xla"
-  remat: str = "none"
+  dtype: Any = _option("float32", DTYPES)        # compute dtype (a name or a numpy / jax dtype)
+  param_dtype: Any = _option("float32", DTYPES)
+  attention: str = _option("xla", ATTENTIONS)    # 'cudnn': GPU only
+  remat: str = _option("none", tuple(REMAT_POLICIES))
   scan_layers: bool = False
+
+  def __post_init__(self):
+    validate(dataclasses.asdict(self))
+    set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+    if self.head_dim is None:
+      set_("head_dim", self.d_model // self.n_heads)
+    set_("dtype", jnp.dtype(self.dtype))
+    set_("param_dtype", jnp.dtype(self.param_dtype))
 
   @classmethod
   def from_config(cls, model_cfg, vocab_size: int) -> "ModelConfig":
-    config_lib.validate_model(model_cfg)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kw = {k: v for k, v in model_cfg.to_dict().items() if k in fields}
-    kw["head_dim"] = config_lib.head_dim(model_cfg)
-    kw["dtype"] = jnp.dtype(model_cfg.dtype)
-    kw["param_dtype"] = jnp.dtype(model_cfg.param_dtype)
+    """From a `model.` ConfigDict (or dict); fields it lacks take the defaults above."""
+    kw = {k: v for k, v in dict(model_cfg).items() if k in FIELDS}
     return cls(vocab_size=int(vocab_size), **kw)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size")
+POSITIVE_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "max_seq_len")
+
+
+def defaults() -> dict:
+  """The `model.` fields and their defaults (dtypes as names), for the config schema."""
+  return {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"}
+
+
+def validate(m) -> None:
+  """Checks of the `model.` fields (a ConfigDict or dict), each naming the field and the fix."""
+  m = {**defaults(), **{k: v for k, v in dict(m).items() if k in FIELDS}}
+  for field in POSITIVE_FIELDS:
+    if int(m[field]) < 1:
+      raise ConfigError(f"model.{field}={m[field]} must be a positive integer.")
+  if m["head_dim"] is None and m["d_model"] % m["n_heads"]:
+    raise ConfigError(
+        f"model.n_heads={m['n_heads']} does not divide model.d_model={m['d_model']}; choose n_heads "
+        f"among the divisors of d_model (e.g. {_divisors_near(m['d_model'], m['n_heads'])}) or set model.head_dim.")
+  if m["n_heads"] % m["n_kv_heads"]:
+    raise ConfigError(
+        f"model.n_kv_heads={m['n_kv_heads']} does not divide model.n_heads={m['n_heads']}; grouped-query "
+        f"attention needs n_heads to be a multiple of n_kv_heads (1 = multi-query, n_heads = multi-head).")
+  for f in dataclasses.fields(ModelConfig):
+    choices = f.metadata.get("choices")
+    value = m.get(f.name)
+    if choices and f.name in ("dtype", "param_dtype"):
+      value = jnp.dtype(value).name
+    if choices and value not in choices:
+      raise ConfigError(f"model.{f.name}={value!r} is not one of {choices}; set --config.model.{f.name} to one of them.")
+  head_dim = m["head_dim"] or m["d_model"] // m["n_heads"]
+  if m["positions"] == "rope" and head_dim % 2:
+    raise ConfigError(f"RoPE rotates pairs of channels, so the head dim ({head_dim}) must be even; "
+                      "change model.d_model / model.n_heads or set model.head_dim.")
+
+
+def _divisors_near(n, k):
+  divs = [d for d in range(1, n + 1) if n % d == 0]
+  return sorted(divs, key=lambda d: abs(d - k))[:3]
 
 
 class Norm(nn.Module):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from lm.config import ConfigError
+from lm.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "lion")
 SCHEDULES = ("cosine", "constant", "wsd")

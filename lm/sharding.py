@@ -1,12 +1,19 @@
 """Device mesh, logical-axis rules, and placement of parameters and batches on the mesh.
 
 Layers name logical axes; `rules(cfg.mesh)` maps them to the mesh axes `data`, `fsdp`,
-`tensor`. A mesh axis already taken by an earlier logical axis of the same array is
-skipped (flax resolves rules in order), so the order below is the priority order.
+`tensor`, in the order `mesh.rule_order` gives: flax gives each array dimension the mesh
+axes of the first rule that names its logical axis and whose mesh axes no earlier rule has
+taken in that array. So with the default order, activations (batch, length, embed) give
+(data, fsdp) to `batch` and keep `embed` whole, while weights, which have no batch axis,
+give fsdp to `embed`. tests/test_sharding.py pins both.
+
+The batch: `check_batch` is the one place that says whether a global batch divides over
+processes, gradient-accumulation micro-batches and the data-parallel shards.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from absl import logging
@@ -17,35 +24,88 @@ import numpy as np
 import flax.linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lm import config as config_lib
+from lm.errors import ConfigError
 
-MESH_AXES = config_lib.MESH_AXES
-# batch first: activations (batch, length, embed) shard batch over (data, fsdp), and embed
-# then finds fsdp taken and stays whole; parameters have no batch axis, so embed gets fsdp.
-RULE_PRIORITY = ("batch", "layers", "vocab", "heads", "kv_heads", "mlp", "embed", "length", "head_dim")
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) with a -1 entry resolved to the devices the others leave."""
+  sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+  spec = ", ".join(f"mesh.{a}={s}" for a, s in zip(MESH_AXES, sizes))
+  free = [i for i, s in enumerate(sizes) if s == -1]
+  if len(free) > 1:
+    raise ConfigError(f"{spec}: at most one mesh axis may be -1 (it takes the remaining devices).")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ConfigError(f"{spec}: mesh axis sizes are positive integers or -1.")
+  fixed = math.prod(s for s in sizes if s != -1)
+  if free:
+    if n_devices % fixed:
+      raise ConfigError(f"{spec}: the fixed axes use {fixed} devices, which does not divide the "
+                        f"{n_devices} devices present; pick sizes whose product divides {n_devices}.")
+    sizes[free[0]] = n_devices // fixed
+  elif fixed != n_devices:
+    raise ConfigError(f"{spec}: the mesh has {fixed} devices but {n_devices} are present; make the "
+                      f"product equal {n_devices}, or set one axis to -1 to take the rest. (On a CPU, "
+                      f"XLA_FLAGS=--xla_force_host_platform_device_count={fixed} simulates {fixed} devices.)")
+  return tuple(sizes)
 
 
 def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
   """A (data, fsdp, tensor) mesh over `devices` (default: all), -1 resolved, Auto axes."""
   devices = jax.devices() if devices is None else devices
-  shape = config_lib.mesh_shape(mesh_cfg, len(devices))
+  shape = mesh_shape(mesh_cfg, len(devices))
   return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
                        devices=devices)
 
 
 def rules(mesh_cfg) -> tuple[tuple[str, Any], ...]:
-  """The config's rule table as flax logical_axis_rules, in priority order."""
+  """The config's rule table as flax logical_axis_rules, in the order mesh.rule_order gives."""
   table = mesh_cfg.rules.to_dict() if hasattr(mesh_cfg.rules, "to_dict") else dict(mesh_cfg.rules)
-  names = [n for n in RULE_PRIORITY if n in table] + sorted(n for n in table if n not in RULE_PRIORITY)
+  order = [n.strip() for n in str(mesh_cfg.rule_order).split(",") if n.strip()]
+  if sorted(order) != sorted(table) or len(set(order)) != len(order):
+    raise ConfigError(
+        f"mesh.rule_order={mesh_cfg.rule_order!r} must name every rule of mesh.rules exactly once "
+        f"({', '.join(sorted(table))}); add a rule's name to it when you add the rule.")
   out = []
-  for name in names:
+  for name in order:
     axes = tuple(a.strip() for a in str(table[name] or "").split(",") if a.strip())
     for a in axes:
       if a not in MESH_AXES:
-        raise config_lib.ConfigError(
+        raise ConfigError(
             f"mesh.rules.{name}={table[name]!r} names mesh axis {a!r}; the mesh axes are {MESH_AXES}.")
     out.append((name, axes if len(axes) > 1 else (axes[0] if axes else None)))
   return tuple(out)
+
+
+def batch_shards(mesh_sizes, rule_table) -> int:
+  """How many ways the `batch` rule splits a batch over a mesh of these axis sizes
+  (a Mesh's .shape, or {"data": 2, "fsdp": 2, "tensor": 2})."""
+  axes = dict(rule_table).get("batch")
+  names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  return math.prod(int(mesh_sizes[a]) for a in names)
+
+
+def check_batch(batch_size: int, *, processes: int = 1, accum_steps: int = 1, shards: int = 1) -> None:
+  """The one check that a global batch of `batch_size` rows splits evenly: over `processes`
+  (each feeds its own rows), into `accum_steps` micro-batches, and each micro-batch over the
+  `shards` data-parallel devices its `batch` rule names. ConfigError naming the fix if not."""
+  unit = math.lcm(processes, accum_steps * shards)
+  fix = f"use a multiple of {unit}"
+  if batch_size < 1:
+    raise ConfigError(f"train.batch_size={batch_size} must be a positive integer.")
+  if accum_steps < 1:
+    raise ConfigError(f"optim.grad_accum_steps={accum_steps} must be >= 1.")
+  if batch_size % processes:
+    raise ConfigError(f"train.batch_size={batch_size} does not divide over {processes} processes (each reads its "
+                      f"own rows); {fix}.")
+  if batch_size % accum_steps:
+    raise ConfigError(f"train.batch_size={batch_size} is not a multiple of optim.grad_accum_steps={accum_steps}; "
+                      f"{fix}, or change the accumulation steps.")
+  if (batch_size // accum_steps) % shards:
+    raise ConfigError(f"train.batch_size={batch_size} does not divide over the {shards} data-parallel devices of "
+                      f"the `batch` rule: each of its {accum_steps} micro-batch(es) has {batch_size // accum_steps} "
+                      f"rows; {fix}, or change the mesh or the accumulation steps.")
 
 
 def logical_sharding(logical_axes: tuple, mesh, rule_table) -> NamedSharding:
@@ -92,6 +152,24 @@ def abstract_shardings(init_fn: Callable, mesh, rule_table, *args):
   abstract = nn.meta.unbox(abstract)
   shardings = jax.tree_util.tree_map_with_path(_divisible_spec, abstract, shardings)
   return abstract, shardings
+
+
+def model_init(model) -> Callable:
+  """rng -> the model's variables (boxed with their logical axes); parameter shapes do not
+  depend on the input's length, so one token stands for any batch."""
+  return lambda rng: model.init(rng, jnp.zeros((1, 1), jnp.int32))
+
+
+def abstract_params(model, mesh, rule_table):
+  """(abstract parameters, their shardings) of a flax model on the mesh, computing nothing."""
+  abstract, shardings = abstract_shardings(model_init(model), mesh, rule_table, jax.random.key(0))
+  return abstract["params"], shardings["params"]
+
+
+def init_params(model, mesh, rule_table, seed: int):
+  """The model's parameters from `seed`, each created directly in its shard."""
+  variables, _ = sharded_init(model_init(model), mesh, rule_table, jax.random.key(seed))
+  return variables["params"]
 
 
 def sharded_init(init_fn: Callable, mesh, rule_table, *args):

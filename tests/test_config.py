@@ -2,20 +2,21 @@
 
 import pytest
 
-from lm import config as config_lib
+from lm import schema
+from lm.errors import ConfigError
 from lm import sharding
 from tests.helpers import tiny_config
 
 
 def _fails(cfg, *fragments, n_devices=8):
-  with pytest.raises(config_lib.ConfigError) as err:
-    config_lib.validate(cfg, n_devices=n_devices)
+  with pytest.raises(ConfigError) as err:
+    schema.validate(cfg, n_devices=n_devices)
   for f in fragments:
     assert f in str(err.value), (f, str(err.value))
 
 
 def test_the_tiny_config_is_valid():
-  config_lib.validate(tiny_config(), n_devices=8)
+  schema.validate(tiny_config(), n_devices=8)
 
 
 def test_heads_must_divide_d_model():
@@ -45,7 +46,7 @@ def test_mesh_product_must_match_devices():
 def test_minus_one_takes_the_remaining_devices():
   cfg = tiny_config()
   cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = -1, 2, 2
-  assert config_lib.mesh_shape(cfg.mesh, 8) == (2, 2, 2)
+  assert sharding.mesh_shape(cfg.mesh, 8) == (2, 2, 2)
   assert sharding.make_mesh(cfg.mesh).shape == {"data": 2, "fsdp": 2, "tensor": 2}
 
 
@@ -64,5 +65,5 @@ def test_batch_must_divide_over_data_parallel_devices():
 def test_rules_may_only_name_mesh_axes():
   cfg = tiny_config()
   cfg.mesh.rules.embed = "model"
-  with pytest.raises(config_lib.ConfigError, match="mesh axis 'model'"):
+  with pytest.raises(ConfigError, match="mesh axis 'model'"):
     sharding.rules(cfg.mesh)

@@ -10,7 +10,7 @@ import pytest
 
 from configs import base
 from lm import data
-from lm.config import ConfigError
+from lm.errors import ConfigError
 from lm.data import pipeline, sources
 from lm.data.tokenizers import ByteTokenizer, build_tokenizer
 

@@ -12,8 +12,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import base
-from lm import config as config_lib
-from lm.config import ConfigError
+from lm import schema
+from lm.data import validate as data_validate
+from lm.errors import ConfigError
 from lm.data import make_corpus, sotu, sources
 from lm.data.tokenizers import build_tokenizer
 
@@ -167,14 +168,14 @@ def test_other_dataset_is_a_config_change(tiny_cfg):
 
 def test_validate_data():
   cfg = base.get_config().data
-  config_lib.validate_data(cfg)
+  data_validate(cfg)
   for field, value, match in [("tokenizer", "bpe", "data.tokenizer"),
                               ("sp_model_type", "wordpiece", "data.sp_model_type"),
                               ("seq_len", 0, "data.seq_len"), ("dataset", "", "data.dataset")]:
     bad = cfg.copy_and_resolve_references()
     bad[field] = value
     with pytest.raises(ConfigError, match=match):
-      config_lib.validate_data(bad)
+      data_validate(bad)
 
 
 def test_provenance_matches_corpus():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lm import data
-from lm.config import ConfigError
+from lm.errors import ConfigError
 from lm.data import text_files, tokenizers
 from lm.data.tokenizers import ByteTokenizer
 

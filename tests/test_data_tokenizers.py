@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from lm.config import ConfigError
+from lm.errors import ConfigError
 from lm.data import sources, tokenizers
 from lm.data.tokenizers import ByteTokenizer, build_tokenizer
 

@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from lm import decode, loading  # noqa: E402
-from lm.hf import convert  # noqa: E402
+from lm.hf import exporter, importer  # noqa: E402
 from lm.model import Transformer  # noqa: E402
 from tests import hf_helpers as H  # noqa: E402
 
@@ -44,7 +44,7 @@ CASES = {
 def case(request, tmp_path_factory):
   d = str(tmp_path_factory.mktemp(request.param))
   hf_model = CASES[request.param](d)
-  cfg, params, tok = convert.load_hf(d)
+  cfg, params, tok = importer.load_hf(d)
   return request.param, d, hf_model, cfg, params, tok
 
 
@@ -56,13 +56,13 @@ def test_logits_equal_transformers(case):
   name, _, hf_model, cfg, params, tok = case
   tokens = _tokens(tok)
   assert tokens.shape[1] >= 20
-  model = Transformer(convert.model_config(cfg))
+  model = Transformer(importer.model_config(cfg))
   ours = np.asarray(jax.jit(model.apply)({"params": params}, tokens))
   theirs = H.hf_logits(hf_model, tokens)
   assert ours.shape == theirs.shape
   np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
   if "llama3" in name or "linear" in name:  # the scaling matters here: without it the logits differ
-    plain = Transformer(dataclasses.replace(convert.model_config(cfg), rope_scaling="none"))
+    plain = Transformer(dataclasses.replace(importer.model_config(cfg), rope_scaling="none"))
     assert np.abs(np.asarray(jax.jit(plain.apply)({"params": params}, tokens)) - theirs).max() > 1e-3
 
 
@@ -70,7 +70,7 @@ def test_greedy_decoding_equals_generate(case):
   _, _, hf_model, cfg, params, tok = case
   tokens = _tokens(tok)[0].tolist()
   prompts = [tokens[:7], tokens[:13]]  # different lengths: lm left-pads them in one batch
-  model = Transformer(convert.model_config(cfg))
+  model = Transformer(importer.model_config(cfg))
   ours = decode.generate(model, params, prompts, max_new_tokens=12).tokens
   for row, prompt in zip(ours, prompts):
     assert row.tolist() == H.hf_greedy(hf_model, prompt, 12)
@@ -79,13 +79,13 @@ def test_greedy_decoding_equals_generate(case):
 
 def test_export_reimport_is_exact_and_transformers_loads_it(case, tmp_path):
   name, _, hf_model, cfg, params, tok = case
-  m = convert.model_config(cfg)
-  written = convert.export(m, params, tok, str(tmp_path), max_shard_bytes=40_000 if "gpt2" in name else None)
+  m = importer.model_config(cfg)
+  written = exporter.export(m, params, tok, str(tmp_path), max_shard_bytes=40_000 if "gpt2" in name else None)
   assert "config.json" in written and "tokenizer.json" in written
   if "gpt2" in name:
     assert "model.safetensors.index.json" in written
-  cfg2, params2, tok2 = convert.load_hf(str(tmp_path))
-  assert convert.model_config(cfg2) == m
+  cfg2, params2, tok2 = importer.load_hf(str(tmp_path))
+  assert importer.model_config(cfg2) == m
   jax.tree.map(np.testing.assert_array_equal, params2, params)
   assert (tok2.bos_id, tok2.eos_id, tok2.vocab_size) == (tok.bos_id, tok.eos_id, tok.vocab_size)
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
@@ -106,7 +106,7 @@ def test_tokenizer_round_trips_and_counts_bytes(case):
 def test_convert_cli_then_loading_a_workdir_or_the_directory(tmp_path):
   d = str(tmp_path / "hf")
   hf_model = CASES["llama_gqa_llama3_sharded"](d)
-  tok = convert.load_hf(d)[2]
+  tok = importer.load_hf(d)[2]
   work = tmp_path / "imported"
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}

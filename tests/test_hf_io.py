@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from lm.hf import convert
-from lm.hf.config import HFError
+from lm.hf import exporter, importer
+from lm.errors import HFError
 from lm.hf.tokenizer import HFTokenizer
 from lm.model import ModelConfig, Transformer, init_params
 from tests import hf_helpers as H
@@ -24,7 +24,7 @@ def _export(out, **model):
   m = ModelConfig(**{**dict(vocab_size=n, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64,
                              max_seq_len=64), **model})
   params = init_params(Transformer(m), jax.random.key(0))
-  convert.export(m, params, HFTokenizer(tok_dir), out)
+  exporter.export(m, params, HFTokenizer(tok_dir), out)
   return out
 
 
@@ -62,25 +62,25 @@ def _edit_tensors(d, fn):
 
 def test_a_clean_export_loads(llama_dir, gpt2_dir):
   for d in (llama_dir, gpt2_dir):
-    convert.load_hf(d)
+    importer.load_hf(d)
 
 
 def test_missing_tensor_is_named(llama):
   _edit_tensors(llama, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
   with pytest.raises(HFError, match=r"missing.*model\.layers\.1\.mlp\.up_proj\.weight"):
-    convert.load_hf(str(llama))
+    importer.load_hf(str(llama))
 
 
 def test_extra_tensor_is_named(llama):
   _edit_tensors(llama, lambda t: t.update({"model.layers.2.mlp.up_proj.weight": np.zeros((64, 32), np.float32)}))
   with pytest.raises(HFError, match=r"unexpected.*model\.layers\.2\.mlp\.up_proj\.weight.*num_hidden_layers"):
-    convert.load_hf(str(llama))
+    importer.load_hf(str(llama))
 
 
 def test_shape_mismatch_names_tensor_and_config_fields(llama):
   _edit_config(llama, num_key_value_heads=4)
   with pytest.raises(HFError, match=r"k_proj\.weight.*shape \(16, 32\).*\(32, 32\).*num_key_value_heads=4"):
-    convert.load_hf(str(llama))
+    importer.load_hf(str(llama))
 
 
 @pytest.mark.parametrize("changes,match", [
@@ -93,7 +93,7 @@ def test_shape_mismatch_names_tensor_and_config_fields(llama):
 def test_unsupported_llama_options_say_what_is_supported(llama, changes, match):
   _edit_config(llama, **changes)
   with pytest.raises(HFError, match=match):
-    convert.load_hf(str(llama))
+    importer.load_hf(str(llama))
 
 
 @pytest.mark.parametrize("changes,match", [
@@ -104,7 +104,7 @@ def test_unsupported_gpt2_options(gpt2_dir, tmp_path, changes, match):
   d = shutil.copytree(gpt2_dir, tmp_path / "copy")
   _edit_config(d, **changes)
   with pytest.raises(HFError, match=match):
-    convert.load_hf(str(d))
+    importer.load_hf(str(d))
 
 
 def test_tokenizer_larger_than_the_embedding(llama):
@@ -112,43 +112,43 @@ def test_tokenizer_larger_than_the_embedding(llama):
   _edit_tensors(llama, lambda t: t.update({k: v[:n - 10] for k, v in t.items() if v.shape[0] == n}))
   _edit_config(llama, vocab_size=n - 10)
   with pytest.raises(HFError, match=rf"tokenizer.*ids up to {n - 1}.*embedding has {n - 10} rows"):
-    convert.load_hf(str(llama))
+    importer.load_hf(str(llama))
 
 
 def test_vocab_size_disagreeing_with_the_embedding(llama):
   n = HFTokenizer(str(llama)).tokenizer_vocab_size
   _edit_config(llama, vocab_size=n + 5)
   with pytest.raises(HFError, match=r"embed_tokens\.weight.*vocab_size"):
-    convert.load_hf(str(llama))
+    importer.load_hf(str(llama))
 
 
 def test_tied_config_with_a_different_head(llama):
   _edit_config(llama, tie_word_embeddings=True)
   with pytest.raises(HFError, match=r"ties the embeddings.*lm_head\.weight"):
-    convert.load_hf(str(llama))
+    importer.load_hf(str(llama))
 
 
 def test_no_safetensors_and_broken_index(llama):
   os.rename(os.path.join(llama, "model.safetensors"), os.path.join(llama, "pytorch_model.bin"))
   with pytest.raises(HFError, match=r"no safetensors.*pytorch_model\.bin.*safe_serialization"):
-    convert.load_hf(str(llama))
+    importer.load_hf(str(llama))
   with open(os.path.join(llama, "model.safetensors.index.json"), "w") as f:
     json.dump({"weight_map": {"model.norm.weight": "model-00001-of-00002.safetensors"}}, f)
   with pytest.raises(HFError, match=r"model-00001-of-00002\.safetensors.*not in"):
-    convert.load_hf(str(llama))
+    importer.load_hf(str(llama))
 
 
 def test_no_tokenizer_json(llama):
   os.remove(os.path.join(llama, "tokenizer.json"))
   with pytest.raises(HFError, match=r"no tokenizer\.json.*save_pretrained"):
-    convert.load_hf(str(llama))
+    importer.load_hf(str(llama))
 
 
 def test_exporting_a_model_without_hf_equivalent(tmp_path):
   m = ModelConfig(vocab_size=97, n_layers=1, d_model=32, n_heads=4, n_kv_heads=4, head_dim=8, d_ff=64,
                   positions="rope", norm="layernorm")
   with pytest.raises(HFError, match=r"no Hugging Face equivalent.*LlamaForCausalLM.*GPT2LMHeadModel"):
-    convert.export(m, {}, None, str(tmp_path))
+    exporter.export(m, {}, None, str(tmp_path))
 
 
 def test_byte_tokenizer_exports_as_an_equivalent_tokenizer_json(tmp_path):
@@ -168,16 +168,16 @@ def test_scanned_layout_and_bfloat16_export(llama_dir, tmp_path):
   re-imports as the bfloat16-rounded parameters."""
   import dataclasses
   import ml_dtypes
-  cfg, params, tok = convert.load_hf(llama_dir)
-  m = convert.model_config(cfg)
+  cfg, params, tok = importer.load_hf(llama_dir)
+  m = importer.model_config(cfg)
   tokens = np.arange(3, 19, dtype=np.int32)[None]
   unrolled = jax.jit(Transformer(m).apply)({"params": params}, tokens)
   scanned_cfg = dataclasses.replace(m, scan_layers=True)
-  scanned = jax.jit(Transformer(scanned_cfg).apply)({"params": convert.to_model_layout(params, scanned_cfg)}, tokens)
+  scanned = jax.jit(Transformer(scanned_cfg).apply)({"params": importer.to_model_layout(params, scanned_cfg)}, tokens)
   np.testing.assert_allclose(np.asarray(scanned), np.asarray(unrolled), atol=1e-5)
-  convert.export(m, params, tok, str(tmp_path), dtype="bfloat16")
+  exporter.export(m, params, tok, str(tmp_path), dtype="bfloat16")
   with open(tmp_path / "config.json") as f:
     assert json.load(f)["torch_dtype"] == "bfloat16"
-  _, params16, _ = convert.load_hf(str(tmp_path))
+  _, params16, _ = importer.load_hf(str(tmp_path))
   rounded = jax.tree.map(lambda x: np.asarray(x).astype(ml_dtypes.bfloat16).astype(np.float32), params)
   jax.tree.map(np.testing.assert_array_equal, params16, rounded)

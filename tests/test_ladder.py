@@ -10,7 +10,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import ladder
-from lm import config as config_lib
+from lm import schema
+from lm.errors import ConfigError
+from lm.data import validate as data_validate
 from lm import flops
 from lm.model import Transformer
 
@@ -18,8 +20,8 @@ from lm.model import Transformer
 @pytest.mark.parametrize("name", ladder.RUNGS)
 def test_every_rung_validates_and_its_counts_match_the_parameter_pytree(name):
   cfg = ladder.get_config(name)
-  config_lib.validate(cfg, n_devices=8)
-  config_lib.validate_data(cfg.data)
+  schema.validate(cfg, n_devices=8)
+  data_validate(cfg.data)
   model_cfg = ladder.model_config(cfg)
   # Abstract init: shapes only, so even the 70B rung costs milliseconds.
   params = jax.eval_shape(Transformer(model_cfg).init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
@@ -94,8 +96,8 @@ def test_rungs_are_addressable_through_config_flags_and_unknown_names_list_the_r
   config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
   fv(argv)
   assert fv.config.model.d_model == ladder.RUNGS["p2m"] and fv.config.train.steps == 7
-  with pytest.raises(config_lib.ConfigError, match=r"p3m.*p50k \(44.8K\).*p70b \(68.7B\)"):
+  with pytest.raises(ConfigError, match=r"p3m.*p50k \(44.8K\).*p70b \(68.7B\)"):
     ladder.get_config("p3m")
-  with pytest.raises(config_lib.ConfigError, match="configs/ladder.py:NAME"):
+  with pytest.raises(ConfigError, match="configs/ladder.py:NAME"):
     ladder.get_config()
   assert "p70b" in ladder.table() and ladder.human(1.25e9) == "1.25B"

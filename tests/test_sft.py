@@ -14,10 +14,10 @@ import tensorflow_datasets as tfds
 from configs import finetune, tiny
 from lm import steps
 from lm import train as train_lib
-from lm.config import ConfigError
+from lm.errors import ConfigError
 from lm.data import sft
 from lm.data.tokenizers import ByteTokenizer
-from lm.hf import convert
+from lm.hf import exporter, importer
 from lm.metrics import read_jsonl
 from lm.model import Transformer, init_params
 from tests.helpers import tiny_model_config
@@ -181,7 +181,7 @@ def test_finetune_a_hugging_face_directory_through_train(tmp_path):
   the completion loss falls from ln(259) = 5.56 and exact match is reported."""
   model_cfg = tiny_model_config(vocab_size=259, max_seq_len=32)
   params = init_params(Transformer(model_cfg), jax.random.key(0))
-  convert.export(model_cfg, params, TOK, str(tmp_path / "hf"))
+  exporter.export(model_cfg, params, TOK, str(tmp_path / "hf"))
   rng = np.random.default_rng(0)
   def pairs(n):
     return [{"prompt": f"{a}+{b}=", "completion": str((a + b) % 10)} for a, b in rng.integers(0, 10, (n, 2))]
@@ -212,9 +212,9 @@ def test_finetune_config_copies_a_runs_model_and_tokenizer(tmp_path):
 
 def test_finetune_config_without_a_run_is_the_default_model_with_its_sequence_length():
   from configs import default
-  from lm import config as config_lib
+  from lm import schema
   cfg = finetune.get_config()
   cfg.train.init_from = "runs/default"
   assert cfg.model.to_dict() == default.get_config().model.to_dict()
   assert cfg.data.seq_len == default.get_config().data.seq_len
-  config_lib.validate(cfg, 1)  # the default's 128-token positions hold the data's rows
+  schema.validate(cfg, 1)  # the default's 128-token positions hold the data's rows

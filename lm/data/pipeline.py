@@ -31,7 +31,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from lm.config import ConfigError
+from lm import sharding
+from lm.errors import ConfigError
 from lm.data import sources
 from lm.data.tokenizers import Tokenizer
 
@@ -114,21 +115,19 @@ class DataIterator:
     self._it.set_state(state["grain"])
 
 
-def _process_rows(global_batch: int, process_index, process_count) -> tuple[int, int]:
+def process_rows(global_batch: int, process_index, process_count) -> tuple[int, int]:
   if process_index is None or process_count is None:
     import jax  # only when asked: the data code itself needs no devices
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-  if global_batch % process_count:
-    raise ConfigError(f"train.batch_size={global_batch} does not divide over {process_count} processes; "
-                      f"use a multiple of {process_count}.")
+  sharding.check_batch(global_batch, processes=process_count)
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in [0, {process_count}).")
   rows = global_batch // process_count
   return process_index * rows, rows
 
 
-def _seeds(seed: int, n: int) -> list[int]:
+def seeds(seed: int, n: int) -> list[int]:
   """Independent 32-bit seeds for each random stage (grain wants 0 <= seed < 2**32)."""
   return [int(s) for s in np.random.SeedSequence(seed).generate_state(n)]
 
@@ -149,9 +148,9 @@ def batches(groups: grain.MapDataset, tokenize, tokenizer: Tokenizer, seq_len: i
   `tokenize(doc) -> np.int32 ids`. With shuffle_seed, the chunks of each group and the
   packed rows are shuffled; without, everything stays in document order.
   """
-  first_row, rows = _process_rows(global_batch, process_index, process_count)
+  first_row, rows = process_rows(global_batch, process_index, process_count)
   chunk = _Chunk(tokenize, seq_len, tokenizer.bos_id, tokenizer.eos_id)
-  chunk_seed, pack_seed = _seeds(shuffle_seed or 0, 2)
+  chunk_seed, pack_seed = seeds(shuffle_seed or 0, 2)
   if shuffle_seed is None:
     groups = groups.map(chunk)
   else:
@@ -180,7 +179,7 @@ def _signature(kind, data_cfg, tokenizer, global_batch, seed=None) -> dict:
 
 
 def _group_docs(data_cfg) -> int:
-  return int(data_cfg.get("shuffle_docs", 64))
+  return int(data_cfg.shuffle_docs)
 
 
 def train_iterator(data_cfg, tokenizer: Tokenizer, global_batch_size: int, seed: int,
@@ -192,7 +191,7 @@ def train_iterator(data_cfg, tokenizer: Tokenizer, global_batch_size: int, seed:
   State: `get_state()` / `set_state()`, JSON, the same on every process.
   """
   source = sources.open_split(data_cfg, "train_split")
-  doc_seed, chunk_seed = _seeds(seed, 2)
+  doc_seed, chunk_seed = seeds(seed, 2)
   docs = grain.MapDataset.source(source).shuffle(seed=doc_seed)
   groups = document_groups(docs, _group_docs(data_cfg), repeat=True)
   ds = batches(groups, _tfds_tokenize(tokenizer, data_cfg.text_key), tokenizer,

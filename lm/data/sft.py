@@ -34,16 +34,16 @@ from absl import logging
 import grain
 import numpy as np
 
-from lm.config import ConfigError
+from lm.errors import ConfigError
 from lm.data import sources
-from lm.data.pipeline import DataIterator, _process_rows, _seeds
+from lm.data.pipeline import DataIterator, process_rows, seeds
 from lm.data.tokenizers import Tokenizer
 
 _READ = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
 
 
 def validate(d) -> None:
-  if d.get("format", "text") != "sft":
+  if d.format != "sft":
     return
   for field in ("sft_train", "sft_eval"):
     if not d.get(field):
@@ -163,7 +163,7 @@ def _log_truncated(pairs: list[dict], tokenizer: Tokenizer, seq_len: int, name: 
 
 def packed_batches(pairs: grain.MapDataset, tokenizer: Tokenizer, seq_len: int, global_batch: int, *,
                    seed: int | None, finite: bool, process_index=None, process_count=None) -> grain.IterDataset:
-  first_row, rows = _process_rows(global_batch, process_index, process_count)
+  first_row, rows = process_rows(global_batch, process_index, process_count)
   it = pairs.map(_Tokenize(tokenizer, seq_len)).to_iter_dataset(_READ)
   it = grain.experimental.FirstFitPackIterDataset(
       it, length_struct={"inputs": seq_len, "targets": seq_len, "loss_mask": seq_len},
@@ -184,7 +184,7 @@ def train_iterator(data_cfg, tokenizer: Tokenizer, global_batch_size: int, seed:
   validate(data_cfg)
   pairs = read_examples(data_cfg, "train")
   _log_truncated(pairs, tokenizer, int(data_cfg.seq_len), "data.sft_train")
-  shuffle_seed, pack_seed = _seeds(seed, 2)
+  shuffle_seed, pack_seed = seeds(seed, 2)
   ds = grain.MapDataset.source(pairs).shuffle(seed=shuffle_seed).repeat()
   it = packed_batches(ds, tokenizer, int(data_cfg.seq_len), global_batch_size, seed=pack_seed, finite=False,
                       process_index=process_index, process_count=process_count)

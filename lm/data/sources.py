@@ -17,7 +17,7 @@ from typing import Iterator
 from absl import logging
 import tensorflow_datasets as tfds
 
-from lm.config import ConfigError
+from lm.errors import ConfigError
 from lm.data import sotu
 
 _ARRAY_RECORD = "array_record"

@@ -18,7 +18,7 @@ from absl import logging
 import grain
 import numpy as np
 
-from lm.config import ConfigError
+from lm.errors import ConfigError
 from lm.data import pipeline
 from lm.data.tokenizers import Tokenizer
 

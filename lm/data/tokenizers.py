@@ -1,6 +1,6 @@
 """Tokenizers behind one small interface: SentencePiece (trained on first use) and bytes.
 
-    tok = build_tokenizer(cfg.data)
+    tok = build_tokenizer(cfg.data)   # lm/data/builders.py: the one data.tokenizer names
     ids = tok.encode(text)            # list[int], no BOS/EOS added
     tok.decode(ids) == text           # exact, for any str (lone surrogates become U+FFFD)
     tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id
@@ -27,8 +27,7 @@ from absl import logging
 import numpy as np
 import sentencepiece as spm
 
-from lm import config as config_lib
-from lm.config import ConfigError
+from lm.errors import ConfigError
 from lm.data import sources
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -38,7 +37,7 @@ SP_TRAINER_VERSION = 1   # bump when the trainer options below change
 _U2581 = "\u2581"
 
 
-def _valid(text: str) -> str:
+def valid_text(text: str) -> str:
   """Lone surrogates cannot be UTF-8 encoded; they become U+FFFD, like invalid bytes do."""
   try:
     text.encode("utf-8")
@@ -78,7 +77,7 @@ class ByteTokenizer(Tokenizer):
     self.token_bytes = np.array([0] * self.OFFSET + [1] * 256, dtype=np.int32)
 
   def encode(self, text: str) -> list[int]:
-    raw = np.frombuffer(_valid(text).encode("utf-8"), dtype=np.uint8)
+    raw = np.frombuffer(valid_text(text).encode("utf-8"), dtype=np.uint8)
     return (raw.astype(np.int32) + self.OFFSET).tolist()
 
   def decode(self, ids: Iterable[int]) -> str:
@@ -108,7 +107,7 @@ class SentencePieceTokenizer(Tokenizer):
     return len(self._sp.id_to_piece(i).replace(_U2581, " ").encode("utf-8"))
 
   def encode(self, text: str) -> list[int]:
-    text = _valid(text)
+    text = valid_text(text)
     if _U2581 not in text:
       return self._sp.encode(text)
     ids = []
@@ -186,7 +185,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str =
 
 def _settings(data_cfg) -> dict:
   return dict(model_type=data_cfg.sp_model_type, vocab_size=int(data_cfg.vocab_size),
-              train_bytes=int(data_cfg.get("sp_train_bytes", 0) or 0),
+              train_bytes=int(data_cfg.sp_train_bytes or 0),
               trainer=SP_TRAINER_VERSION, sentencepiece=spm.__version__)
 
 
@@ -201,20 +200,14 @@ def tokenizer_path(data_cfg) -> str:
                       f"{name}-{data_cfg.sp_model_type}{data_cfg.vocab_size}-{digest}.model")
 
 
-def build_tokenizer(data_cfg) -> Tokenizer:
-  """The tokenizer data.tokenizer names; prepares the dataset and trains SentencePiece if needed."""
-  config_lib.validate_data(data_cfg)
-  if data_cfg.tokenizer == "bytes":
-    return ByteTokenizer()
-  if data_cfg.tokenizer == "hf":  # a Hugging Face tokenizer.json (lm/hf/tokenizer.py)
-    from lm.hf.tokenizer import HFTokenizer
-    return HFTokenizer(data_cfg.hf_tokenizer, vocab_size=int(data_cfg.vocab_size))
+def trained_sentencepiece(data_cfg) -> SentencePieceTokenizer:
+  """The SentencePiece model of data_cfg, trained on data.train_split on first use and cached."""
   source = sources.open_split(data_cfg, "train_split")  # checks before any training
   path = tokenizer_path(data_cfg)
   if not os.path.exists(path):
     with sources.file_lock(path + ".lock"):
       if not os.path.exists(path):  # another process may have trained it meanwhile
-        max_bytes = int(data_cfg.get("sp_train_bytes", 0) or 0) or None
+        max_bytes = int(data_cfg.sp_train_bytes or 0) or None
         logging.info("Training SentencePiece %s, vocab %d, on data.train_split=%r of %r "
                      "(first use; cached at %s)", data_cfg.sp_model_type, data_cfg.vocab_size,
                      data_cfg.train_split, data_cfg.dataset, path)

@@ -15,8 +15,11 @@ import json
 import os
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
-from lm.hf.config import HFError, read_config  # noqa: F401 (read_config re-exported)
+from lm.errors import HFError
+from lm.hf.architectures import read_config  # noqa: F401 (re-exported)
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -61,7 +64,6 @@ def shard_files(path: str) -> list[str]:
 
 def read_tensors(path: str) -> dict[str, np.ndarray]:
   """Every tensor of the checkpoint by name (a name in two shards is an error)."""
-  from safetensors import safe_open
   tensors: dict[str, np.ndarray] = {}
   for file in shard_files(path):
     with safe_open(file, framework="numpy") as f:
@@ -81,7 +83,6 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
 def write_tensors(path: str, tensors: dict[str, np.ndarray], max_shard_bytes: int | None = None) -> list[str]:
   """model.safetensors, or shards of at most max_shard_bytes (a bigger tensor gets a shard of its
   own) plus model.safetensors.index.json. Returns the files written."""
-  from safetensors.numpy import save_file
   os.makedirs(path, exist_ok=True)
   names = list(tensors)
   shards, size = [[]], 0

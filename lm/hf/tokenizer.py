@@ -1,187 +1,18 @@
-"""A Hugging Face tokenizer.json (the `tokenizers` library) behind lm's Tokenizer interface.
-
-    tok = HFTokenizer(DIR, vocab_size=EMBEDDING_ROWS)   # DIR holds tokenizer.json
-    tok.encode(text)      # ids, no special tokens added (lm's pipeline adds BOS / EOS itself)
-    tok.decode(ids)       # special tokens skipped; decode(encode(text)) == text for GPT-2's
-                          # byte-level BPE and Llama's SentencePiece-style tokenizers
-
-Vocabulary rule: the embedding may have more rows than the tokenizer has ids (checkpoints
-pad it, e.g. to a multiple of 64), never fewer. lm's `vocab_size` is the embedding's row
-count; ids the tokenizer never produces decode to nothing and stand for 0 bytes.
-
-Special ids, first found wins: DIR/lm_special_tokens.json (written by lm.convert), the
-model's config.json, generation_config.json, then the token strings of tokenizer_config.json
-/ special_tokens_map.json. No BOS -> the EOS id (GPT-2 uses one id for both); no pad -> EOS.
-A list of EOS ids (Llama 3) keeps the first as eos_id and all of them in eos_ids.
-
-token_bytes (bits per byte): the UTF-8 bytes each id decodes to, read off its string:
-  byte-level BPE (decoder ByteLevel: GPT-2, Llama 3): each character of the token stands for
-      one byte (GPT-2's bytes_to_unicode table);
-  SentencePiece style (decoders Metaspace / Replace('▁') / ByteFallback: Llama 1-2): "<0xAB>"
-      is one byte, otherwise the piece with '▁' read as a space. The dummy-prefix space such
-      tokenizers add at the start of a text counts as one byte (decode strips it): at most
-      one byte too many per encoded text;
-  anything else (WordPiece, ...): the length of the id decoded alone (approximate);
-  special (added) tokens: 0.
+"""Tokenizer files for a Hugging Face export or import: copy an HF tokenizer's files, or write
+lm's byte tokenizer as an equivalent tokenizer.json. (The tokenizer itself, HFTokenizer, is
+lm/data/hf_tokenizer.py: a tokenizer is data; this module only writes files.)
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import re
-from typing import Iterable
+import shutil
 
-import numpy as np
-
-from lm.data.tokenizers import Tokenizer, _valid
-from lm.hf.config import HFError
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-SPECIAL_FILE = "lm_special_tokens.json"
-_BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
-
-
-@functools.lru_cache(maxsize=1)
-def bytes_to_unicode() -> dict[int, str]:
-  """GPT-2's reversible byte -> printable character table (byte-level BPE)."""
-  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-  cs = bs[:]
-  n = 0
-  for b in range(256):
-    if b not in bs:
-      bs.append(b)
-      cs.append(256 + n)
-      n += 1
-  return dict(zip(bs, map(chr, cs)))
-
-
-def _read_json(path: str) -> dict:
-  if not os.path.isfile(path):
-    return {}
-  with open(path) as f:
-    out = json.load(f)
-  return out if isinstance(out, dict) else {}
-
-
-def _decoder_types(node) -> set[str]:
-  if not isinstance(node, dict):
-    return set()
-  types = {node.get("type", "")}
-  if node.get("type") == "Replace" and "▁" in json.dumps(node.get("pattern", {}), ensure_ascii=False):
-    types.add("ReplaceMetaspace")
-  for child in node.get("decoders") or []:
-    types |= _decoder_types(child)
-  return types
-
-
-class HFTokenizer(Tokenizer):
-  kind = "hf"
-
-  def __init__(self, path: str, vocab_size: int | None = None, model_config: dict | None = None):
-    from tokenizers import Tokenizer as _Tok
-    self.path = os.path.abspath(os.path.expanduser(path))
-    file = os.path.join(self.path, "tokenizer.json")
-    if not os.path.isfile(file):
-      raise HFError(f"no tokenizer.json in {self.path}: lm reads Hugging Face tokenizers in the `tokenizers` JSON "
-                    "format. For a checkpoint with only a SentencePiece tokenizer.model, write one with "
-                    "transformers: AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR).")
-    self._tok = _Tok.from_file(file)
-    vocab = self._tok.get_vocab(with_added_tokens=True)
-    self.tokenizer_vocab_size = max(vocab.values()) + 1
-    self.vocab_size = self.tokenizer_vocab_size if vocab_size is None else int(vocab_size)
-    if self.tokenizer_vocab_size > self.vocab_size:
-      raise HFError(f"the tokenizer ({file}) has ids up to {self.tokenizer_vocab_size - 1} but the model's embedding "
-                    f"has {self.vocab_size} rows (vocab_size); they must come from the same checkpoint (the "
-                    "embedding may have more rows than the tokenizer has ids, never fewer).")
-    self._special = self._resolve_special(model_config or {})
-    self.bos_id, self.eos_id, self.pad_id = (self._special[k] for k in ("bos_id", "eos_id", "pad_id"))
-    self.eos_ids = tuple(self._special["eos_ids"])
-    self.token_bytes = self._token_bytes(vocab)
-
-  # ---- special ids ----
-  def _resolve_special(self, model_config: dict) -> dict:
-    d = self.path
-    ids: dict = {}
-    for source in (_read_json(os.path.join(d, SPECIAL_FILE)),):
-      for k in ("bos_id", "eos_id", "pad_id", "eos_ids"):
-        if source.get(k) is not None:
-          ids[k] = source[k]
-    for source in (model_config, _read_json(os.path.join(d, "config.json")),
-                   _read_json(os.path.join(d, "generation_config.json"))):
-      for k in ("bos", "eos", "pad"):
-        value = source.get(f"{k}_token_id")
-        if ids.get(f"{k}_id") is None and value is not None and value != []:
-          ids[f"{k}_id"] = value
-    for source in (_read_json(os.path.join(d, "tokenizer_config.json")),
-                   _read_json(os.path.join(d, "special_tokens_map.json"))):
-      for k in ("bos", "eos", "pad"):
-        token = source.get(f"{k}_token")
-        token = token.get("content") if isinstance(token, dict) else token
-        if ids.get(f"{k}_id") is None and isinstance(token, str) and self._tok.token_to_id(token) is not None:
-          ids[f"{k}_id"] = self._tok.token_to_id(token)
-    eos = ids.get("eos_id")
-    if eos is None:
-      raise HFError(f"no end-of-sequence token for the tokenizer in {d}: none of {SPECIAL_FILE}, config.json "
-                    "(eos_token_id), generation_config.json, tokenizer_config.json (eos_token) names one; lm needs it "
-                    "to end documents. Set eos_token_id in the checkpoint's config.json.")
-    eos_ids = ids.get("eos_ids") or (list(eos) if isinstance(eos, (list, tuple)) else [eos])
-    out = {"eos_ids": [int(e) for e in eos_ids]}
-    out["eos_id"] = out["eos_ids"][0]
-    out["bos_id"] = int(ids["bos_id"]) if ids.get("bos_id") is not None else out["eos_id"]
-    pad = ids.get("pad_id")
-    out["pad_id"] = int(pad[0] if isinstance(pad, (list, tuple)) else pad) if pad is not None else out["eos_id"]
-    for k in ("bos_id", "eos_id", "pad_id"):
-      if not 0 <= out[k] < self.vocab_size:
-        raise HFError(f"the {k[:-3]} token id {out[k]} (from the checkpoint's config / tokenizer files in {d}) is "
-                      f"outside the vocabulary [0, {self.vocab_size}).")
-    return out
-
-  def special_ids(self) -> dict:
-    return dict(self._special)
-
-  # ---- bytes per id ----
-  def _token_bytes(self, vocab: dict) -> np.ndarray:
-    spec = _read_json(os.path.join(self.path, "tokenizer.json"))
-    types = _decoder_types(spec.get("decoder"))
-    added = {t["content"]: bool(t.get("special")) for t in spec.get("added_tokens", [])}
-    byte_level = "ByteLevel" in types
-    sentencepiece = bool(types & {"Metaspace", "ReplaceMetaspace", "ByteFallback"})
-    u2b = {c: b for b, c in bytes_to_unicode().items()}
-    out = np.zeros(self.vocab_size, np.int32)
-    for token, i in vocab.items():
-      if token in added:
-        out[i] = 0 if added[token] else len(token.encode("utf-8"))
-      elif byte_level:
-        out[i] = sum(1 if ch in u2b else len(ch.encode("utf-8")) for ch in token)
-      elif sentencepiece:
-        out[i] = 1 if _BYTE_PIECE.match(token) else len(token.replace("▁", " ").encode("utf-8"))
-      else:
-        out[i] = len(self._tok.decode([i], skip_special_tokens=True).encode("utf-8"))
-    return out
-
-  # ---- the interface ----
-  def encode(self, text: str) -> list[int]:
-    return self._tok.encode(_valid(text), add_special_tokens=False).ids
-
-  def encode_batch(self, texts) -> list[list[int]]:
-    return [e.ids for e in self._tok.encode_batch([_valid(t) for t in texts], add_special_tokens=False)]
-
-  def decode(self, ids: Iterable[int]) -> str:
-    ids = [int(i) for i in ids if 0 <= int(i) < self.tokenizer_vocab_size]
-    return self._tok.decode(ids, skip_special_tokens=True)
-
-  def __getstate__(self):
-    return {"path": self.path, "vocab_size": self.vocab_size}
-
-  def __setstate__(self, state):
-    self.__init__(state["path"], state["vocab_size"])
-
+from lm.data.hf_tokenizer import SPECIAL_FILE, TOKENIZER_FILES, HFTokenizer, bytes_to_unicode  # noqa: F401
 
 def copy_files(src: str, dst: str, special: dict) -> list[str]:
   """Copies the tokenizer files of `src` into `dst` and records the resolved special ids there."""
-  import shutil
   os.makedirs(dst, exist_ok=True)
   copied = []
   for name in TOKENIZER_FILES:
@@ -198,7 +29,7 @@ def write_byte_tokenizer(dst: str) -> list[str]:
   a byte-level BPE with no merges, so every byte is its own token. The one difference: the
   `tokenizers` library matches special tokens in raw text, so a literal "<s>", "</s>" or
   "<pad>" in the input becomes that special id rather than its bytes."""
-  from tokenizers import AddedToken, Tokenizer as _Tok, decoders, models, pre_tokenizers
+  from tokenizers import AddedToken, Tokenizer as _Tok, decoders, models, pre_tokenizers  # local: export only
   b2u = bytes_to_unicode()
   vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{b2u[b]: b + 3 for b in range(256)}}
   tok = _Tok(models.BPE(vocab=vocab, merges=[]))

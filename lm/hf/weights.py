@@ -28,7 +28,7 @@ import re
 
 import numpy as np
 
-from lm.hf.config import HFError
+from lm.errors import HFError
 
 _SKIP = re.compile(r"(rotary_emb\.inv_freq|(^|\.)h\.\d+\.attn\.(masked_)?bias)$")
 

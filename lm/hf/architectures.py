@@ -21,16 +21,13 @@ from __future__ import annotations
 import json
 import os
 
-from lm.config import ConfigError
+from lm import schema
+from lm.errors import HFError
 
 DEFAULT_SEQ_LEN = 1024  # data.seq_len of an import unless given: min(context, this)
 SUPPORTED = ("LlamaForCausalLM (model_type 'llama') and GPT2LMHeadModel (model_type 'gpt2')")
 ROPE_TYPES = ("default", "linear", "llama3")
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))
-
-
-class HFError(ConfigError):
-  """A Hugging Face checkpoint or config lm cannot read or write; the message says why."""
 
 
 def architecture(hf: dict, where: str = "config.json") -> str:
@@ -143,16 +140,15 @@ def read_config(path: str) -> dict:
 
 def import_config(hf_dir: str, seq_len: int | None = None, param_dtype: str = "float32"):
   """(lm ConfigDict, architecture) for the checkpoint in hf_dir, from its config.json alone:
-  configs/base.py with the model fields, data.tokenizer='hf' reading hf_dir's tokenizer.json,
+  the default config (lm/schema.py) with the model fields, data.tokenizer='hf' reading hf_dir's tokenizer.json,
   data.vocab_size = config.json's vocab_size (the embedding's rows), data.seq_len =
   min(context, 1024) unless given."""
-  from configs import base
   hf = read_config(hf_dir)
   where = os.path.join(hf_dir, "config.json")
   kind, fields = model_fields(hf, where)
   if hf.get("vocab_size") is None:
     raise HFError(f"{where}: the field 'vocab_size' is missing; it is needed to size the embedding.")
-  cfg = base.get_config()
+  cfg = schema.defaults()
   cfg.experiment = f"hf_{kind}"
   cfg.model.update(fields)
   cfg.model.param_dtype = param_dtype

@@ -1,0 +1,177 @@
+"""The config schema: every field with its default, and validate(), the checks run before
+anything is compiled or written.
+
+    cfg = defaults()                      # configs/base.py returns this; experiments change what differs
+    validate(cfg, n_devices=8)            # ConfigError naming the field and the fix
+    cfg = resolve(json.load(open(".../config.json")))   # a saved config over today's defaults
+
+Sections: model (lm/model.py:ModelConfig holds its fields and defaults), data (lm/data/),
+train (the loop, lm/train.py), optim (lm/optim.py), mesh (lm/sharding.py), logging
+(lm/metrics.py). Each section's choices and checks live beside the code that reads them;
+this module only gathers them. Optional fields use `placeholder(type)`: None by default,
+typed for command-line overrides.
+"""
+
+from __future__ import annotations
+
+from ml_collections import ConfigDict
+from ml_collections.config_dict import placeholder
+
+from lm import data as data_lib
+from lm import model as model_lib
+from lm import optim
+from lm import sharding
+from lm.errors import ConfigError
+
+TRAIN_POSITIVE = ("steps", "batch_size", "eval_every", "eval_steps", "checkpoint_every", "keep_checkpoints",
+                  "log_every")
+
+
+def _model_section() -> ConfigDict:
+  m = ConfigDict()
+  for name, default in model_lib.defaults().items():
+    m[name] = placeholder(int) if name == "head_dim" and default is None else default
+  return m
+
+
+def defaults() -> ConfigDict:
+  """The base config: every field a user may set with --config.<section>.<field>=..."""
+  cfg = ConfigDict()
+  cfg.experiment = "base"
+  cfg.model = _model_section()
+
+  # ---- data: corpus, tokenizer, packing (lm/data/) ----
+  d = cfg.data = ConfigDict()
+  d.dataset = "sotu"            # any TFDS name prepared as array_record
+  d.data_dir = placeholder(str)  # None -> ~/.cache/lm/tensorflow_datasets
+  d.text_key = "text"
+  d.train_split = "train"
+  d.eval_split = "validation"
+  d.tokenizer = "sentencepiece"  # 'sentencepiece' | 'bytes' | 'hf' (a Hugging Face tokenizer.json)
+  d.hf_tokenizer = placeholder(str)  # tokenizer='hf': folder with tokenizer.json (lm.convert sets it)
+  d.sp_model_type = "bpe"       # 'bpe' | 'unigram'
+  d.vocab_size = 4096
+  d.seq_len = 256
+  d.sp_train_bytes = 64_000_000  # SentencePiece trains on at most this much of the train split
+  d.shuffle_docs = 64           # documents whose chunks are shuffled together (~14 in a batch of 16)
+  # Supervised fine-tuning (format='sft', lm/data/sft.py): (prompt, completion) pairs, loss on
+  # the completion only, each pair kept whole within a packed row.
+  d.format = "text"             # 'text' (language modelling on data.dataset) | 'sft'
+  d.sft_dataset = placeholder(str)  # TFDS name with two text features; None: sft_train/sft_eval are JSONL files
+  d.sft_train = placeholder(str)  # JSONL file of {"prompt": ..., "completion": ...}, or a split of sft_dataset
+  d.sft_eval = placeholder(str)   # the same, held out: completion loss and exact match
+  d.prompt_key = "prompt"
+  d.completion_key = "completion"
+  d.sft_eval_examples = 128     # held-out pairs answered by greedy generation for exact match
+  d.sft_max_new_tokens = 16     # tokens generated per answer
+
+  # ---- train: the loop (lm/train.py) ----
+  t = cfg.train = ConfigDict()
+  t.steps = 1000
+  t.batch_size = 16             # global, in sequences
+  t.seed = 0
+  t.eval_every = 200
+  t.eval_steps = 8
+  t.checkpoint_every = 200
+  t.keep_checkpoints = 2
+  t.log_every = 10
+  t.init_from = placeholder(str)  # workdir or checkpoint to take params from
+  t.z_loss = 0.0
+  t.samples = 3                 # sampled continuations printed at the end
+
+  # ---- optim: optax chain (lm/optim.py) ----
+  o = cfg.optim = ConfigDict()
+  o.name = "adamw"              # 'adamw' | 'lion'
+  o.lr = 3e-3
+  o.schedule = "cosine"         # 'cosine' | 'constant' | 'wsd'
+  o.warmup_steps = 100
+  o.min_lr_ratio = 0.1
+  o.decay_fraction = 0.2        # wsd: final fraction of steps spent decaying
+  o.b1 = 0.9
+  o.b2 = 0.95
+  o.eps = 1e-8
+  o.weight_decay = 0.1
+  o.clip_norm = 1.0
+  o.grad_accum_steps = 1
+
+  # ---- mesh: device mesh and logical-axis rules (lm/sharding.py) ----
+  x = cfg.mesh = ConfigDict()
+  x.data = -1                   # -1 takes the devices the other axes leave
+  x.fsdp = 1
+  x.tensor = 1
+  # logical axis -> comma-separated mesh axes ('' = replicated), applied in rule_order: a
+  # mesh axis already taken by an earlier rule in the same array is skipped. `batch` comes
+  # before `embed`, so activations (batch, length, embed) shard batch over data+fsdp and keep
+  # embed whole, while weights (no batch axis) shard embed over fsdp.
+  x.rule_order = "batch,layers,vocab,heads,kv_heads,mlp,embed,length,head_dim"
+  r = x.rules = ConfigDict()
+  r.batch = "data,fsdp"
+  r.layers = ""
+  r.vocab = "tensor"
+  r.heads = "tensor"
+  r.kv_heads = "tensor"
+  r.mlp = "tensor"
+  r.embed = "fsdp"
+  r.length = ""
+  r.head_dim = ""
+
+  # ---- logging (lm/metrics.py) ----
+  g = cfg.logging = ConfigDict()
+  g.tensorboard = True
+  g.progress = True
+  return cfg
+
+
+def resolve(saved: dict) -> ConfigDict:
+  """A config saved by a run (config.json, as a dict), over today's defaults: fields added
+  since the run was made take their defaults; the `derived` block is kept as it was."""
+  cfg = defaults().to_dict()
+  _merge(cfg, saved)
+  return ConfigDict(cfg)
+
+
+def _merge(into: dict, over: dict) -> None:
+  for k, v in over.items():
+    if isinstance(v, dict) and isinstance(into.get(k), dict):
+      _merge(into[k], v)
+    else:
+      into[k] = v
+
+
+def validate_seq_len(m, seq_len: int) -> None:
+  if seq_len > m.max_seq_len:
+    what = "the learned position table" if m.positions == "learned" else "model.max_seq_len"
+    raise ConfigError(
+        f"data.seq_len={seq_len} is longer than {what} (model.max_seq_len={m.max_seq_len}); "
+        f"raise model.max_seq_len to at least {seq_len} or shorten data.seq_len.")
+
+
+def validate_train(t) -> None:
+  for field in TRAIN_POSITIVE:
+    if int(t[field]) < 1:
+      raise ConfigError(f"train.{field}={t[field]} must be a positive integer.")
+
+
+def validate_mesh(cfg, n_devices: int, processes: int = 1) -> tuple[int, int, int]:
+  """The mesh's shape for n_devices, the rules, and how the batch splits over them."""
+  data, fsdp, tensor = shape = sharding.mesh_shape(cfg.mesh, n_devices)
+  shards = sharding.batch_shards(dict(zip(sharding.MESH_AXES, shape)), sharding.rules(cfg.mesh))
+  sharding.check_batch(cfg.train.batch_size, processes=processes, accum_steps=cfg.optim.grad_accum_steps,
+                       shards=shards)
+  m = cfg.model
+  if tensor > 1 and m.n_kv_heads % tensor and cfg.mesh.rules.kv_heads:
+    raise ConfigError(
+        f"mesh.tensor={tensor} does not divide model.n_kv_heads={m.n_kv_heads}; use a tensor size that "
+        f"divides the kv heads, or set --config.mesh.rules.kv_heads='' to replicate them.")
+  return shape
+
+
+def validate(cfg: ConfigDict, n_devices: int | None = None, processes: int = 1) -> None:
+  """Every check that needs no data and no compilation. Raises ConfigError naming the fix."""
+  model_lib.validate(cfg.model)
+  validate_seq_len(cfg.model, cfg.data.seq_len)
+  data_lib.validate(cfg.data)
+  validate_train(cfg.train)
+  optim.validate(cfg.optim, cfg.train.steps)
+  if n_devices is not None:
+    validate_mesh(cfg, n_devices, processes)
