@@ -45,17 +45,17 @@ def main(argv):
   if importing == exporting or (importing and not (_FROM_HF.value and _TO.value)) or (
       exporting and not (_FROM.value and _TO_HF.value)):
     sys.exit("Error: pass --from_hf=HF_DIR --to=WORKDIR (import) or --from=WORKDIR --to_hf=HF_DIR (export).")
-  from lm.config import ConfigError
-  from lm.hf import convert
+  from lm.errors import ConfigError
+  from lm.hf import exporter, importer  # local: after flag parsing (jax starts here)
   try:
     if importing:
-      out = convert.import_to_workdir(_FROM_HF.value, _TO.value, _SEQ_LEN.value, _PARAM_DTYPE.value)
+      out = importer.import_to_workdir(_FROM_HF.value, _TO.value, _SEQ_LEN.value, _PARAM_DTYPE.value)
       print(f"Imported {_FROM_HF.value} ({out['experiment']}, {out['params']:,} parameters, vocabulary "
             f"{out['vocab_size']:,} rows / {out['tokenizer_vocab_size']:,} tokenizer ids, seq_len {out['seq_len']}) "
             f"into {out['workdir']}.")
     else:
       shard = _MAX_SHARD_MB.value * 2**20 if _MAX_SHARD_MB.value else None
-      written = convert.export_workdir(_FROM.value, _TO_HF.value, _DTYPE.value, shard)
+      written = exporter.export_workdir(_FROM.value, _TO_HF.value, _DTYPE.value, shard)
       print(f"Exported {_FROM.value} to {_TO_HF.value}: {', '.join(written)}.")
       if "tokenizer.model" in written:
         print("Note: the run's SentencePiece model is written as tokenizer.model (load it with "

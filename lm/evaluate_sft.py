@@ -4,11 +4,10 @@
                               [--max_new_tokens=16] [--show=5] [--json]
 
 `--workdir` is anything lm.generate takes: a training run, an imported workdir, or a Hugging
-Face checkpoint directory. The definitions of both numbers are in lm/sft.py.
+Face checkpoint directory. The definitions of both numbers are in lm/evaluation.py.
 """
 
 import json
-import math
 import sys
 
 from absl import app
@@ -29,13 +28,13 @@ def main(argv):
   del argv
   from lm.cli import quiet_logs
   quiet_logs()
-  from lm import loading, sft
-  from lm.config import ConfigError
+  from lm import evaluation, loading  # local: after flag parsing (jax starts here)
+  from lm.errors import ConfigError
   from lm.data import sft as sft_data
   try:
     pairs = sft_data.read_jsonl(_EXAMPLES.value, field="--examples")[:_MAX_EXAMPLES.value]
     trained = loading.load(_WORKDIR.value)
-    result = sft.evaluate(trained, pairs, _MAX_NEW.value)
+    result = evaluation.sft_evaluate(trained, pairs, _MAX_NEW.value)
   except (ConfigError, FileNotFoundError, ValueError) as e:
     sys.exit(f"Error: {e}")
   result.update(workdir=_WORKDIR.value, examples_file=_EXAMPLES.value, step=trained.step)
@@ -44,7 +43,7 @@ def main(argv):
     return
   print(f"{_WORKDIR.value} (step {trained.step}) on {result['examples']} pairs of {_EXAMPLES.value}:\n"
         f"completion loss {result['completion_loss']:.4f} nats/token ({result['completion_bpb']:.4f} bits/byte, "
-        f"perplexity {math.exp(result['completion_loss']):.2f}), exact match {result['exact_match']:.1%}")
+        f"perplexity {evaluation.perplexity(result['completion_loss']):.2f}), exact match {result['exact_match']:.1%}")
   for p, a in list(zip(pairs, result["answers"]))[:_SHOW.value]:
     print(f"  prompt ...{p['prompt'][-60:]!r}\n    expected {p['completion'].strip()!r}  got {a.strip()!r}")
 

@@ -65,7 +65,7 @@ def main(argv):
   from lm.cli import quiet_logs
   quiet_logs()
   from lm import decode, loading
-  from lm.config import ConfigError
+  from lm.errors import ConfigError
   try:
     prompts = read_prompts()
     trained = loading.load(_WORKDIR.value)

@@ -10,7 +10,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from lm import config as config_lib
+from lm.errors import ConfigError
 from lm import distributed  # defines the multi-process flags; imports jax only when called
 from lm.cli import parse_flags, quiet_logs
 
@@ -34,7 +34,7 @@ def main(argv):
   distributed.initialize()
   try:
     result = train.train(_CONFIG.value, _WORKDIR.value)
-  except config_lib.ConfigError as e:
+  except ConfigError as e:
     sys.exit(f"Config error: {e}")
   report.print_summary(result.summary)
   if result.summary["status"] == "finished" and _CONFIG.value.train.samples:

@@ -8,7 +8,7 @@ Under jit the rows of all processes form one global batch sharded along `batch`.
 
 from __future__ import annotations
 
-import math
+import contextlib
 from typing import Any, Callable
 
 import jax
@@ -86,23 +86,12 @@ def make_eval_step(model: Transformer):
   return eval_step
 
 
-def eval_metrics(sums: dict) -> dict:
-  """Summed nll, tokens and bytes -> loss in nats/token and bits per byte."""
-  nll, tokens, nbytes = float(sums["sum_nll"]), int(sums["tokens"]), int(sums["bytes"])
-  return {"eval_loss": nll / max(tokens, 1), "eval_bpb": nll / math.log(2) / max(nbytes, 1),
-          "eval_tokens": tokens}
-
-
 class StateSpec:
   """Abstract train state, its shardings, and how to create it, for a model + optimizer."""
 
-  def __init__(self, model: Transformer, optimizer, mesh, rules, seq_len: int):
+  def __init__(self, model: Transformer, optimizer, mesh, rules):
     self.model, self.optimizer, self.mesh, self.rules = model, optimizer, mesh, rules
-    tokens = jnp.zeros((1, seq_len), jnp.int32)
-    self._init_variables = lambda rng: model.init(rng, tokens)
-    abstract_params, param_shardings = sharding.abstract_shardings(
-        self._init_variables, mesh, rules, jax.random.key(0))
-    abstract_params, param_shardings = abstract_params["params"], param_shardings["params"]
+    abstract_params, param_shardings = sharding.abstract_params(model, mesh, rules)
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     rep = sharding.replicated(mesh)
     opt_shardings = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, param_shardings,
@@ -114,8 +103,7 @@ class StateSpec:
   def init(self, seed: int, params=None) -> dict[str, Any]:
     """A fresh state; `params` (e.g. from another run) replace the random ones."""
     if params is None:
-      variables, _ = sharding.sharded_init(self._init_variables, self.mesh, self.rules, jax.random.key(seed))
-      params = variables["params"]
+      params = sharding.init_params(self.model, self.mesh, self.rules, seed)
     with jax.set_mesh(self.mesh):
       opt_state = jax.jit(self.optimizer.init, out_shardings=self.shardings["opt_state"])(params)
     step = jax.device_put(jnp.int32(0), self.shardings["step"])
@@ -136,7 +124,6 @@ def batch_shardings(mesh, rules, keys) -> dict:
 
 def in_context(mesh, rules):
   """The context every traced step runs in: the mesh, and the logical-axis rules."""
-  import contextlib
   stack = contextlib.ExitStack()
   stack.enter_context(jax.set_mesh(mesh))
   stack.enter_context(nn.logical_axis_rules(rules))
