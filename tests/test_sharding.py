@@ -59,9 +59,8 @@ def test_sharded_forward_and_gradients_equal_one_device(reference, mesh_shape, f
   mesh = sharding.make_mesh(cfg.mesh)
   rules = sharding.rules(cfg.mesh)
   model = Transformer(ModelConfig.from_config(cfg.model, VOCAB))
-  tokens = jnp.zeros((1, 16), jnp.int32)
-  _, shardings = sharding.abstract_shardings(lambda r: model.init(r, tokens), mesh, rules, jax.random.key(0))
-  params_sharded = jax.device_put(params, shardings["params"])
+  _, shardings = sharding.abstract_params(model, mesh, rules)
+  params_sharded = jax.device_put(params, shardings)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     batch = sharding.shard_batch(_batch(), mesh, rules)
     step = jax.jit(jax.value_and_grad(_loss_fn(model), has_aux=True))
@@ -96,9 +95,7 @@ def test_sharded_init_places_each_parameter_by_its_logical_axes(mesh_shape):
   cfg = _config(mesh_shape, tie_embeddings=False)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules(cfg.mesh)
   model = Transformer(ModelConfig.from_config(cfg.model, VOCAB))
-  tokens = jnp.zeros((1, 16), jnp.int32)
-  variables, _ = sharding.sharded_init(lambda r: model.init(r, tokens), mesh, rules, jax.random.key(0))
-  params = variables["params"]
+  params = sharding.init_params(model, mesh, rules, seed=0)
   for path, spec in EXPECTED_SPECS.items():
     leaf = _get(params, path)
     assert isinstance(leaf.sharding, NamedSharding) and leaf.sharding.mesh.shape == mesh.shape
@@ -116,21 +113,60 @@ def test_scanned_layers_axis_is_replicated_and_the_rest_sharded():
   cfg = _config((2, 2, 2), scan_layers=True)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules(cfg.mesh)
   model = Transformer(ModelConfig.from_config(cfg.model, VOCAB))
-  tokens = jnp.zeros((1, 16), jnp.int32)
-  variables, _ = sharding.sharded_init(lambda r: model.init(r, tokens), mesh, rules, jax.random.key(0))
-  q = variables["params"]["layers"]["attn"]["q"]
+  q = sharding.init_params(model, mesh, rules, seed=0)["layers"]["attn"]["q"]
   assert q.shape == (2, 32, 4, 8) and q.sharding.spec == P(None, "fsdp", "tensor", None)
 
 
 def test_vocabulary_that_does_not_divide_the_tensor_axis_still_runs():
-  """GPT-2's 50257 does not divide anything; XLA pads the uneven shard."""
+  """GPT-2's 50257 does not divide anything; lm keeps such a dimension whole (replicated, with
+  a warning: sharding._divisible_spec) and shards the parameter's other dimensions."""
   cfg = _config((2, 2, 2))
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules(cfg.mesh)
   model = Transformer(ModelConfig.from_config(cfg.model, 97))
-  tokens = jnp.zeros((1, 16), jnp.int32)
-  variables, _ = sharding.sharded_init(lambda r: model.init(r, tokens), mesh, rules, jax.random.key(0))
+  params = sharding.init_params(model, mesh, rules, seed=0)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     batch = sharding.shard_batch({"t": np.ones((8, 16), np.int32)}, mesh, rules)
-    logits = jax.jit(model.apply)(variables, batch["t"])
+    logits = jax.jit(model.apply)({"params": params}, batch["t"])
   assert logits.shape == (8, 16, 97) and bool(jnp.all(jnp.isfinite(logits)))
-  assert variables["params"]["embedding"].sharding.spec == P(None, "fsdp")  # vocab whole, embed sharded
+  assert params["embedding"].sharding.spec == P(None, "fsdp")  # vocab whole, embed sharded
+
+
+# Activations under the default rules on a (data, fsdp, tensor) mesh: `batch` takes data and
+# fsdp, so `embed` (which weights shard over fsdp) stays whole on the residual stream.
+EXPECTED_ACTIVATIONS = {
+    ("batch", "length", "embed"): P(("data", "fsdp"), None, None),                 # residual stream
+    ("batch", "length", "mlp"): P(("data", "fsdp"), None, "tensor"),               # MLP hidden
+    ("batch", "length", "heads", "head_dim"): P(("data", "fsdp"), None, "tensor", None),    # q, attention out
+    ("batch", "length", "kv_heads", "head_dim"): P(("data", "fsdp"), None, "tensor", None),  # k, v
+    ("batch", "length", "vocab"): P(("data", "fsdp"), None, "tensor"),             # logits
+}
+
+
+def test_activation_shardings_follow_the_rule_order(monkeypatch):
+  """Every sharding constraint the model puts on an activation, resolved by the default rules."""
+  cfg = _config((2, 2, 2), tie_embeddings=False)
+  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules(cfg.mesh)
+  model = Transformer(ModelConfig.from_config(cfg.model, VOCAB))
+  seen = {}
+  original = nn.with_logical_constraint
+
+  def record(x, axes, *args, **kw):
+    seen[tuple(axes)] = P(*nn.logical_to_mesh_axes(axes, rules))
+    return original(x, axes, *args, **kw)
+
+  monkeypatch.setattr(nn, "with_logical_constraint", record)
+  params = sharding.init_params(model, mesh, rules, seed=0)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    jax.jit(model.apply)({"params": params}, sharding.shard_batch({"t": _batch()["tokens"]}, mesh, rules)["t"])
+  assert seen == EXPECTED_ACTIVATIONS
+  # The rule order is the config's: with `embed` first, the residual stream's embed dimension
+  # takes fsdp, and the batch, whose rule needs data and fsdp together, is not split at all.
+  cfg.mesh.rule_order = "embed,batch,layers,vocab,heads,kv_heads,mlp,length,head_dim"
+  assert nn.logical_to_mesh_axes(("batch", "length", "embed"), sharding.rules(cfg.mesh)) == P(None, None, "fsdp")
+
+
+def test_rule_order_must_name_every_rule_once():
+  cfg = _config((8, 1, 1))
+  cfg.mesh.rule_order = "batch,embed"
+  with pytest.raises(sharding.ConfigError, match="mesh.rule_order=.*every rule of mesh.rules exactly once"):
+    sharding.rules(cfg.mesh)
