@@ -116,7 +116,7 @@ def git_commit() -> str | None:
 
 
 def write_summary(workdir: str, row: dict[str, Any]) -> dict:
-  """summary.json: one row of the results schema (design.md section 6), plus extras."""
+  """summary.json: one row of the results schema (docs/conventions.md#results-schema), plus extras."""
   row = {k: _plain(v) for k, v in row.items()}
   ordered = {k: row.get(k) for k in SCHEMA}
   ordered.update({k: v for k, v in row.items() if k not in ordered})

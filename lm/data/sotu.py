@@ -49,7 +49,7 @@ class Sotu(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     # Not dataset_info_from_configs: it looks for metadata files beside a *package*
-    # named after the dataset and fails for a builder defined in a module (design.md 10).
+    # named after the dataset and fails for a builder defined in a module (tfds 4.9.10).
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.split("\n")[0],
