@@ -68,7 +68,7 @@ def _local_tokenizer_files(cfg: ConfigDict, workdir: str) -> None:
   """An imported workdir keeps its tokenizer in WORKDIR/tokenizer: use that copy, so a
   workdir that was moved or copied elsewhere still finds it."""
   local = os.path.join(workdir, "tokenizer")
-  if cfg.data.get("tokenizer") == "hf" and os.path.isfile(os.path.join(local, "tokenizer.json")):
+  if cfg.data.tokenizer == "hf" and os.path.isfile(os.path.join(local, "tokenizer.json")):
     cfg.data.hf_tokenizer = os.path.abspath(local)
 
 

@@ -61,7 +61,7 @@ class MetricWriter:
     with open(self.path, "w") as f:  # drop rows the resumed run will write again
       f.writelines(json.dumps(r) + "\n" for r in kept)
     if tensorboard:
-      from tensorboardX import SummaryWriter
+      from tensorboardX import SummaryWriter  # local: only when logging.tensorboard is on
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
                                purge_step=resume_step + 1 if resume_step else None)
 

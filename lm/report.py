@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 import jax
+
+from lm import decode
+from lm import flops
+from lm.evaluation import perplexity
 
 
 def print_summary(s: dict) -> None:
@@ -18,8 +21,8 @@ def print_summary(s: dict) -> None:
     line = f"validation loss {s['eval_loss']:.4f} nats/token, {s['eval_bpb']:.4f} bits/byte"
     if s.get("unigram_loss"):
       line += (f" (unigram baseline {s['unigram_loss']:.4f} nats/token, {s['unigram_bpb']:.4f} bits/byte: "
-               f"{s['eval_loss'] / s['unigram_loss']:.0%} of its loss, perplexity {math.exp(s['eval_loss']):.1f} "
-               f"vs {math.exp(s['unigram_loss']):.1f})")
+               f"{s['eval_loss'] / s['unigram_loss']:.0%} of its loss, perplexity {perplexity(s['eval_loss']):.1f} "
+               f"vs {perplexity(s['unigram_loss']):.1f})")
     lines.append(line)
   if (s.get("mfu") or 0) > 1 and s.get("peak_flops_measured"):
     lines.append(stale_peak_warning(s))
@@ -29,7 +32,6 @@ def print_summary(s: dict) -> None:
 def stale_peak_warning(s: dict) -> str:
   """MFU above 100% means the cached matmul peak is too low: a peak timed while other work
   shared the device (only ever an underestimate)."""
-  from lm import flops
   achieved = s["mfu"] * s["peak_flops_measured"]
   return (f"warning: MFU above 100%: this run computed {achieved / 1e9:,.1f} GFLOP/s (flops_exact), more than the "
           f"cached peak of {s['peak_flops_measured'] / 1e9:,.1f} GFLOP/s, which was probably measured while other work "
@@ -40,7 +42,6 @@ def stale_peak_warning(s: dict) -> str:
 def print_samples(result, prompts, workdir: str, max_new_tokens: int = 48, temperature: float = 0.8,
                   top_p: float = 0.95, seed: int = 0) -> list[str]:
   """Sampled continuations of fixed prompts; also written to WORKDIR/samples.txt."""
-  from lm import decode
   tok = result.tokenizer
   out = decode.generate(result.model, result.state["params"], [[tok.bos_id] + tok.encode(p) for p in prompts],
                         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,

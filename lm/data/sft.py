@@ -46,7 +46,7 @@ def validate(d) -> None:
   if d.format != "sft":
     return
   for field in ("sft_train", "sft_eval"):
-    if not d.get(field):
+    if not d[field]:
       raise ConfigError(f"data.format='sft' needs data.{field}: a JSONL file of {{\"{d.prompt_key}\": ..., "
                         f"\"{d.completion_key}\": ...}} lines (or a split of data.sft_dataset).")
 
@@ -104,7 +104,7 @@ def read_tfds(data_cfg, split: str, field: str) -> list[dict]:
 def read_examples(data_cfg, which: str = "train") -> list[dict]:
   """The pairs of data.sft_train or data.sft_eval, as [{"prompt": str, "completion": str}]."""
   field = f"sft_{which}"
-  if data_cfg.get("sft_dataset"):
+  if data_cfg.sft_dataset:
     return read_tfds(data_cfg, data_cfg[field], f"data.{field}")
   return read_jsonl(data_cfg[field], data_cfg.prompt_key, data_cfg.completion_key, f"data.{field}")
 
@@ -173,7 +173,7 @@ def packed_batches(pairs: grain.MapDataset, tokenizer: Tokenizer, seq_len: int, 
 
 
 def _signature(kind, data_cfg, tokenizer, global_batch, n, seed=None) -> dict:
-  return dict(kind=f"sft_{kind}", source=data_cfg.get("sft_dataset") or "jsonl", split=data_cfg[f"sft_{kind}"],
+  return dict(kind=f"sft_{kind}", source=data_cfg.sft_dataset or "jsonl", split=data_cfg[f"sft_{kind}"],
               examples=n, tokenizer=tokenizer.kind, vocab_size=tokenizer.vocab_size,
               seq_len=int(data_cfg.seq_len), global_batch=int(global_batch), seed=seed)
 
