@@ -38,6 +38,7 @@ def get_config(arg=None):
   m.dtype = "float32"           # compute dtype
   m.param_dtype = "float32"
   m.attention = "xla"           # 'reference' | 'xla' | 'cudnn' (GPU only)
+  m.matmul = "auto"             # weight matmuls' VJP: 'auto' (custom_vjp on CPU, else einsum) | 'custom_vjp' | 'einsum'
   m.remat = "none"              # 'none' | 'full' | 'dots'
   m.scan_layers = False
 

@@ -162,9 +162,9 @@ class Attention(nn.Module):
     wv_DGK = self._proj("v", (d, g, k), ("embed", "kv_heads", "head_dim"), std)
     wo_HKD = self._proj("o", (h, k, d), ("heads", "head_dim", "embed"), out_std)
 
-    q_BLHK = dense("BLD,DHK->BLHK", x_BLD, wq_DHK)
-    k_BLGK = dense("BLD,DGK->BLGK", x_BLD, wk_DGK)
-    v_BLGK = dense("BLD,DGK->BLGK", x_BLD, wv_DGK)
+    q_BLHK = dense("BLD,DHK->BLHK", x_BLD, wq_DHK, matmul=cfg.matmul)
+    k_BLGK = dense("BLD,DGK->BLGK", x_BLD, wk_DGK, matmul=cfg.matmul)
+    v_BLGK = dense("BLD,DGK->BLGK", x_BLD, wv_DGK, matmul=cfg.matmul)
     if cfg.use_bias:
       q_BLHK += self._bias("q_bias", (h, k), ("heads", "head_dim"))
       k_BLGK += self._bias("k_bias", (g, k), ("kv_heads", "head_dim"))
@@ -186,7 +186,7 @@ class Attention(nn.Module):
     else:
       out_BLHK = attend(q_BLHK, k_BLGK, v_BLGK, mask_B1LL, cfg.attention)
     out_BLHK = nn.with_logical_constraint(out_BLHK, ("batch", "length", "heads", "head_dim"))
-    y_BLD = dense("BLHK,HKD->BLD", out_BLHK, wo_HKD)
+    y_BLD = dense("BLHK,HKD->BLD", out_BLHK, wo_HKD, matmul=cfg.matmul)
     if cfg.use_bias:
       y_BLD += self._bias("o_bias", (d,), ("embed",))
     return y_BLD

@@ -49,6 +49,8 @@ def validate_model(m: ConfigDict) -> None:
   _choice(m.norm, NORMS, "model.norm")
   _choice(m.mlp, MLPS, "model.mlp")
   _choice(m.attention, ATTENTIONS, "model.attention")
+  from lm.ops import MATMULS  # local: lm.ops imports jax; lm.config stays jax-free (lm.main, configs/ladder.py)
+  _choice(m.get("matmul", "auto"), MATMULS, "model.matmul")
   _choice(m.remat, REMATS, "model.remat")
   _choice(m.dtype, DTYPES, "model.dtype")
   _choice(m.param_dtype, DTYPES, "model.param_dtype")
