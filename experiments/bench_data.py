@@ -149,4 +149,6 @@ def main():
 
 
 if __name__ == "__main__":
+  from lm.cli import set_xla_flags  # the entry point's process-wide XLA flags, before jax starts
+  set_xla_flags()
   main()

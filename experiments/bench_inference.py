@@ -35,8 +35,6 @@ import time
 
 import numpy as np
 
-import lm  # noqa: F401  (first: lm sets its XLA:CPU flags before jax starts, as in any lm run)
-
 SIZES = {
     # Llama family: RoPE, RMSNorm, SwiGLU, grouped-query attention, untied head, no biases.
     "llama-10m": dict(family="llama", n_layers=5, d_model=384, n_heads=6, n_kv_heads=2, d_ff=1024),
@@ -262,4 +260,6 @@ def main():
 
 
 if __name__ == "__main__":
+  from lm.cli import set_xla_flags  # the entry point's process-wide XLA flags, before jax starts
+  set_xla_flags()
   main()

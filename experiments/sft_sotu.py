@@ -123,7 +123,8 @@ def compare(examples: str, workdirs: list[str], max_examples: int | None, max_ne
 
 
 def main():
-  import lm  # noqa: F401  (lm's XLA:CPU flags before jax starts)
+  from lm.cli import set_xla_flags  # the entry point's process-wide XLA flags, before jax starts
+  set_xla_flags()
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
   b = sub.add_parser("build")

@@ -317,5 +317,6 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  from lm.cli import parse_flags
+  from lm.cli import parse_flags, set_xla_flags
+  set_xla_flags()  # the dry run's probe runs jax in-process
   app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

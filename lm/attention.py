@@ -4,14 +4,8 @@ Shapes in names: B batch, L query length, S key length, D d_model, H query heads
 G kv heads, R = H // G query heads per kv head, K head dim.
 Masks are boolean [B, 1, L, S]: True where a query may attend to a key.
 
-KV cache (decode=True, driven by lm/decode.py): each layer keeps the keys and values of S
-slots in the flax `cache` collection, with each slot's segment id and the next free slot
-i. A call with L new tokens attends over the old slots (s < i, same segment) and, causally,
-over its own L keys, then writes them into slots i ... i + L - 1. Left-padding has segment
-0, which no real token attends to. Layout is chosen for XLA:CPU's dots to read the cache in
-place: keys [B, G, K, S], values [B, G, S, K]; attending over the cache only before the
-write lets the write happen in place (reading the freshly written cache, XLA duplicated
-the write and copied the whole cache ~5 times per layer per step).
+This is training attention (masks, RoPE, the reference einsum and jax's fused kernels).
+With decode=True the Attention module attends over a KV cache instead: lm/kv_cache.py.
 """
 
 from __future__ import annotations
@@ -20,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from lm import kv_cache
 from lm.ops import dense
 
 ATTENTIONS = ("reference", "xla", "cudnn")  # attend(): the einsum, or jax.nn.dot_product_attention's
@@ -85,32 +80,6 @@ def causal_segment_mask(segment_ids_BL: jax.Array) -> jax.Array:
   return (causal_LL[None] & same_doc_BLL)[:, None]
 
 
-def cached_attention(q_BLHK, k_BGKS, v_BGSK, mask_B1LS, k_BLGK, v_BLGK, mask_B1LL):
-  """reference_attention over [cache slots, new keys]: one softmax, without concatenating the cache.
-
-  Returns the output and the new keys [B, G, K, L] and values [B, G, L, K] in the cache's
-  layout, made to depend on the output (+ 0 * a slice of it, sharded like them): XLA:CPU
-  updates a loop-carried buffer in place only if the write depends on the reads; without
-  it each cache array was copied twice per layer per step (an optimization_barrier did
-  not help: it is gone before copy insertion).
-  """
-  b, l, h, k = q_BLHK.shape
-  g, s = k_BGKS.shape[1], k_BGKS.shape[3]
-  q_BGRLK = q_BLHK.reshape(b, l, g, h // g, k).transpose(0, 2, 3, 1, 4) / jnp.sqrt(jnp.float32(k)).astype(q_BLHK.dtype)
-  old_BGRLS = jnp.einsum("BGRLK,BGKS->BGRLS", q_BGRLK, k_BGKS, preferred_element_type=jnp.float32)
-  new_BGRLL = jnp.einsum("BGRLK,BMGK->BGRLM", q_BGRLK, k_BLGK, preferred_element_type=jnp.float32)
-  logits_BGRLT = jnp.concatenate([old_BGRLS, new_BGRLL], axis=-1)           # T = S + L
-  mask_B1LT = jnp.concatenate([mask_B1LS, mask_B1LL], axis=-1)
-  logits_BGRLT = jnp.where(mask_B1LT[:, :, None], logits_BGRLT, jnp.finfo(jnp.float32).min)
-  probs_BGRLT = jax.nn.softmax(logits_BGRLT, axis=-1).astype(v_BGSK.dtype)
-  out_BGRLK = (jnp.einsum("BGRLS,BGSK->BGRLK", probs_BGRLT[..., :s], v_BGSK)
-               + jnp.einsum("BGRLM,BMGK->BGRLK", probs_BGRLT[..., s:], v_BLGK))
-  zero_BGL = out_BGRLK[:, :, 0, :, 0] * 0
-  k_BGKL = k_BLGK.transpose(0, 2, 3, 1).astype(k_BGKS.dtype) + zero_BGL[:, :, None, :]
-  v_BGLK = v_BLGK.transpose(0, 2, 1, 3).astype(v_BGSK.dtype) + zero_BGL[:, :, :, None]
-  return out_BGRLK.transpose(0, 3, 1, 2, 4).reshape(b, l, h, k), k_BGKL, v_BGLK
-
-
 def reference_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS):
   """The textbook einsum. The logits and softmax are float32 whatever the compute dtype."""
   b, l, h, k = q_BLHK.shape
@@ -136,14 +105,10 @@ def attend(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, implementation: str):
   return fused_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, implementation)
 
 
-K_CACHE_AXES = ("batch", "kv_heads", "head_dim", "length")   # keys [B, G, K, S]
-V_CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")   # values [B, G, S, K]
-
-
 class Attention(nn.Module):
   """Multi-head / grouped-query / multi-query causal self-attention."""
   cfg: "ModelConfig"  # noqa: F821 (lm.model.ModelConfig; a string to avoid an import cycle)
-  decode: bool = False  # read and extend the KV cache (the `cache` collection)
+  decode: bool = False  # read and extend the KV cache (the `cache` collection, lm/kv_cache.py)
 
   def _proj(self, name, shape, axes, std):
     cfg = self.cfg
@@ -165,9 +130,9 @@ class Attention(nn.Module):
     wv_DGK = self._proj("v", (d, g, k), ("embed", "kv_heads", "head_dim"), std)
     wo_HKD = self._proj("o", (h, k, d), ("heads", "head_dim", "embed"), out_std)
 
-    q_BLHK = dense("BLD,DHK->BLHK", x_BLD, wq_DHK)
-    k_BLGK = dense("BLD,DGK->BLGK", x_BLD, wk_DGK)
-    v_BLGK = dense("BLD,DGK->BLGK", x_BLD, wv_DGK)
+    q_BLHK = dense("BLD,DHK->BLHK", x_BLD, wq_DHK, matmul=cfg.matmul)
+    k_BLGK = dense("BLD,DGK->BLGK", x_BLD, wk_DGK, matmul=cfg.matmul)
+    v_BLGK = dense("BLD,DGK->BLGK", x_BLD, wv_DGK, matmul=cfg.matmul)
     if cfg.use_bias:
       q_BLHK += self._bias("q_bias", (h, k), ("heads", "head_dim"))
       k_BLGK += self._bias("k_bias", (g, k), ("kv_heads", "head_dim"))
@@ -185,47 +150,11 @@ class Attention(nn.Module):
 
     mask_B1LL = causal_segment_mask(segment_ids_BL)
     if self.decode:
-      out_BLHK = self._attend_with_cache(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, mask_B1LL)
+      out_BLHK = kv_cache.attend_with_cache(self, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, mask_B1LL)
     else:
       out_BLHK = attend(q_BLHK, k_BLGK, v_BLGK, mask_B1LL, cfg.attention)
     out_BLHK = nn.with_logical_constraint(out_BLHK, ("batch", "length", "heads", "head_dim"))
-    y_BLD = dense("BLHK,HKD->BLD", out_BLHK, wo_HKD)
+    y_BLD = dense("BLHK,HKD->BLD", out_BLHK, wo_HKD, matmul=cfg.matmul)
     if cfg.use_bias:
       y_BLD += self._bias("o_bias", (d,), ("embed",))
     return y_BLD
-
-  def _attend_with_cache(self, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, mask_B1LL):
-    """Attend over the cached slots and the L new keys, then append the new keys to the cache.
-
-    The first (init) call only creates the cache, sized by its input: init with tokens [B, S]
-    for S slots (lm.decode does this under eval_shape). cfg.attention is not used here:
-    these are einsums over the cache in its stored layout (a fused kernel would need the
-    cache transposed; prefill is one call and decoding one query per row).
-    """
-    b, l, g, k = k_BLGK.shape
-    initialized = self.has_variable("cache", "k")
-    k_cache = self.variable("cache", "k", nn.with_logical_partitioning(jnp.zeros, K_CACHE_AXES),
-                            (b, g, k, l), k_BLGK.dtype)
-    v_cache = self.variable("cache", "v", nn.with_logical_partitioning(jnp.zeros, V_CACHE_AXES),
-                            (b, g, l, k), v_BLGK.dtype)
-    seg_cache = self.variable("cache", "segment_ids",
-                              nn.with_logical_partitioning(jnp.zeros, ("batch", "length")), (b, l), jnp.int32)
-    index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-    if not initialized:
-      return reference_attention(q_BLHK, k_BLGK, v_BLGK, mask_B1LL)
-    i = index.value
-    seg_BS = seg_cache.value
-    slots = seg_BS.shape[1]
-    # Slots written before this call (s < i) of the query's own segment.
-    old_B1LS = ((jnp.arange(slots) < i)[None, None, :] & (segment_ids_BL[:, :, None] == seg_BS[:, None, :]))[:, None]
-    out_BLHK, k_BGKL, v_BGLK = cached_attention(q_BLHK, k_cache.value, v_cache.value, old_B1LS,
-                                                k_BLGK, v_BLGK, mask_B1LL)
-    # One slot index for the whole batch (prompts are left-padded to a common length), so
-    # each write is a dynamic_update_slice, in place inside the decode loop.
-    k_cache.value = nn.with_logical_constraint(
-        jax.lax.dynamic_update_slice(k_cache.value, k_BGKL, (0, 0, 0, i)), K_CACHE_AXES)
-    v_cache.value = nn.with_logical_constraint(
-        jax.lax.dynamic_update_slice(v_cache.value, v_BGLK, (0, 0, i, 0)), V_CACHE_AXES)
-    seg_cache.value = jax.lax.dynamic_update_slice(seg_BS, segment_ids_BL.astype(jnp.int32), (0, i))
-    index.value = i + l
-    return out_BLHK

@@ -1,6 +1,7 @@
-"""Shared by the command-line entry points (lm.main, lm.evaluate, lm.generate)."""
+"""Shared by the command-line entry points (lm.main, lm.evaluate, lm.generate, ...)."""
 
 import logging
+import os
 
 from absl import flags
 from absl import logging as absl_logging
@@ -26,3 +27,32 @@ def parse_flags(argv):
                      "Fields are listed in configs/base.py.") from None
   except flags.Error as e:
     raise SystemExit(f"Flag error: {e}\nPass --helpshort to see the flags.") from None
+
+
+# XLA aborts on a flag it does not know, so each flag is set only on the jaxlib series it
+# was measured on.
+_EIGEN_DOTS_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
+_EIGEN_DOTS_JAXLIB = "0.10."
+
+
+def set_xla_flags():
+  """lm's process-wide XLA flags, for an entry point to call before jax starts a backend.
+
+  Library code never sets them (importing lm changes nothing); tests/conftest.py sets the
+  same for the test process. One flag today: on XLA:CPU, route f32 matmuls to Eigen rather
+  than the YNNPACK dot fusion. Measured on a 2-core AVX-512 EPYC (2026-11, jax 0.10.2): a
+  4096x512 @ 512x2048 f32 dot ran at 92-125 GFLOP/s through YNNPACK and 147-206 GFLOP/s
+  through Eigen, depending on the transposes (experiments/bench_train_step.py shows the
+  effect on a whole step). Only the CPU backend reads it, and only when it starts. Set
+  LM_XLA_CPU_DEFAULTS=1, or put your own xla_cpu_experimental_ynn_fusion_type in XLA_FLAGS,
+  to keep XLA's choice. Calling it again changes nothing.
+  """
+  flags_now = os.environ.get("XLA_FLAGS", "")
+  if os.environ.get("LM_XLA_CPU_DEFAULTS") == "1" or "ynn_fusion_type" in flags_now:
+    return
+  try:
+    from jaxlib.version import __version__ as jaxlib_version  # local: jaxlib may be absent; only this needs it
+  except ImportError:
+    return
+  if jaxlib_version.startswith(_EIGEN_DOTS_JAXLIB):
+    os.environ["XLA_FLAGS"] = f"{flags_now} {_EIGEN_DOTS_FLAG}".strip()

@@ -21,7 +21,7 @@ import sys
 from absl import app
 from absl import flags
 
-from lm.cli import parse_flags
+from lm.cli import parse_flags, set_xla_flags
 
 _FROM_HF = flags.DEFINE_string("from_hf", None, "A Hugging Face checkpoint directory to import.")
 _TO = flags.DEFINE_string("to", None, "The lm workdir to write (import).")
@@ -65,4 +65,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  set_xla_flags()  # process-wide, before jax starts a backend
   app.run(main, flags_parser=parse_flags)

@@ -276,15 +276,6 @@ _advance_jit = jax.jit(_advance, static_argnums=0, donate_argnames="state")
 
 # ---- public entry points ----
 
-def _batch_shards(mesh, rules) -> int:
-  """How many ways the mesh splits the `batch` axis under `rules` (data x fsdp by default)."""
-  if mesh is None:
-    return 1
-  spec = nn.logical_to_mesh_axes(("batch",), rules)[0]
-  axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
-  return int(np.prod([mesh.shape[a] for a in axes]))
-
-
 def _context(mesh, rules):
   return contextlib.nullcontext() if mesh is None else steps.in_context(mesh, rules)
 
@@ -319,7 +310,7 @@ def stream(model: Transformer, params, prompts, *, max_new_tokens: int, chunk_to
     model = Transformer(dataclasses.replace(model.cfg, scan_layers=False))
   static = _Static(decoding(model), greedy=temperature == 0, top_k=top_k, top_p=top_p is not None and top_p < 1,
                    mesh=mesh, rules=None if rules is None else tuple(rules))
-  batch = left_pad(checked, bucket, _batch_shards(mesh, rules))
+  batch = left_pad(checked, bucket, 1 if mesh is None else sharding.batch_shards(mesh.shape, rules))
   n = len(checked)
   eos = [] if eos_id is None else [int(e) for e in np.atleast_1d(eos_id)]
   eos_E = np.full(-(-max(len(eos), 1) // 4) * 4, -1, np.int32)  # padded with -1 (no token) to E = 4k: one compile

@@ -12,7 +12,7 @@ import sys
 from absl import app
 from absl import flags
 
-from lm.cli import parse_flags
+from lm.cli import parse_flags, set_xla_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (its latest checkpoint is used).")
 _TEXT = flags.DEFINE_string("text", None, "A plain-text file, or a folder searched for *.txt files.")
@@ -42,4 +42,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  set_xla_flags()  # process-wide, before jax starts a backend
   app.run(main, flags_parser=parse_flags)

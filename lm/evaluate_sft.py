@@ -13,7 +13,7 @@ import sys
 from absl import app
 from absl import flags
 
-from lm.cli import parse_flags
+from lm.cli import parse_flags, set_xla_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run, an imported workdir, or a Hugging Face checkpoint directory.")
 _EXAMPLES = flags.DEFINE_string("examples", None, "JSONL file of {\"prompt\": ..., \"completion\": ...} lines.")
@@ -49,4 +49,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  set_xla_flags()  # process-wide, before jax starts a backend
   app.run(main, flags_parser=parse_flags)

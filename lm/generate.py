@@ -13,7 +13,7 @@ import sys
 from absl import app
 from absl import flags
 
-from lm.cli import parse_flags
+from lm.cli import parse_flags, set_xla_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (its latest checkpoint is used).")
 _PROMPT = flags.DEFINE_string("prompt", None, "The text to continue.")
@@ -91,4 +91,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  set_xla_flags()  # process-wide, before jax starts a backend
   app.run(main, flags_parser=parse_flags)

@@ -12,7 +12,7 @@ from ml_collections import config_flags
 
 from lm.errors import ConfigError
 from lm import distributed  # defines the multi-process flags; imports jax only when called
-from lm.cli import parse_flags, quiet_logs
+from lm.cli import parse_flags, quiet_logs, set_xla_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/default.py.",
                                           lock_config=True)
@@ -42,4 +42,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  set_xla_flags()  # process-wide, before jax starts a backend
   app.run(main, flags_parser=parse_flags)

@@ -18,18 +18,14 @@ import flax.linen as nn
 
 from lm.attention import ATTENTIONS, ROPE_SCALINGS, Attention
 from lm.errors import ConfigError
-from lm.ops import SAVE_DENSE_OUTPUTS, dense
+from lm.ops import MATMULS, dense, dots_saveable
 
 # The choices of each option live beside the code that dispatches on them.
 POSITIONS = ("learned", "rope")          # Transformer (the learned table) and Attention (rope)
 NORMS = ("layernorm", "rmsnorm")         # Norm
 MLPS = ("gelu", "swiglu")                # Mlp
 DTYPES = ("float32", "bfloat16", "float16")
-REMAT_POLICIES = {
-    "none": None,  # no remat: every activation the backward pass needs is kept
-    "full": None,  # save nothing: recompute the whole block in the backward pass
-    "dots": SAVE_DENSE_OUTPUTS,  # keep the weight matmuls' outputs, recompute the rest
-}
+REMATS = ("none", "full", "dots")        # remat_policy
 
 
 def _option(default, choices=None):
@@ -69,7 +65,8 @@ class ModelConfig:
   dtype: Any = _option("float32", DTYPES)        # compute dtype (a name or a numpy / jax dtype)
   param_dtype: Any = _option("float32", DTYPES)
   attention: str = _option("xla", ATTENTIONS)    # 'cudnn': GPU only
-  remat: str = _option("none", tuple(REMAT_POLICIES))
+  matmul: str = _option("auto", MATMULS)         # weight matmuls' VJP (lm/ops.py); auto: custom_vjp on CPU only
+  remat: str = _option("none", REMATS)
   scan_layers: bool = False
 
   def __post_init__(self):
@@ -174,16 +171,16 @@ class Mlp(nn.Module):
       # 4x512 benchmark MLP: 567 ms fwd+bwd against 834 ms for two separate weights).
       # The pair axis is never sharded, so each tensor shard keeps its gates and ups.
       wi_D2F = weight("wi", (d, 2, f), ("embed", None, "mlp"), std)
-      gate_up_BL2F = dense("BLD,DCF->BLCF", x_BLD, wi_D2F)
+      gate_up_BL2F = dense("BLD,DCF->BLCF", x_BLD, wi_D2F, matmul=cfg.matmul)
       if cfg.use_bias:
         gate_up_BL2F += self.param("wi_bias", nn.with_logical_partitioning(nn.initializers.zeros, (None, "mlp")),
                                    (2, f), cfg.param_dtype).astype(cfg.dtype)
       h_BLF = nn.silu(gate_up_BL2F[:, :, 0]) * gate_up_BL2F[:, :, 1]
     else:
-      h_BLF = dense("BLD,DF->BLF", x_BLD, weight("wi", (d, f), ("embed", "mlp"), std))
+      h_BLF = dense("BLD,DF->BLF", x_BLD, weight("wi", (d, f), ("embed", "mlp"), std), matmul=cfg.matmul)
       h_BLF = nn.gelu(h_BLF + bias("wi_bias", f, ("mlp",)), approximate=True)
     h_BLF = nn.with_logical_constraint(h_BLF, ("batch", "length", "mlp"))
-    y_BLD = dense("BLF,FD->BLD", h_BLF, weight("wo", (f, d), ("mlp", "embed"), out_std))
+    y_BLD = dense("BLF,FD->BLD", h_BLF, weight("wo", (f, d), ("mlp", "embed"), out_std), matmul=cfg.matmul)
     return y_BLD + bias("wo_bias", d, ("embed",))
 
 
@@ -201,11 +198,18 @@ class Block(nn.Module):
     return x_BLD, None  # (carry, per-layer output) so the block can run under nn.scan
 
 
+def remat_policy(cfg: ModelConfig):
+  """The jax.checkpoint policy of model.remat ('full' or 'dots')."""
+  if cfg.remat == "full":
+    return None  # save nothing: recompute the whole block in the backward pass
+  return dots_saveable(cfg.matmul)  # keep the weight matmuls' outputs, recompute the rest
+
+
 def _block_class(cfg: ModelConfig, decode: bool):
   block = Block
   if cfg.remat != "none" and not decode:  # nothing to recompute without a backward pass
     # prevent_cse is only needed outside scan (scan already stops CSE across iterations).
-    block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    block = nn.remat(block, policy=remat_policy(cfg), prevent_cse=not cfg.scan_layers)
   return block
 
 
@@ -256,14 +260,14 @@ class Transformer(nn.Module):
     if cfg.tie_embeddings and self.decode:
       # Contract the table's own D axis: with embedding_VD.T, XLA:CPU copied the whole
       # transposed table on every decode step (V x D x 4 bytes read and written per token).
-      logits_BLV = dense("BLD,VD->BLV", x_BLD, embedding_VD.astype(cfg.dtype), jnp.float32)
+      logits_BLV = dense("BLD,VD->BLV", x_BLD, embedding_VD.astype(cfg.dtype), jnp.float32, matmul=cfg.matmul)
       return nn.with_logical_constraint(logits_BLV, ("batch", "length", "vocab"))
     if cfg.tie_embeddings:
       head_DV = embedding_VD.T
     else:
       head_DV = self.param("head", nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ("embed", "vocab")),
                            (cfg.d_model, cfg.vocab_size), cfg.param_dtype)
-    logits_BLV = dense("BLD,DV->BLV", x_BLD, head_DV.astype(cfg.dtype), jnp.float32)
+    logits_BLV = dense("BLD,DV->BLV", x_BLD, head_DV.astype(cfg.dtype), jnp.float32, matmul=cfg.matmul)
     return nn.with_logical_constraint(logits_BLV, ("batch", "length", "vocab"))
 
 

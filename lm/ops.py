@@ -1,11 +1,26 @@
-"""Weight contractions with an explicit backward pass.
+"""Weight contractions, and the backend choice of their backward pass (`model.matmul`).
 
-`dense(eq, x, w)` is `jnp.einsum(eq, x, w)` whose VJP is written as two einsums:
-dx = einsum(out, w -> x) and dw = einsum(x, out -> w). JAX's generic transpose rule for
-dot_general emits the weight gradient as a dot followed by a transpose, and on XLA:CPU
-that transpose gets fused with the activation's backward (tanh/exp) into a slow
-transposing loop: on the 4x512 benchmark MLP (16x256 tokens, d_ff 2048) fwd+bwd took
-537 ms with autodiff and 369 ms with this rule. Same values, same shardings.
+`dense(eq, x, w, out_dtype, matmul)` is `jnp.einsum(eq, x, w)`. `matmul` picks its VJP:
+  'einsum'      jax's own autodiff of the einsum: the textbook code.
+  'custom_vjp'  the VJP written as two einsums, dx = einsum(out, w -> x) and
+                dw = einsum(x, out -> w). JAX's generic transpose rule for dot_general
+                emits the weight gradient as a dot followed by a transpose, and on XLA:CPU
+                that transpose gets fused with the activation's backward (tanh/exp) into a
+                slow transposing loop: on the 4x512 benchmark MLP (16x256 tokens, d_ff 2048)
+                fwd+bwd took 537 ms with autodiff and 369 ms with this rule. Same forward,
+                same values to rounding (tests/test_ops.py), same shardings.
+  'auto'        'custom_vjp' on the CPU backend, 'einsum' elsewhere. Resolved when the model
+                is traced (jax.default_backend(), the backend jit places it on), not when a
+                config is built: configs are built for counting too (configs/ladder.py, a
+                sweep's plan), and starting a backend there would take a TPU VM's chips
+                from the runs it launches.
+
+Remat 'dots' (dots_saveable): keep the outputs of the weight contractions, recompute the
+rest. The custom VJP hides its dot from jax's dots_* policies, so under 'custom_vjp' the
+outputs are named and saved by name; under 'einsum' jax's dots_with_no_batch_dims_saveable
+keeps the same set, because a weight contraction has no batch dimension ("BLD,DHK->BLHK")
+and the attention core's (QK^T and PV, batched over B and the heads) do, so they are
+recomputed as before. tests/test_ops.py checks the saved residuals are the same.
 """
 
 from __future__ import annotations
@@ -16,23 +31,41 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+MATMULS = ("auto", "custom_vjp", "einsum")
+
+
+def resolve_matmul(matmul: str) -> str:
+  """'auto' -> 'custom_vjp' on the CPU backend, 'einsum' elsewhere; the others unchanged."""
+  if matmul not in MATMULS:
+    raise ValueError(f"model.matmul={matmul!r} is not one of {MATMULS}.")
+  if matmul == "auto":
+    return "custom_vjp" if jax.default_backend() == "cpu" else "einsum"
+  return matmul
+
+
+DENSE_NAME = "dense"
+SAVE_DENSE_OUTPUTS = jax.checkpoint_policies.save_only_these_names(DENSE_NAME)
+
+
+def dots_saveable(matmul: str):
+  """The jax.checkpoint policy of remat 'dots' for this matmul choice (module docstring)."""
+  if resolve_matmul(matmul) == "custom_vjp":
+    return SAVE_DENSE_OUTPUTS
+  return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+
+
+def dense(eq: str, x: jax.Array, w: jax.Array, out_dtype=None, matmul: str = "auto") -> jax.Array:
+  """einsum(eq, x, w); `out_dtype` accumulates and returns in that dtype (float32 logits)."""
+  if resolve_matmul(matmul) == "einsum":
+    return jnp.einsum(eq, x, w, preferred_element_type=out_dtype)
+  return checkpoint_name(_dense(eq, x, w, out_dtype), DENSE_NAME)
+
 
 @functools.lru_cache(maxsize=None)
 def _grad_equations(eq: str) -> tuple[str, str]:
   inputs, out = eq.replace(" ", "").split("->")
   x, w = inputs.split(",")
   return f"{out},{w}->{x}", f"{x},{out}->{w}"
-
-
-DENSE_NAME = "dense"
-# Remat policy 'dots': keep the outputs of weight contractions, recompute the rest. The
-# custom VJP hides the dot from jax's dots_* policies, so the outputs are named instead.
-SAVE_DENSE_OUTPUTS = jax.checkpoint_policies.save_only_these_names(DENSE_NAME)
-
-
-def dense(eq: str, x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
-  """einsum(eq, x, w); `out_dtype` accumulates and returns in that dtype (float32 logits)."""
-  return checkpoint_name(_dense(eq, x, w, out_dtype), DENSE_NAME)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))

@@ -32,7 +32,6 @@ import sys
 import numpy as np
 import pandas as pd
 from scipy import optimize, special
-from threadpoolctl import threadpool_limits
 
 LAWS = ("kaplan", "saturating", "isoflop", "chinchilla")
 PARAMS_COLUMNS = ("params_nonembedding", "params_total")
@@ -132,6 +131,9 @@ def _huber_fit(log_x, log_loss, n_starts=None, extra_starts=(), delta=HUBER_DELT
     starts = starts[np.argsort(special.huber(delta, r).sum(axis=1))[:n_starts]]
   starts = np.concatenate([np.asarray(list(extra_starts)).reshape(-1, starts.shape[1]), starts])
   best = None
+  # local: threadpoolctl sets KMP_DUPLICATE_LIB_OK in os.environ when imported, and importing
+  # lm changes no process state (tests/test_process_flags.py)
+  from threadpoolctl import threadpool_limits
   with threadpool_limits(limits=1, user_api="blas"):  # see _minimize
     for x0 in starts:
       res = _minimize(x0, log_x, log_loss, delta)

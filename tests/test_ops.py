@@ -1,0 +1,159 @@
+"""model.matmul: the custom VJP equals autodiff, and remat 'dots' means the same under both choices.
+
+The equations are recorded from the model itself (a traced init of each family, training and
+decoding), so a new weight contraction is checked without editing this file.
+"""
+
+import contextlib
+import functools
+import io
+import re
+from collections import Counter
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import flax.linen as nn
+from jax.ad_checkpoint import print_saved_residuals
+
+from lm.errors import ConfigError
+from lm import ops
+from lm.model import ModelConfig, Transformer, init_params
+from tests.helpers import tiny_config, tiny_model_config
+
+FAMILIES = {
+    "gpt2": dict(positions="learned", norm="layernorm", mlp="gelu", use_bias=True, tie_embeddings=True, n_kv_heads=4),
+    "llama": dict(positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=True, tie_embeddings=False, n_kv_heads=2),
+}
+TOKENS = jnp.asarray(np.random.default_rng(1).integers(3, 97, (4, 17)), jnp.int32)
+# Largest gradient entry's share that the two rules may differ by. float32: measured 2.8e-8
+# (one equation, the untied head's weight gradient; the others bit-identical). bfloat16 keeps
+# 8 significant bits (a rounding is up to 2^-8 of the value); allow four roundings apart.
+TOLERANCE = {jnp.float32: 1e-6, jnp.bfloat16: 2.0 ** -6}
+
+
+def _model_equations() -> dict:
+  """(equation, out_dtype) -> (x shape, w shape) of every `dense` call of both families."""
+  seen = {}
+  record = ops._dense
+
+  def recording(eq, x, w, out_dtype):
+    seen[(eq, out_dtype)] = (x.shape, w.shape)
+    return record(eq, x, w, out_dtype)
+
+  with mock.patch.object(ops, "_dense", recording):
+    for family in FAMILIES.values():
+      for decode in (False, True):
+        model = Transformer(tiny_model_config(matmul="custom_vjp", **family), decode=decode)
+        jax.eval_shape(model.init, jax.random.key(0), TOKENS[:, :16])
+  return seen
+
+
+EQUATIONS = _model_equations()
+
+
+def test_the_recorded_equations_cover_both_families_and_the_decoding_head():
+  eqs = {eq for eq, _ in EQUATIONS}
+  assert {"BLD,DHK->BLHK", "BLD,DGK->BLGK", "BLHK,HKD->BLD",   # attention projections
+          "BLD,DCF->BLCF", "BLD,DF->BLF", "BLF,FD->BLD",       # SwiGLU, GELU
+          "BLD,DV->BLV", "BLD,VD->BLV"} <= eqs                  # untied / tied head, tied decoding head
+  assert {out for _, out in EQUATIONS} == {None, jnp.float32}  # float32 logits included
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+def test_the_custom_vjp_gives_autodiffs_values_and_gradients_for_every_model_equation(dtype):
+  for i, ((eq, out_dtype), (x_shape, w_shape)) in enumerate(sorted(EQUATIONS.items(), key=str)):
+    rng = np.random.default_rng(i)  # numpy: jax.random would compile once per shape
+    x, w = (jnp.asarray(rng.standard_normal(shape), dtype) for shape in (x_shape, w_shape))
+    y = jnp.einsum(eq, x, w, preferred_element_type=out_dtype)
+    r = jnp.asarray(rng.standard_normal(y.shape), y.dtype)  # a random cotangent, not all ones
+
+    @jax.jit
+    def both(x, w, eq=eq, out_dtype=out_dtype, r=r):
+      def out_and_grads(matmul):
+        loss = lambda x, w: jnp.sum((ops.dense(eq, x, w, out_dtype, matmul=matmul) * r).astype(jnp.float32))
+        return ops.dense(eq, x, w, out_dtype, matmul=matmul), jax.grad(loss, (0, 1))(x, w)
+      return out_and_grads("custom_vjp"), out_and_grads("einsum")
+
+    (y_custom, custom), (y_einsum, autodiff) = both(x, w)
+    for out in (y_custom, y_einsum):
+      np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(y, np.float32), err_msg=eq)
+    for name, a, b in zip(("dx", "dw"), custom, autodiff):
+      assert a.dtype == b.dtype == dtype and a.shape == b.shape, (eq, name)
+      a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+      np.testing.assert_allclose(a, b, rtol=0, atol=TOLERANCE[dtype] * np.abs(b).max(), err_msg=f"{eq} {name}")
+
+
+@functools.lru_cache(maxsize=None)
+def _params(family: str):
+  """One family's parameters (the matmul choice does not change them)."""
+  return init_params(Transformer(tiny_model_config(**FAMILIES[family])), jax.random.key(0))
+
+
+@pytest.mark.parametrize("matmul", ["custom_vjp", "einsum"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_remat_dots_gives_no_remats_loss_and_gradients_under_either_matmul(family, matmul):
+  """('full' saves nothing whatever the matmul; tests/test_model.py checks it on CPU.)"""
+  params = _params(family)
+  results = {}
+  for remat in ("none", "dots"):
+    model = Transformer(tiny_model_config(matmul=matmul, remat=remat, **FAMILIES[family]))
+
+    def loss(p, model=model):
+      logits = model.apply({"params": p}, TOKENS[:, :-1])
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), TOKENS[:, 1:, None], -1))
+    results[remat] = jax.jit(jax.value_and_grad(loss))(params)
+  assert results["dots"][0] == pytest.approx(float(results["none"][0]), rel=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), results["none"][1],
+               results["dots"][1])
+
+
+def _abstract_params(model: Transformer):
+  return nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), TOKENS[:, :-1]))["params"]
+
+
+def _saved_residuals(cfg: ModelConfig) -> Counter:
+  """'dtype[shape]' of each residual the backward pass keeps (print_saved_residuals' lines)."""
+  model = Transformer(cfg)
+  params = _abstract_params(model)  # traced only: nothing is compiled
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    print_saved_residuals(lambda p: jnp.mean(model.apply({"params": p}, TOKENS[:, :-1])), params)
+  return Counter(m.group(1) for m in re.finditer(r"^(\w+\[[\d,]*\])", out.getvalue(), re.MULTILINE))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_remat_dots_keeps_the_same_residuals_under_either_matmul(family, dtype):
+  """dots_with_no_batch_dims_saveable keeps what the named outputs keep: the weight
+  contractions' outputs, not the attention core's (so flops.activation_bytes_per_token,
+  checked on CPU, holds for the einsum path too)."""
+  kw = dict(remat="dots", dtype=dtype, **FAMILIES[family])
+  named = _saved_residuals(tiny_model_config(matmul="custom_vjp", **kw))
+  dots = _saved_residuals(tiny_model_config(matmul="einsum", **kw))
+  assert named == dots
+  full = _saved_residuals(tiny_model_config(matmul="einsum", **{**kw, "remat": "full"}))
+  assert sum(named.values()) > sum(full.values())  # 'dots' keeps more than the block inputs
+
+
+def _has_custom_vjp(model: Transformer) -> bool:
+  params = _abstract_params(model)
+  return "custom_vjp_call" in str(jax.make_jaxpr(lambda p: model.apply({"params": p}, TOKENS))(params))
+
+
+@pytest.mark.parametrize("backend,expected", [("cpu", "custom_vjp"), ("gpu", "einsum"), ("tpu", "einsum")])
+def test_auto_is_the_custom_vjp_on_cpu_only_and_resolved_when_the_model_is_traced(backend, expected):
+  model = Transformer(tiny_model_config())  # configs/base.py: matmul='auto'
+  assert model.cfg.matmul == "auto"
+  with mock.patch.object(ops.jax, "default_backend", lambda: backend):
+    assert ops.resolve_matmul("auto") == expected
+    assert _has_custom_vjp(model) == (expected == "custom_vjp")
+  assert ops.resolve_matmul("einsum") == "einsum" and ops.resolve_matmul("custom_vjp") == "custom_vjp"
+
+
+def test_an_unknown_matmul_is_a_config_error_naming_the_field():
+  expected = r"model.matmul='fast' is not one of \('auto', 'custom_vjp', 'einsum'\); set --config.model.matmul"
+  with pytest.raises(ConfigError, match=expected):
+    ModelConfig.from_config(tiny_config(matmul="fast").model, 97)
