@@ -107,7 +107,7 @@ def test_train_runs_the_sweep_config(monkeypatch, tmp_path):
 
 
 def test_the_sweep_config_trains_every_rung_on_the_same_tokens():
-  from experiments import sweep_plan
+  from experiments.sweep import plan as sweep_plan
   from experiments.sweeps import quality_vs_cost as sweep
   points, left_out = sweep_plan.expand(sweep.get_config())
   assert not left_out and [p.model for p in points] == list(sweep.RUNGS)

@@ -16,9 +16,9 @@ import time
 import pandas as pd
 import pytest
 
-from experiments import collect
-from experiments import sweep_plan
-from experiments import sweep_status as status_lib
+from experiments.sweep import collect
+from experiments.sweep import plan as sweep_plan
+from experiments.sweep import status as status_lib
 from lm import flops as flops_lib
 from lm.metrics import SCHEMA
 from tests.helpers import shared_data_dir
