@@ -1,4 +1,4 @@
-"""experiments/quality_vs_cost.py and lm/frontier.py: the Pareto frontier, the table built
+"""experiments/studies/quality_vs_cost.py and lm/frontier.py: the Pareto frontier, the table built
 from summary.json files and measurements (fake ones: exact arithmetic), its columns, the
 figures, and once end to end on a tiny sweep (train, load, decode, write)."""
 
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import quality_vs_cost as qvc
+from experiments.studies import quality_vs_cost as qvc
 from lm import frontier
 from tests.helpers import shared_data_dir
 
