@@ -120,6 +120,7 @@ def data_dir(tmp_path_factory):
   return shared_data_dir(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_end_to_end_on_a_tiny_trained_run(tmp_path, data_dir):
   """A tiny run trained here (and a copy of it: two rows, one compile), then the CLI on them:
   load, decode at two batch sizes, write the table, run.json and the figures."""
