@@ -2,6 +2,7 @@
 
     initialize()                      # from flags, or detected: Cloud TPU pod, SLURM
     --coordinator_address=HOST:PORT --num_processes=N --process_id=I   # explicit
+    process_flags()                   # those three as given, for a program that passes them on
 
 Detection: on a multi-host Cloud TPU slice and under SLURM with more than one task,
 `jax.distributed.initialize()` finds the coordinator, the process count and this process's
@@ -19,6 +20,13 @@ from absl import logging
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for multi-process runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+
+
+def process_flags() -> dict[str, str | int | None]:
+  """{'coordinator_address', 'num_processes', 'process_id'}: the flags as given (None where not
+  given, after absl has parsed them), in that order: a program that starts lm.main processes
+  (experiments.sweep) passes them on and reads this host's index from them."""
+  return {f.name: f.value for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)}
 
 
 def on_cloud_tpu_vm() -> bool:

@@ -13,6 +13,8 @@ import pytest
 from lm.metrics import read_jsonl
 from tests.helpers import shared_data_dir
 
+pytestmark = pytest.mark.slow  # every test runs `python -m lm...` processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # one CPU device per process
 

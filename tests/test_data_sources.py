@@ -101,6 +101,7 @@ def test_default_data_dir_respects_xdg(monkeypatch, tmp_path):
   assert sources.default_data_dir().endswith(".cache/lm/tensorflow_datasets")
 
 
+@pytest.mark.slow
 def test_concurrent_first_use_prepares_once(tmp_path):
   # Two processes start on an empty data_dir at once: both must end with the same data.
   code = ("import sys; from lm.data import sources; "

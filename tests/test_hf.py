@@ -103,6 +103,7 @@ def test_tokenizer_round_trips_and_counts_bytes(case):
   assert tok.token_bytes[tok.eos_id] == 0 and tok.token_bytes.shape == (tok.vocab_size,)
 
 
+@pytest.mark.slow
 def test_convert_cli_then_loading_a_workdir_or_the_directory(tmp_path):
   d = str(tmp_path / "hf")
   hf_model = CASES["llama_gqa_llama3_sharded"](d)

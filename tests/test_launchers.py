@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from experiments import launch_common as common
-from experiments import launch_slurm
-from experiments import launch_tpu
+from experiments.launch import common
+from experiments.launch import slurm as launch_slurm
+from experiments.launch import tpu as launch_tpu
 
 
 @pytest.fixture
@@ -455,7 +455,7 @@ bash -c '[ -x <REPO>/.venv/bin/python ] || python3 -m venv <REPO>/.venv; . <REPO
 mkdir -p <REPO>/slurm_logs
 cat > <REPO>/slurm_logs/lm-tiny.sbatch <<'EOF'
 #!/bin/bash
-# A run of lm on SLURM, written by experiments/launch_slurm.py. Submit it again with: sbatch <REPO>/slurm_logs/lm-tiny.sbatch
+# A run of lm on SLURM, written by experiments/launch/slurm.py. Submit it again with: sbatch <REPO>/slurm_logs/lm-tiny.sbatch
 #
 # One task per node: each task is one JAX process that drives all of its node's GPUs; jax.distributed
 # finds the others from what srun sets for each task (SLURM_JOB_ID, SLURM_NTASKS, SLURM_PROCID,
@@ -531,7 +531,7 @@ SLURM_SWEEP = """\
 mkdir -p /shared/logs
 cat > /shared/logs/iso.sbatch <<'EOF'
 #!/bin/bash
-# A sweep of lm on SLURM, written by experiments/launch_slurm.py. Submit it again with: sbatch /shared/logs/iso.sbatch
+# A sweep of lm on SLURM, written by experiments/launch/slurm.py. Submit it again with: sbatch /shared/logs/iso.sbatch
 #
 # One task per node: each task is one JAX process that drives all of its node's GPUs; jax.distributed
 # finds the others from what srun sets for each task (SLURM_JOB_ID, SLURM_NTASKS, SLURM_PROCID,

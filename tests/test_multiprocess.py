@@ -13,6 +13,8 @@ import pytest
 from lm.metrics import read_jsonl
 from tests.helpers import shared_data_dir
 
+pytestmark = pytest.mark.slow  # two jax.distributed processes, then one, each training
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -18,6 +18,7 @@ def test_there_are_notebooks():
   assert NOTEBOOKS, "notebooks/ holds no .ipynb"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_executes_without_errors(path):
   nb = nbformat.read(path, as_version=4)

@@ -1,4 +1,4 @@
-"""experiments/quality_vs_cost.py and lm/frontier.py: the Pareto frontier, the table built
+"""experiments/studies/quality_vs_cost.py and lm/frontier.py: the Pareto frontier, the table built
 from summary.json files and measurements (fake ones: exact arithmetic), its columns, the
 figures, and once end to end on a tiny sweep (train, load, decode, write)."""
 
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import quality_vs_cost as qvc
+from experiments.studies import quality_vs_cost as qvc
 from lm import frontier
 from tests.helpers import shared_data_dir
 
@@ -107,7 +107,7 @@ def test_train_runs_the_sweep_config(monkeypatch, tmp_path):
 
 
 def test_the_sweep_config_trains_every_rung_on_the_same_tokens():
-  from experiments import sweep_plan
+  from experiments.sweep import plan as sweep_plan
   from experiments.sweeps import quality_vs_cost as sweep
   points, left_out = sweep_plan.expand(sweep.get_config())
   assert not left_out and [p.model for p in points] == list(sweep.RUNGS)
@@ -120,6 +120,7 @@ def data_dir(tmp_path_factory):
   return shared_data_dir(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_end_to_end_on_a_tiny_trained_run(tmp_path, data_dir):
   """A tiny run trained here (and a copy of it: two rows, one compile), then the CLI on them:
   load, decode at two batch sizes, write the table, run.json and the figures."""

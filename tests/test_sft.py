@@ -176,6 +176,7 @@ def test_pairs_from_a_tfds_builder(tmp_path):
     sft.read_examples(cfg, "train")
 
 
+@pytest.mark.slow
 def test_finetune_a_hugging_face_directory_through_train(tmp_path):
   """configs/finetune.py:HF_DIR -> train(): init_from the directory, its tokenizer, SFT batches;
   the completion loss falls from ln(259) = 5.56 and exact match is reported."""

@@ -16,9 +16,9 @@ import time
 import pandas as pd
 import pytest
 
-from experiments import collect
-from experiments import sweep_plan
-from experiments import sweep_status as status_lib
+from experiments.sweep import collect
+from experiments.sweep import plan as sweep_plan
+from experiments.sweep import status as status_lib
 from lm import flops as flops_lib
 from lm.metrics import SCHEMA
 from tests.helpers import shared_data_dir
@@ -139,6 +139,7 @@ def test_point_states_from_summary_and_record(tmp_path):
 
 # ---- the runner ----
 
+@pytest.mark.slow
 def test_dry_run_prints_the_plan_with_measured_estimates(data_dir):
   result = run(sweep_cmd("/nonexistent/sweep", data_dir, "isoflop", "--dry_run", "--parallel=2",
                          "--config.models=('d16',)", "--config.min_steps=150"))
@@ -161,6 +162,7 @@ def reference(tmp_path_factory, data_dir):
   return sweep_dir, result.stdout
 
 
+@pytest.mark.slow
 def test_failed_and_diverged_points_are_recorded_and_the_rest_finish(reference):
   sweep_dir, out = reference
   t = table(sweep_dir).set_index("point")
@@ -177,6 +179,7 @@ def test_failed_and_diverged_points_are_recorded_and_the_rest_finish(reference):
   assert "finished 2  diverged 1  failed 1" in out
 
 
+@pytest.mark.slow
 def test_a_relaunch_skips_final_points_and_refuses_a_changed_config(reference, data_dir, tmp_path):
   sweep_dir = tmp_path / "copy"
   shutil.copytree(reference[0], sweep_dir)
@@ -193,6 +196,7 @@ def test_a_relaunch_skips_final_points_and_refuses_a_changed_config(reference, d
   assert "D32.8K-broken" in shown.stdout and "finished 2  diverged 1  failed 1" in shown.stdout
 
 
+@pytest.mark.slow
 def test_a_sweep_stopped_by_sigterm_then_sigkill_finishes_with_the_uninterrupted_table(reference, data_dir, tmp_path):
   """tiny:grid is tiny:faults without its diverging and failing points: the same two points
   (same names, same overrides), so its table must equal those rows of the reference."""
@@ -235,6 +239,7 @@ def test_a_sweep_stopped_by_sigterm_then_sigkill_finishes_with_the_uninterrupted
   assert table(sweep_dir).set_index("point").loc["D32.8K-d32", "attempts"] == 3
 
 
+@pytest.mark.slow
 def test_two_hosts_run_each_point_together_and_only_host_0_writes_sweep_files(reference, data_dir, tmp_path):
   """The launchers run the same sweep command on every host: here two runners on one machine,
   as processes 0 and 1 of one jax.distributed job (gloo), which every point's lm.main joins."""

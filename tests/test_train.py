@@ -53,6 +53,7 @@ def test_tiny_model_overfits_a_fixed_batch():
 GOLDEN = {1: 5.5561309, 2: 5.5537958, 3: 5.3225627}
 
 
+# Not marked slow though it trains a run (~8 s): the fast loop (-m "not slow") keeps the numerics tripwire.
 def test_golden_first_losses(tmp_path, data_dir):
   cfg = tiny_run_config(data_dir, train=dict(steps=3, eval_every=3, checkpoint_every=3))
   train_lib.train(cfg, str(tmp_path / "run"))
@@ -61,6 +62,7 @@ def test_golden_first_losses(tmp_path, data_dir):
     assert got[s] == pytest.approx(expected, rel=2e-5), (s, got)
 
 
+@pytest.mark.slow
 def test_run_leaves_its_files_and_a_schema_row(tmp_path, data_dir):
   cfg = tiny_run_config(data_dir, train=dict(steps=6, eval_every=3, checkpoint_every=3))
   result = train_lib.train(cfg, str(tmp_path / "run"))
@@ -77,6 +79,7 @@ def test_run_leaves_its_files_and_a_schema_row(tmp_path, data_dir):
   assert result.summary == summary
 
 
+@pytest.mark.slow
 def test_restore_onto_another_mesh_continues_the_same_losses(tmp_path, data_dir):
   cfg = tiny_run_config(data_dir, train=dict(steps=8, eval_every=4, checkpoint_every=4))
   train_lib.train(cfg, str(tmp_path / "a"))                      # (data, fsdp, tensor) = (8, 1, 1)
@@ -91,6 +94,7 @@ def test_restore_onto_another_mesh_continues_the_same_losses(tmp_path, data_dir)
     assert b[s] == pytest.approx(a[s], rel=1e-5), (s, a[s], b[s])
 
 
+@pytest.mark.slow
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, data_dir, capsys):
   cfg = tiny_run_config(data_dir, train=dict(steps=8, eval_every=4, checkpoint_every=4))
   run = tmp_path / "run"
@@ -156,6 +160,7 @@ def test_gradient_accumulation_equals_one_big_batch():
                out[1][0]["params"], out[4][0]["params"])
 
 
+@pytest.mark.slow
 def test_init_from_takes_another_runs_parameters_but_not_its_optimizer(tmp_path, data_dir):
   from lm import checkpoint, loading
   base_cfg = tiny_run_config(data_dir, train=dict(steps=6, eval_every=6, checkpoint_every=6))

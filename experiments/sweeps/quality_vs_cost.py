@@ -1,7 +1,7 @@
-"""The training set of experiments/quality_vs_cost.py: CPU-tier ladder rungs, one token budget.
+"""The training set of experiments/studies/quality_vs_cost.py: CPU-tier ladder rungs, one token budget.
 
     python -m experiments.sweep --config=experiments/sweeps/quality_vs_cost.py --sweep_dir=runs/qvc [--dry_run]
-    python -m experiments.quality_vs_cost --sweep_dir=runs/qvc --out_dir=experiments/results/quality_vs_cost
+    python -m experiments.studies.quality_vs_cost --sweep_dir=runs/qvc --out_dir=experiments/results/quality_vs_cost
 
 Every rung trains on the same D = 1,638,400 tokens (800 steps x 16 x 128), the same data
 order and the ladder's 4096-piece SentencePiece, so quality differences come from size alone.

@@ -4,7 +4,7 @@
       sweep.json            the sweep config and each launch (time, host, command)
       status.json           the runner's record per point: state, attempt, pid, host, start, end, message
       sweep.lock            held (flock) by the live runner; names its pid, host and start time
-      results.csv           the results table (experiments/collect.py), rewritten as points end
+      results.csv           the results table (experiments/sweep/collect.py), rewritten as points end
       <point>/point.json    what the point computes (config + overrides) and its plan
       <point>/...           the point's lm.main workdir: config.json, metrics.jsonl, checkpoints/, summary.json
       <point>/log.txt       the point's output, appended over attempts (log.host<i>.txt on other hosts)

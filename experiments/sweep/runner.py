@@ -3,7 +3,7 @@
     python -m experiments.sweep --config=experiments/sweeps/isoflop_cpu.py --sweep_dir=DIR [--dry_run] [--parallel=N]
     python -m experiments.sweep --status --sweep_dir=DIR       # each point's state, and nothing else
 
-A sweep config (experiments/sweep_plan.py lists its fields) is a grid of models x token budgets
+A sweep config (experiments/sweep/plan.py lists its fields) is a grid of models x token budgets
 or an IsoFLOP set (for each FLOP budget C, every model with D = C / flops-per-token). Its fields
 can be overridden like lm.main's: --config.budgets="(1e12, 3e12)". Each point runs as a separate
 process (a crash or divergence of one cannot take down the others), one at a time or --parallel
@@ -43,8 +43,9 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import sweep_plan
-from experiments import sweep_status as status_lib
+from experiments.sweep import dry_run
+from experiments.sweep import plan as sweep_plan
+from experiments.sweep import status as status_lib
 from lm import distributed  # --coordinator_address, --num_processes, --process_id: passed on to every point
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file, e.g. experiments/sweeps/isoflop_cpu.py.")
@@ -61,8 +62,9 @@ ORPHAN_WAIT_S = 600  # a previous runner's point, told to stop, may take this lo
 
 def host_role() -> tuple[int, int]:
   """(process index, process count) of this host in a multi-host sweep; (0, 1) alone."""
-  if distributed._PROCESS_ID.value is not None:
-    return distributed._PROCESS_ID.value, distributed._NUM_PROCESSES.value or 1
+  given = distributed.process_flags()
+  if given["process_id"] is not None:
+    return given["process_id"], given["num_processes"] or 1
   cluster = distributed.detected_cluster()
   if cluster == "slurm":
     return int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
@@ -92,8 +94,7 @@ def _tpu_metadata(key: str) -> str | None:
 
 
 def passthrough_flags() -> list[str]:
-  return [f"--{f.name}={f.value}" for f in (distributed._COORDINATOR, distributed._NUM_PROCESSES,
-                                             distributed._PROCESS_ID) if f.value is not None]
+  return [f"--{name}={value}" for name, value in distributed.process_flags().items() if value is not None]
 
 
 def _die_with_parent(parent: int):
@@ -138,10 +139,10 @@ class Runner:
   def point_dir(self, p) -> str:
     return os.path.join(self.sweep_dir, p.name)
 
-  def _save(self):
+  def save(self):
     if self.writer:
       status_lib.write_records(self.sweep_dir, self.records)
-      from experiments import collect
+      from experiments.sweep import collect  # pandas: imported only by the host that writes results.csv
       collect.write(self.sweep_dir)
 
   def _on_signal(self, signum, frame):
@@ -170,7 +171,7 @@ class Runner:
                   started=status_lib.now(), started_ts=time.time(), ended=None, returncode=None, message="")
     self.running[p.name] = (proc, log)
     self.log(f"start {p.name} (attempt {attempt}, {p.steps} steps, pid {proc.pid})")
-    self._save()
+    self.save()
 
   def finish(self, p, rc: int):
     proc, log = self.running.pop(p.name)
@@ -188,7 +189,7 @@ class Runner:
     record.update(state=state, ended=status_lib.now(), returncode=rc, message=message)
     self.log(f"end   {p.name}: {state}" + (f" ({message})" if message else "")
              + (f", eval_loss {s['eval_loss']:.4f}" if s and s.get("eval_loss") is not None else ""))
-    self._save()
+    self.save()
 
   def run(self, todo) -> None:
     previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -262,8 +263,7 @@ def main(argv) -> int:
   except sweep_plan.SweepError as e:
     sys.exit(f"Sweep config error: {e}")
   if _DRY_RUN.value:
-    from experiments import sweep_dry_run
-    print(sweep_dry_run.report(cfg, points, left_out, sweep_dir, _PARALLEL.value, _PROBE.value))
+    print(dry_run.report(cfg, points, left_out, sweep_dir, _PARALLEL.value, _PROBE.value))
     return 0
   index, count = host_role()
   parallel = _PARALLEL.value
@@ -305,7 +305,7 @@ def main(argv) -> int:
     runner.run(todo)
   finally:
     if index == 0:
-      runner._save()
+      runner.save()
       print(status_lib.table(sweep_dir, names, runner_alive=False), flush=True)
       log(f"results: {os.path.join(sweep_dir, 'results.csv')}")
       lock.release()
@@ -314,9 +314,3 @@ def main(argv) -> int:
     log("stopped by a signal; the same command resumes the sweep")
     return 0
   return 1 if any(s == "failed" for s in final.values()) else 0
-
-
-if __name__ == "__main__":
-  from lm.cli import parse_flags, set_xla_flags
-  set_xla_flags()  # the dry run's probe runs jax in-process
-  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

@@ -40,7 +40,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ("isoflop", "grid")
 DEFINITIONS = ("flops_exact", "flops_6n")
 BYTE_VOCAB = 3 + 256  # lm.data.tokenizers.ByteTokenizer: pad, bos, eos + 256 bytes
@@ -167,7 +167,7 @@ def budget_label(kind: str, budget: float) -> str:
 def validate(s: ConfigDict) -> None:
   for field in ("name", "config", "models", "kind", "budgets"):
     if field not in s or s[field] in (None, (), []):
-      raise SweepError(f"the sweep config has no {field!r}; see experiments/sweep_plan.py for the fields.")
+      raise SweepError(f"the sweep config has no {field!r}; see experiments/sweep/plan.py for the fields.")
   if s.kind not in KINDS:
     raise SweepError(f"kind={s.kind!r} is not one of {KINDS}.")
   if s.get("flops_definition", "flops_exact") not in DEFINITIONS:

@@ -1,4 +1,4 @@
-"""Shared by the launchers (experiments/launch_tpu.py, experiments/launch_slurm.py).
+"""Shared by the launchers (experiments/launch/tpu.py, experiments/launch/slurm.py).
 
   Job          what runs on every host: one lm.main run or one experiments.sweep, as argv
   Runner       runs each command (output saved under a local log dir), or with --dry_run
@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # experiments/launch/common.py -> the checkout
 
 
 class LaunchError(Exception):

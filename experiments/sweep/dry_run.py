@@ -14,7 +14,11 @@ would take longer than MAX_PROBE_STEP_S at the host's measured peak is not probe
 from __future__ import annotations
 
 import math
+import os
 import time
+
+from experiments.sweep import status as status_lib
+from experiments.sweep.plan import model_config
 
 PROBE_S = 2.0        # timed seconds per shape, after the compiling step
 PROBE_STEPS = 5      # at most this many timed steps
@@ -74,7 +78,6 @@ def expected_step_s(point) -> float:
 
 def estimate(points, measure: bool = True, log=print) -> dict[str, dict]:
   """point name -> {'step_s', 'compile_s', 'total_s'} (None where not measured)."""
-  from experiments.sweep_plan import model_config
   cache, out = {}, {}
   for p in points:
     key = shape_key(p.cfg)
@@ -120,9 +123,7 @@ def _bytes(b: float) -> str:
 def report(cfg, points, left_out, sweep_dir: str | None, parallel: int = 1, measure: bool = True) -> str:
   """The plan as a table: per point N, D, C, steps, tokens per parameter, memory, estimated
   time and (for an existing sweep directory) its state; then the totals."""
-  import os
   from configs.ladder import human
-  from experiments import sweep_status as status_lib
   definition = points[0].flops_definition if points else cfg.get("flops_definition", "flops_exact")
   times = estimate(points, measure)
   states = status_lib.states(sweep_dir, [p.name for p in points]) if sweep_dir and os.path.isdir(sweep_dir) else {}

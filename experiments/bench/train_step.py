@@ -1,0 +1,208 @@
+"""Training-step benchmark: lm against Hugging Face transformers (PyTorch), side by side.
+
+    python -m experiments.bench.train_step [--shapes=issue,small] [--steps=5] [--no_torch]
+        [--dtype=bfloat16] [--attention=xla]
+
+For each shape and family (GPT-2-like: learned positions, LayerNorm, GELU, biases, tied
+head; Llama-like: RoPE, RMSNorm, SwiGLU, untied head), times a full training step
+(forward, backward, AdamW update) of lm's jitted train step and of the same architecture
+in transformers (GPT2LMHeadModel / LlamaForCausalLM, random weights, torch.optim.AdamW).
+Every measurement runs in its own process, one after the other, never two at once. Each
+process also times a large matmul in its framework, so the analytic FLOP rate of the
+step can be read as a fraction of what the device can do (an MFU estimate).
+The torch side needs the benchmark extra: pip install -e '.[bench]'. On a GPU both sides run
+there (torch with autocast in --dtype); --dtype=bfloat16 computes in bf16 with float32
+parameters on both sides, and the matmul peak is timed in that dtype.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+_SHAPES = flags.DEFINE_list("shapes", ["issue"], "Shapes to run: issue, small, wide, gpu.")
+_FAMILIES = flags.DEFINE_list("families", ["gpt2", "llama"], "Model families.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per measurement (after 2 warm-up steps).")
+_NO_TORCH = flags.DEFINE_bool("no_torch", False, "Skip the transformers side.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (params stay float32).")
+_ATTENTION = flags.DEFINE_enum("attention", "reference", ["reference", "xla"], "lm's attention implementation.")
+_WORKER = flags.DEFINE_string("worker", None, "Internal: run one measurement and print JSON.")
+
+# (n_layers, d_model, n_heads, d_ff, vocab, seq_len, batch)
+SHAPES = {
+    "issue": (4, 512, 8, 2048, 8192, 256, 16),   # the shape issue 2 names
+    "small": (4, 256, 4, 1024, 4096, 256, 16),
+    "wide": (2, 1024, 16, 4096, 8192, 128, 8),
+    "gpu": (12, 1024, 16, 4096, 32768, 1024, 16),  # ~220M parameters, 16K tokens a step
+}
+FAMILIES = {
+    "gpt2": dict(positions="learned", norm="layernorm", mlp="gelu", use_bias=True, tie_embeddings=True),
+    "llama": dict(positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False, tie_embeddings=False),
+}
+
+
+def model_config(shape: str, family: str):
+  from configs import base
+  from lm.model import ModelConfig
+  n_layers, d, h, f, v, s, _ = SHAPES[shape]
+  m = base.get_config().model
+  m.update(n_layers=n_layers, d_model=d, n_heads=h, n_kv_heads=h, d_ff=f, max_seq_len=s,
+           attention=_ATTENTION.value, dtype=_DTYPE.value, **FAMILIES[family])
+  return m, ModelConfig.from_config(m, v)
+
+
+def median_step_seconds(step, steps: int) -> float:
+  for _ in range(2):
+    step()
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t0)
+  return sorted(times)[len(times) // 2]
+
+
+def matmul_gflops(matmul, n: int) -> float:
+  seconds = median_step_seconds(matmul, 5)
+  return 2 * n ** 3 / seconds / 1e9
+
+
+def matmul_size() -> int:
+  import jax
+  return 8192 if jax.devices()[0].platform == "gpu" else 4096
+
+
+def lm_worker(shape: str, family: str) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from configs import base
+  from lm import flops, optim, sharding, steps
+  from lm.model import Transformer
+  m, mcfg = model_config(shape, family)
+  _, _, _, _, v, s, b = SHAPES[shape]
+  cfg = base.get_config()
+  cfg.optim.warmup_steps = 1
+  optimizer, lr = optim.make_optimizer(cfg.optim, 100)
+  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules(cfg.mesh)
+  spec = steps.StateSpec(Transformer(mcfg), optimizer, mesh, rules, s)
+  state = spec.init(0)
+  step_fn = spec.jit_train_step(steps.make_train_step(spec.model, optimizer, lr),
+                                steps.batch_shardings(mesh, rules, steps.TRAIN_KEYS))
+  tokens = np.random.default_rng(0).integers(0, v, (b, s + 1)).astype(np.int32)
+  host = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "segment_ids": np.ones((b, s), np.int32),
+          "positions": np.tile(np.arange(s, dtype=np.int32), (b, 1))}
+  with steps.in_context(mesh, rules):
+    batch = sharding.shard_batch(host, mesh, rules)
+    box = [state]
+
+    def one():
+      box[0], metrics = step_fn(box[0], batch)
+      jax.block_until_ready(metrics)
+    seconds = median_step_seconds(one, _STEPS.value)
+  n = matmul_size()
+  x = jnp.ones((n, n), _DTYPE.value)
+  mm = jax.jit(lambda a: a @ a)
+  peak = matmul_gflops(lambda: mm(x).block_until_ready(), n)
+  counts = flops.param_counts(mcfg)
+  return {"impl": f"lm (jax {jax.__version__}, {_ATTENTION.value} attention)", "params": counts.total, "step_s": seconds,
+          "flops_6n": flops.flops_6n(mcfg), "flops_exact": flops.flops_exact(mcfg, s), "matmul_gflops": peak}
+
+
+def torch_worker(shape: str, family: str) -> dict:
+  import torch
+  import transformers
+  from lm import flops
+  n_layers, d, h, f, v, s, b = SHAPES[shape]
+  torch.manual_seed(0)
+  torch.set_num_threads(os.cpu_count())
+  if family == "gpt2":
+    config = transformers.GPT2Config(n_layer=n_layers, n_embd=d, n_head=h, n_inner=f, vocab_size=v, n_positions=s,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config)
+  else:
+    config = transformers.LlamaConfig(hidden_size=d, intermediate_size=f, num_hidden_layers=n_layers,
+                                      num_attention_heads=h, num_key_value_heads=h, vocab_size=v,
+                                      max_position_embeddings=s, tie_word_embeddings=False, bos_token_id=0,
+                                      eos_token_id=0, pad_token_id=0)
+    model = transformers.LlamaForCausalLM(config)
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  dtype = getattr(torch, _DTYPE.value)
+  model.to(device).train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+  ids = torch.randint(0, v, (b, s), device=device)
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+  def one():
+    with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
+      loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    sync()
+  seconds = median_step_seconds(one, _STEPS.value)
+  n = 8192 if device == "cuda" else 4096
+  x = torch.ones(n, n, device=device, dtype=dtype)
+  peak = matmul_gflops(lambda: (x @ x, sync()), n)
+  _, mcfg = model_config(shape, family)
+  return {"impl": f"transformers {transformers.__version__} (torch {torch.__version__})",
+          "params": sum(p.numel() for p in model.parameters()), "step_s": seconds,
+          "flops_6n": flops.flops_6n(mcfg), "flops_exact": flops.flops_exact(mcfg, s), "matmul_gflops": peak}
+
+
+def measure(kind: str, shape: str, family: str) -> dict | None:
+  cmd = [sys.executable, "-m", "experiments.bench.train_step", f"--worker={kind}:{shape}:{family}",
+         f"--steps={_STEPS.value}", f"--dtype={_DTYPE.value}", f"--attention={_ATTENTION.value}"]
+  out = subprocess.run(cmd, capture_output=True, text=True)
+  rows = [line for line in out.stdout.splitlines() if line.startswith("{")]
+  if out.returncode or not rows:
+    print(f"  {kind} {shape} {family} failed:\n{out.stderr[-1500:]}", file=sys.stderr)
+    return None
+  return json.loads(rows[-1])
+
+
+def main(argv):
+  del argv
+  if _WORKER.value:
+    kind, shape, family = _WORKER.value.split(":")
+    row = (lm_worker if kind == "lm" else torch_worker)(shape, family)
+    print(json.dumps(row))
+    return
+  print(f"load average before: {os.getloadavg()[0]:.2f}  ({os.cpu_count()} CPUs); compute dtype {_DTYPE.value}")
+  header = (f"{'shape':6} {'family':6} {'implementation':42} {'params':>11} {'step ms':>8} {'tokens/s':>9} "
+            f"{'6N GF/s':>8} {'exact GF/s':>10} {'matmul GF/s':>11} {'MFU':>6}")
+  print(header)
+  results = {}
+  for shape in _SHAPES.value:
+    *_, s, b = SHAPES[shape]
+    for family in _FAMILIES.value:
+      for kind in ("lm",) + (() if _NO_TORCH.value else ("torch",)):
+        r = measure(kind, shape, family)
+        if r is None:
+          continue
+        tps = b * s / r["step_s"]
+        exact = tps * r["flops_exact"] / 1e9
+        results[(shape, family, kind)] = tps
+        print(f"{shape:6} {family:6} {r['impl']:42} {r['params']:>11,} {r['step_s'] * 1e3:>8.0f} {tps:>9.0f} "
+              f"{tps * r['flops_6n'] / 1e9:>8.1f} {exact:>10.1f} {r['matmul_gflops']:>11.1f} "
+              f"{exact / r['matmul_gflops']:>6.1%}", flush=True)
+  if not _NO_TORCH.value:
+    print("\nlm tokens/s relative to transformers (>1: lm is faster):")
+    for shape in _SHAPES.value:
+      peers = {f: results.get((shape, f, "torch")) for f in _FAMILIES.value}
+      best = max((t for t in peers.values() if t), default=None)
+      for family in _FAMILIES.value:
+        ours, theirs = results.get((shape, family, "lm")), peers.get(family)
+        if ours and theirs and best:
+          print(f"  {shape} {family}: {ours / theirs:.2f}x the same architecture, {ours / best:.2f}x the faster peer")
+  print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+  from lm.cli import set_xla_flags  # the entry point's process-wide XLA flags, before jax starts
+  set_xla_flags()
+  app.run(main)

@@ -1,0 +1,7 @@
+"""Studies: an experiment that trains or loads runs and measures a question, with its results table.
+
+    python -m experiments.studies.quality_vs_cost   quality (eval bpb) against inference cost across the ladder
+    python -m experiments.studies.sft_sotu          a supervised task from the corpus: who delivered this passage?
+
+Their measured outputs and commands: experiments/results/.
+"""
