@@ -12,6 +12,8 @@ processes exchange collectives over gloo.
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import os
 
 from absl import flags
@@ -32,8 +34,6 @@ def process_flags() -> dict[str, str | int | None]:
 def on_cloud_tpu_vm() -> bool:
   """A Cloud TPU VM: libtpu installed and TPU chips attached (/dev/accel* on v4 and
   older, VFIO groups on v5e/v6e). Checked without starting jax's backend."""
-  import glob
-  import importlib.util
   if importlib.util.find_spec("libtpu") is None:
     return False
   return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
@@ -60,7 +60,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   num_processes = num_processes if num_processes is not None else (
       _NUM_PROCESSES.value if flags.FLAGS.is_parsed() else None)
   process_id = process_id if process_id is not None else (_PROCESS_ID.value if flags.FLAGS.is_parsed() else None)
-  import jax
+  import jax  # local: lm.main defines these flags before jax starts (its XLA flags come first)
   explicit = [coordinator_address, num_processes, process_id]
   if any(v is not None for v in explicit):
     if any(v is None for v in explicit):
