@@ -216,6 +216,7 @@ def test_finetune_config_without_a_run_is_the_default_model_with_its_sequence_le
   from lm import schema
   cfg = finetune.get_config()
   cfg.train.init_from = "runs/default"
+  cfg.data.sft_train, cfg.data.sft_eval = "train.jsonl", "heldout.jsonl"  # what the command line gives
   assert cfg.model.to_dict() == default.get_config().model.to_dict()
   assert cfg.data.seq_len == default.get_config().data.seq_len
   schema.validate(cfg, 1)  # the default's 128-token positions hold the data's rows

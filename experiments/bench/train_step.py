@@ -89,7 +89,7 @@ def lm_worker(shape: str, family: str) -> dict:
   cfg.optim.warmup_steps = 1
   optimizer, lr = optim.make_optimizer(cfg.optim, 100)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules(cfg.mesh)
-  spec = steps.StateSpec(Transformer(mcfg), optimizer, mesh, rules, s)
+  spec = steps.StateSpec(Transformer(mcfg), optimizer, mesh, rules)
   state = spec.init(0)
   step_fn = spec.jit_train_step(steps.make_train_step(spec.model, optimizer, lr),
                                 steps.batch_shardings(mesh, rules, steps.TRAIN_KEYS))

@@ -46,7 +46,7 @@ def probe(cfg, vocab_size: int) -> dict:
   optimizer, lr = optim.make_optimizer(cfg.optim, cfg.train.steps)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules(cfg.mesh)
   seq, batch = cfg.data.seq_len, cfg.train.batch_size
-  spec = steps_lib.StateSpec(Transformer(mcfg), optimizer, mesh, rules, seq)
+  spec = steps_lib.StateSpec(Transformer(mcfg), optimizer, mesh, rules)
   state = spec.init(0)
   step = spec.jit_train_step(
       steps_lib.make_train_step(spec.model, optimizer, lr, cfg.train.z_loss, cfg.optim.grad_accum_steps),
