@@ -1,0 +1,194 @@
+"""IsoFLOP profiles (Hoffmann et al. 2022, Approach 2) and intervals that hold on the table's own design.
+
+The estimate is the paper's: per budget, parabolas of the loss in log10 N and in log10 D;
+their vertices N_opt, D_opt; then least-squares lines log N_opt = log N_coef + a log C and
+log D_opt = log D_coef + b log C over the budgets.
+
+The estimate is biased by the design: an IsoFLOP curve E + A N^-alpha + B D^-beta is not
+a parabola, and a parabola through sizes placed asymmetrically around the optimum moves
+the vertex. On the CPU IsoFLOP table's design, noise-free losses from the table's own
+L(N, D) fit give a = 0.629 where the fit's own optima along the budgets give 0.673;
+noise sd of a at 1% noise is 0.03, so percentile intervals around the estimate cover
+the truth far less often than they claim. The interval here is therefore a parametric
+bootstrap of the whole procedure on the same design (same N and D of every run, same
+budgets): losses drawn from the L(N, D) fit (lm/scaling_lnd.py) with the measured noise
+(its variance drawn from s^2 nu / chi^2_nu, so a noise level measured on nu degrees of
+freedom widens the draws as a t does), parabolas refit, and the basic (pivotal)
+interval [a_hat - (q97.5(a*) - a_law), a_hat - (q2.5(a*) - a_law)], where a_law is the
+exponent of the simulating law's exact optima along the same budgets. The pivot carries
+the design's bias and spread from the simulating law over to the data.
+
+A draw in which any budget used by the estimate has no bracketed parabola (opens
+downward, or its vertex outside the sizes run) is a failure: it is counted, never
+dropped in silence, and never fitted on fewer budgets (that would be another
+estimator). Intervals are refused when more than MAX_FAILURE_RATE of the draws fail:
+if the failed draws would all have fallen in one tail, dropping a fraction f of them
+moves the 2.5% and 97.5% points so that a 95% interval covers as little as (1 - f) 95%;
+5% keeps that above 90%, the lower edge of the coverage band lm/scaling_coverage.py
+checks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+from lm import scaling_lnd
+
+MAX_FAILURE_RATE = 0.05
+CONFIDENCE = 0.95
+
+
+class IsoflopError(ValueError):
+  """A table from which Approach 2 cannot give an estimate."""
+
+
+def parabola_minimum(x, loss):
+  """Vertex of a least-squares parabola loss(x): (x_min, loss_min, (c2, c1, c0)), or None
+  unless it opens upward and lies within the x that were run (an unbracketed minimum is
+  an extrapolation)."""
+  if len(np.unique(x)) < 3:
+    return None
+  c2, c1, c0 = np.polyfit(x, loss, 2)
+  if c2 <= 0:
+    return None
+  x_min = -c1 / (2 * c2)
+  if not x.min() <= x_min <= x.max():
+    return None
+  return x_min, c0 + c1 * x_min + c2 * x_min ** 2, (c2, c1, c0)
+
+
+def minima(runs: pd.DataFrame) -> list[dict]:
+  """Per budget: its C (geometric mean of the runs' C), its runs, and where both parabolas
+  are bracketed ("used"), N_opt, D_opt, the loss there and the parabolas' coefficients."""
+  out = []
+  for budget, g in runs.groupby("budget"):
+    n_fit = parabola_minimum(np.log10(g["N"].to_numpy()), g["loss"].to_numpy())
+    d_fit = parabola_minimum(np.log10(g["D"].to_numpy()), g["loss"].to_numpy())
+    c = g["C"].to_numpy()
+    row = {"budget": float(budget), "C": float(np.exp(np.log(c).mean())), "n_runs": int(len(g)),
+           "C_spread_decades": float(np.log10(c.max() / c.min())),
+           "used": n_fit is not None and d_fit is not None}
+    if row["used"]:
+      row.update(N_opt=10 ** n_fit[0], D_opt=10 ** d_fit[0], loss_opt=n_fit[1],
+                 parabola_N=list(n_fit[2]), parabola_D=list(d_fit[2]))
+    else:
+      row["why"] = "no bracketed parabola in " + ("N" if n_fit is None else "D")
+    out.append(row)
+  return out
+
+
+def lines(c, n_opt, d_opt) -> dict:
+  """a, b, N_coef, D_coef of the least-squares lines through the minima in log-log."""
+  log_c = np.log(c)
+  a, log_n0 = np.polyfit(log_c, np.log(n_opt), 1)
+  b, log_d0 = np.polyfit(log_c, np.log(d_opt), 1)
+  return {"a": float(a), "b": float(b), "N_coef": math.exp(log_n0), "D_coef": math.exp(log_d0)}
+
+
+def estimate(runs: pd.DataFrame) -> tuple[dict, list[dict]]:
+  """(a, b, N_coef, D_coef), the per-budget minima. Budgets without a bracketed minimum are
+  left out and say why; at least 2 must remain."""
+  mins = minima(runs)
+  used = [m for m in mins if m["used"]]
+  if len(used) < 2:
+    raise IsoflopError(f"{len(used)} of {len(mins)} budgets have a bracketed minimum (>= 3 model sizes with the "
+                       "lowest loss inside the range run); the power laws need at least 2.")
+  return lines([m["C"] for m in used], [m["N_opt"] for m in used], [m["D_opt"] for m in used]), mins
+
+
+# ---- the law's own optima along each budget ----
+
+def budget_paths(runs: pd.DataFrame, budgets) -> dict:
+  """Per budget, log D as a polynomial in log N through its runs (degree 2, or 1 for two
+  sizes): the line the budget's runs lie on, C fixed (exactly D = C / (k N) for 6N FLOPs;
+  gently curved for counts with attention and a vocabulary term)."""
+  out = {}
+  for budget in budgets:
+    g = runs[runs["budget"] == budget]
+    x, y = np.log(g["N"].to_numpy()), np.log(g["D"].to_numpy())
+    out[budget] = (np.polyfit(x, y, min(2, len(np.unique(x)) - 1)), x.min(), x.max())
+  return out
+
+
+def law_optima(p: dict, paths: dict) -> tuple[np.ndarray, np.ndarray]:
+  """(N*, D*) per budget: where L(N, D(N)) of the law p is least along each budget's path,
+  searched over the sizes run and half a decade beyond."""
+  n_opt, d_opt = [], []
+  for coef, lo, hi in paths.values():
+    f = lambda x: float(scaling_lnd.chinchilla_loss(p, math.exp(x), math.exp(np.polyval(coef, x))))
+    grid = np.linspace(lo - 1.15, hi + 1.15, 241)
+    k = int(np.argmin([f(x) for x in grid]))
+    res = optimize.minimize_scalar(f, bounds=(grid[max(k - 1, 0)], grid[min(k + 1, 240)]), method="bounded",
+                                   options={"xatol": 1e-9})
+    n_opt.append(math.exp(res.x))
+    d_opt.append(math.exp(np.polyval(coef, res.x)))
+  return np.array(n_opt), np.array(d_opt)
+
+
+# ---- the parametric bootstrap ----
+
+def _vertices(x, y_draws):
+  """Vectorised parabola vertices of draws [k, n] over one budget's x: (x_min [k], ok [k])."""
+  design = np.stack([x ** 2, x, np.ones_like(x)], axis=1)
+  c2, c1, _ = (np.linalg.pinv(design) @ y_draws.T)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    x_min = -c1 / (2 * c2)
+  return x_min, (c2 > 0) & (x_min >= x.min()) & (x_min <= x.max())
+
+
+def bootstrap(runs: pd.DataFrame, law: dict, s2: float, df: int, draws: int = 400, seed: int = 0,
+              confidence: float = CONFIDENCE) -> dict:
+  """Intervals for a, b, N_coef, D_coef by the parametric bootstrap of the module docstring.
+
+  Returns {"intervals", "samples" (pivoted draws, for bands), "n_draws", "n_failed",
+  "failure_rate", "refused" (a reason or None), "bias" (median draw minus the law's value),
+  "law_exponents" (a, b of the law's optima along these budgets)}.
+  """
+  params, mins = estimate(runs)
+  used = [m["budget"] for m in mins if m["used"]]
+  sub = runs[runs["budget"].isin(used)]
+  rng = np.random.default_rng(seed)
+  sigma = np.sqrt(s2 * df / rng.chisquare(df, draws))  # [draws]
+  log_c = np.log([m["C"] for m in mins if m["used"]])
+  ok_all = np.ones(draws, bool)
+  log_n_opt, log_d_opt = [], []
+  for budget in used:
+    g = sub[sub["budget"] == budget]
+    mean = scaling_lnd.chinchilla_loss(law, g["N"].to_numpy(), g["D"].to_numpy())
+    y = mean[None, :] * np.exp(sigma[:, None] * rng.standard_normal((draws, len(g))))
+    xn, okn = _vertices(np.log10(g["N"].to_numpy()), y)
+    xd, okd = _vertices(np.log10(g["D"].to_numpy()), y)
+    ok_all &= okn & okd
+    log_n_opt.append(xn * math.log(10))
+    log_d_opt.append(xd * math.log(10))
+  log_n_opt, log_d_opt = np.array(log_n_opt).T[ok_all], np.array(log_d_opt).T[ok_all]
+  n_failed = int((~ok_all).sum())
+  design = np.stack([log_c, np.ones_like(log_c)], axis=1)
+  (a_star, ln0_star), (b_star, ld0_star) = (np.linalg.pinv(design) @ log_n_opt.T), (np.linalg.pinv(design) @ log_d_opt.T)
+  n_true, d_true = law_optima(law, budget_paths(sub, used))
+  truth = lines(np.exp(log_c), n_true, d_true)
+  star = {"a": a_star, "b": b_star, "N_coef": ln0_star, "D_coef": ld0_star}
+  hat = {"a": params["a"], "b": params["b"], "N_coef": math.log(params["N_coef"]), "D_coef": math.log(params["D_coef"])}
+  law_value = {"a": truth["a"], "b": truth["b"], "N_coef": math.log(truth["N_coef"]), "D_coef": math.log(truth["D_coef"])}
+  rate = n_failed / draws
+  out = {"n_draws": draws, "n_failed": n_failed, "failure_rate": rate, "budgets_used": used,
+         "law_exponents": {"a": truth["a"], "b": truth["b"]}, "refused": None, "intervals": {}, "samples": {},
+         "bias": {}}
+  if rate > MAX_FAILURE_RATE:
+    out["refused"] = (f"{n_failed} of {draws} simulated tables ({rate:.0%}) had a budget without a bracketed "
+                      f"minimum, above the {MAX_FAILURE_RATE:.0%} a 95% interval can lose (lm/scaling_isoflop.py); "
+                      "run more sizes per budget, centred on its minimum")
+    return out
+  tail = (1 - confidence) / 2
+  for k in star:
+    pivoted = hat[k] - (star[k] - law_value[k])  # the basic bootstrap: the draws' errors, flipped onto the estimate
+    lo, hi = np.quantile(pivoted, [tail, 1 - tail])
+    conv = math.exp if k in ("N_coef", "D_coef") else float
+    out["intervals"][k] = [conv(lo), conv(hi)]
+    out["samples"][k] = [conv(v) for v in pivoted]
+    out["bias"][k] = float(np.median(star[k]) - law_value[k])
+  return out
