@@ -351,7 +351,8 @@ def _fit_isoflop(runs, bootstrap, seed, confidence):
   s_min, law = scaling_lnd.fit(problem)
   nz = noise(runs, s_min, scaling_lnd.N_PARAMS)
   bs = scaling_isoflop.bootstrap(runs, law, nz["s2"], nz["df"], bootstrap, seed, confidence)
-  out.update(simulating_law=law, noise=nz, bias=bs["bias"], law_exponents=bs["law_exponents"])
+  out.update(simulating_law=law, noise=nz, bias=bs["bias"], law_exponents=bs["law_exponents"],
+             estimate_corrected=bs["estimate_corrected"])
   record = _bootstrap_record(bs["samples"] or {k: [] for k in params}, bootstrap, bs["n_failed"], confidence,
                              bs["intervals"])
   record["refused"] = bs["refused"]

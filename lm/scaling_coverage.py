@@ -6,7 +6,7 @@ Synthetic tables from a known law on realistic designs, at several noise levels,
 fitted as a real table would be; for every interval the share of seeds whose interval
 holds the true value. Each must lie in [90%, 99%] (BAND). Intervals checked:
   isoflop a, b          (lm/scaling_isoflop.py; truth: the law's exact optima along the design's budgets)
-  chinchilla E, alpha, beta, a, b   (profile likelihood, lm/scaling_lnd.py; truth: the law's)
+  chinchilla E, A, B, alpha, beta, a, b   (profile likelihood, lm/scaling_lnd.py; truth: the law's)
   prediction            a held-out run at 3x the largest budget, at the law's optimum: its noisy loss
 and, for comparison, the bootstraps they replaced (`old`): Approach 2 with runs resampled
 within each budget, failures dropped (lm.scaling before the scaling-trust issue), and
@@ -41,7 +41,7 @@ BAND = (0.90, 0.99)
 CPU_LAW = {"E": 0.5766, "A": 7.7425, "B": 12774.15, "alpha": 0.23596, "beta": 0.75263}
 CPU_BUDGETS = (3e11, 1e12, 3e12)
 TOKENS_PER_STEP = 512  # the CPU IsoFLOP sweep's batch 4 x 128
-CHINCHILLA_QUANTITIES = ("E", "alpha", "beta", "a", "b")
+CHINCHILLA_QUANTITIES = ("E", "A", "B", "alpha", "beta", "a", "b")
 
 
 def _ladder_design(widths_per_budget, budgets=CPU_BUDGETS, vocab=259, seq=128) -> pd.DataFrame:
@@ -118,7 +118,7 @@ def old_chinchilla_intervals(runs, draws, rng):
   return {k: list(np.percentile(v, [2.5, 97.5])) for k, v in samples.items()}
 
 
-def one_table(runs, law, truth, noise, seed, draws=400, old=True, old_chinchilla=False) -> dict:
+def one_table(runs, law, truth, noise, seed, draws=200, old=True, old_chinchilla=False) -> dict:
   """Hits (True/False), refusals (None) and failure rates of every interval on one noisy table."""
   rng = np.random.default_rng(seed)
   sim = runs.assign(loss=scaling_lnd.chinchilla_loss(law, runs["N"], runs["D"])
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
   ap.add_argument("--seeds", type=int, default=100)
   ap.add_argument("--noise", default="0.005,0.01,0.02", help="lognormal sigmas of the loss, comma-separated")
   ap.add_argument("--designs", default=",".join(designs()))
-  ap.add_argument("--draws", type=int, default=400, help="isoflop bootstrap draws per table")
+  ap.add_argument("--draws", type=int, default=200, help="isoflop bootstrap draws per table")
   ap.add_argument("--old_chinchilla", action="store_true", help="also the old Huber + run bootstrap (slow)")
   ap.add_argument("--json", help="write the table as JSON here")
   args = ap.parse_args(argv)
@@ -203,11 +203,11 @@ def main(argv=None) -> int:
       cov = coverage(design, noise, args.seeds, draws=args.draws, old_chinchilla=args.old_chinchilla)
       rows.append({"design": design, "noise": noise, "seeds": args.seeds, "coverage": cov})
       print(f"{design} noise {noise:.1%}: {time.time() - t:.0f} s", flush=True)
+      if args.json:  # after every row, so a long run that stops keeps what it measured
+        with open(args.json, "w") as fh:
+          json.dump(rows, fh, indent=1)
   print(format_table(rows))
   print(f"{args.seeds} seeds per row, {time.time() - start:.0f} s in all")
-  if args.json:
-    with open(args.json, "w") as fh:
-      json.dump(rows, fh, indent=1)
   bad = [(r["design"], r["noise"], k) for r in rows for k, c in r["coverage"].items()
          if not k.endswith("failure_rate") and not k.startswith("old_") and c["coverage"] is not None
          and not in_band(c)]

@@ -34,12 +34,14 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
 
 from lm import scaling_lnd
 
 MAX_FAILURE_RATE = 0.05
 CONFIDENCE = 0.95
+OPTIMUM_GRID = 1601
+REFIT_GRID = 16  # the L(N, D) refit of each draw: a 16 x 16 exponent grid, then a polish
+REFIT_XATOL = 1e-5
 
 
 class IsoflopError(ValueError):
@@ -116,79 +118,127 @@ def budget_paths(runs: pd.DataFrame, budgets) -> dict:
 
 def law_optima(p: dict, paths: dict) -> tuple[np.ndarray, np.ndarray]:
   """(N*, D*) per budget: where L(N, D(N)) of the law p is least along each budget's path,
-  searched over the sizes run and half a decade beyond."""
+  searched over the sizes run and 1.15 nats (half a decade) beyond. The law's values may
+  be arrays [k] (k laws at once): then N*, D* are [k, budgets], else [budgets].
+
+  A grid of OPTIMUM_GRID points in log N and the parabola through the least one and its
+  neighbours: the spacing is ~0.005 nats, so the vertex is exact to ~1e-6 in log N.
+  """
+  law = {k: np.asarray(p[k], float)[..., None] for k in ("E", "A", "B", "alpha", "beta")}
   n_opt, d_opt = [], []
   for coef, lo, hi in paths.values():
-    f = lambda x: float(scaling_lnd.chinchilla_loss(p, math.exp(x), math.exp(np.polyval(coef, x))))
-    grid = np.linspace(lo - 1.15, hi + 1.15, 241)
-    k = int(np.argmin([f(x) for x in grid]))
-    res = optimize.minimize_scalar(f, bounds=(grid[max(k - 1, 0)], grid[min(k + 1, 240)]), method="bounded",
-                                   options={"xatol": 1e-9})
-    n_opt.append(math.exp(res.x))
-    d_opt.append(math.exp(np.polyval(coef, res.x)))
-  return np.array(n_opt), np.array(d_opt)
+    x = np.linspace(lo - 1.15, hi + 1.15, OPTIMUM_GRID)
+    y = np.polyval(coef, x)
+    loss = law["E"] + law["A"] * np.exp(-law["alpha"] * x) + law["B"] * np.exp(-law["beta"] * y)
+    k = np.clip(np.argmin(loss, axis=-1), 1, OPTIMUM_GRID - 2)
+    f0, f1, f2 = (np.take_along_axis(loss, (k + j)[..., None], -1)[..., 0] for j in (-1, 0, 1))
+    h = x[1] - x[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+      step = np.where(f0 - 2 * f1 + f2 > 0, 0.5 * h * (f0 - f2) / (f0 - 2 * f1 + f2), 0.0)
+    x_min = x[k] + np.clip(step, -h, h)
+    n_opt.append(np.exp(x_min))
+    d_opt.append(np.exp(np.polyval(coef, x_min)))
+  return np.stack(n_opt, -1), np.stack(d_opt, -1)
 
 
 # ---- the parametric bootstrap ----
 
 def _vertices(x, y_draws):
-  """Vectorised parabola vertices of draws [k, n] over one budget's x: (x_min [k], ok [k])."""
+  """Vectorised parabola vertices of draws [k, n] over one budget's x: (x_min [k], opens
+  upward [k], inside the x run [k])."""
   design = np.stack([x ** 2, x, np.ones_like(x)], axis=1)
   c2, c1, _ = (np.linalg.pinv(design) @ y_draws.T)
   with np.errstate(divide="ignore", invalid="ignore"):
     x_min = -c1 / (2 * c2)
-  return x_min, (c2 > 0) & (x_min >= x.min()) & (x_min <= x.max())
+  return x_min, c2 > 0, (x_min >= x.min()) & (x_min <= x.max())
+
+
+def _approach2(budgets, log_c, losses):
+  """Approach 2 on loss draws [k, runs] of each budget: ({a, b, N_coef, D_coef} as arrays [k],
+  log N_coef and log D_coef; opens upward in every budget [k]; bracketed in every budget [k])."""
+  up, inside, log_n, log_d = True, True, [], []
+  for (x_n, x_d), y in zip(budgets, losses):
+    xn, upn, inn = _vertices(x_n, y)
+    xd, upd, ind = _vertices(x_d, y)
+    up, inside = up & upn & upd, inside & inn & ind
+    log_n.append(xn * math.log(10))
+    log_d.append(xd * math.log(10))
+  design = np.linalg.pinv(np.stack([log_c, np.ones_like(log_c)], axis=1))
+  with np.errstate(invalid="ignore"):
+    (a, ln0), (b, ld0) = design @ np.array(log_n), design @ np.array(log_d)
+  return {"a": a, "b": b, "N_coef": ln0, "D_coef": ld0}, up, inside
+
+
+def _law_lines(laws: dict, paths: dict, log_c) -> dict:
+  """a, b, log N_coef, log D_coef of the lines through the laws' exact optima (arrays [k])."""
+  n_opt, d_opt = law_optima(laws, paths)
+  design = np.linalg.pinv(np.stack([log_c, np.ones_like(log_c)], axis=1))
+  (a, ln0), (b, ld0) = design @ np.log(n_opt).T, design @ np.log(d_opt).T
+  return {"a": a, "b": b, "N_coef": ln0, "D_coef": ld0}
 
 
 def bootstrap(runs: pd.DataFrame, law: dict, s2: float, df: int, draws: int = 400, seed: int = 0,
               confidence: float = CONFIDENCE) -> dict:
   """Intervals for a, b, N_coef, D_coef by the parametric bootstrap of the module docstring.
 
-  Returns {"intervals", "samples" (pivoted draws, for bands), "n_draws", "n_failed",
-  "failure_rate", "refused" (a reason or None), "bias" (median draw minus the law's value),
-  "law_exponents" (a, b of the law's optima along these budgets)}.
+  Returns {"intervals", "samples" (pivoted draws, for bands), "estimate_corrected" (the
+  estimate minus the design bias under the fitted law), "n_draws", "n_failed",
+  "failure_rate", "refused" (a reason or None), "bias" (design bias under the fitted law),
+  "law_exponents" (a, b of the fitted law's optima along these budgets)}.
   """
   params, mins = estimate(runs)
   used = [m["budget"] for m in mins if m["used"]]
   sub = runs[runs["budget"].isin(used)]
+  groups = [sub[sub["budget"] == b] for b in used]
+  budgets = [(np.log10(g["N"].to_numpy()), np.log10(g["D"].to_numpy())) for g in groups]
+  log_c = np.log([m["C"] for m in mins if m["used"]])
+  paths = budget_paths(sub, used)
+  n, d = sub["N"].to_numpy(), sub["D"].to_numpy()
   rng = np.random.default_rng(seed)
   sigma = np.sqrt(s2 * df / rng.chisquare(df, draws))  # [draws]
-  log_c = np.log([m["C"] for m in mins if m["used"]])
-  ok_all = np.ones(draws, bool)
-  log_n_opt, log_d_opt = [], []
-  for budget in used:
-    g = sub[sub["budget"] == budget]
-    mean = scaling_lnd.chinchilla_loss(law, g["N"].to_numpy(), g["D"].to_numpy())
-    y = mean[None, :] * np.exp(sigma[:, None] * rng.standard_normal((draws, len(g))))
-    xn, okn = _vertices(np.log10(g["N"].to_numpy()), y)
-    xd, okd = _vertices(np.log10(g["D"].to_numpy()), y)
-    ok_all &= okn & okd
-    log_n_opt.append(xn * math.log(10))
-    log_d_opt.append(xd * math.log(10))
-  log_n_opt, log_d_opt = np.array(log_n_opt).T[ok_all], np.array(log_d_opt).T[ok_all]
-  n_failed = int((~ok_all).sum())
-  design = np.stack([log_c, np.ones_like(log_c)], axis=1)
-  (a_star, ln0_star), (b_star, ld0_star) = (np.linalg.pinv(design) @ log_n_opt.T), (np.linalg.pinv(design) @ log_d_opt.T)
-  n_true, d_true = law_optima(law, budget_paths(sub, used))
-  truth = lines(np.exp(log_c), n_true, d_true)
-  star = {"a": a_star, "b": b_star, "N_coef": ln0_star, "D_coef": ld0_star}
-  hat = {"a": params["a"], "b": params["b"], "N_coef": math.log(params["N_coef"]), "D_coef": math.log(params["D_coef"])}
-  law_value = {"a": truth["a"], "b": truth["b"], "N_coef": math.log(truth["N_coef"]), "D_coef": math.log(truth["D_coef"])}
+  mean = scaling_lnd.chinchilla_loss(law, n, d)
+  y = mean[None, :] * np.exp(sigma[:, None] * rng.standard_normal((draws, len(sub))))  # [draws, runs]
+  split = np.cumsum([len(g) for g in groups])[:-1]
+  star, up, inside = _approach2(budgets, log_c, np.split(y, split, axis=1))
+  # The design bias under each draw's own refitted law, so the correction's uncertainty is in the interval.
+  refits = [scaling_lnd.refit(scaling_lnd.Problem(n, d, y_i), (law["alpha"], law["beta"]), REFIT_GRID, REFIT_XATOL)[1]
+            for y_i in y]
+  laws = {k: np.array([q[k] for q in refits]) for k in ("E", "A", "B", "alpha", "beta")}
+  bias_star = _bias(laws, budgets, log_c, paths, n, d, split)
+  law_hat = {k: np.array([law[k]]) for k in laws}
+  bias_hat = _bias(law_hat, budgets, log_c, paths, n, d, split)
+  truth = {k: float(v[0]) for k, v in _law_lines(law_hat, paths, log_c).items()}
+  failed = ~(up & inside) | ~bias_star["ok"]
+  n_failed = int(failed.sum())
   rate = n_failed / draws
+  hat = {"a": params["a"], "b": params["b"], "N_coef": math.log(params["N_coef"]), "D_coef": math.log(params["D_coef"])}
+  corrected = {k: hat[k] - float(bias_hat[k][0]) for k in hat}
+  conv = lambda k: math.exp if k in ("N_coef", "D_coef") else float
   out = {"n_draws": draws, "n_failed": n_failed, "failure_rate": rate, "budgets_used": used,
          "law_exponents": {"a": truth["a"], "b": truth["b"]}, "refused": None, "intervals": {}, "samples": {},
-         "bias": {}}
+         "bias": {k: float(bias_hat[k][0]) for k in hat},
+         "estimate_corrected": {k: conv(k)(v) for k, v in corrected.items()}}
   if rate > MAX_FAILURE_RATE:
     out["refused"] = (f"{n_failed} of {draws} simulated tables ({rate:.0%}) had a budget without a bracketed "
                       f"minimum, above the {MAX_FAILURE_RATE:.0%} a 95% interval can lose (lm/scaling_isoflop.py); "
                       "run more sizes per budget, centred on its minimum")
     return out
   tail = (1 - confidence) / 2
-  for k in star:
-    pivoted = hat[k] - (star[k] - law_value[k])  # the basic bootstrap: the draws' errors, flipped onto the estimate
+  ok = ~failed
+  for k in hat:
+    # The basic bootstrap of the corrected estimator: its draws' errors about the fitted
+    # law's truth, flipped onto the corrected estimate.
+    pivoted = corrected[k] - ((star[k] - bias_star[k])[ok] - truth[k])
     lo, hi = np.quantile(pivoted, [tail, 1 - tail])
-    conv = math.exp if k in ("N_coef", "D_coef") else float
-    out["intervals"][k] = [conv(lo), conv(hi)]
-    out["samples"][k] = [conv(v) for v in pivoted]
-    out["bias"][k] = float(np.median(star[k]) - law_value[k])
+    out["intervals"][k] = [conv(k)(lo), conv(k)(hi)]
+    out["samples"][k] = [conv(k)(v) for v in pivoted]
   return out
+
+
+def _bias(laws, budgets, log_c, paths, n, d, split) -> dict:
+  """Approach 2 on each law's noise-free losses minus the law's own optima lines: the design
+  bias (arrays [k]); "ok" where every noise-free parabola opens upward."""
+  mean = scaling_lnd.chinchilla_loss({k: v[:, None] for k, v in laws.items()}, n[None, :], d[None, :])
+  noise_free, up, _ = _approach2(budgets, log_c, np.split(mean, split, axis=1))
+  exact = _law_lines(laws, paths, log_c)
+  return {**{k: noise_free[k] - exact[k] for k in exact}, "ok": up}

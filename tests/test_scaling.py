@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lm import scaling
+from lm import scaling, scaling_cli
 from lm import scaling_synthetic as synthetic
 
 TRUE = synthetic.TRUE_LAW
@@ -126,18 +126,18 @@ def table(tmp_path_factory):
 
 def test_cli_fit_writes_fit_json_and_plan_prints_the_allocation(table, tmp_path, capsys):
   out = tmp_path / "fit.json"
-  assert scaling.main(["fit", f"--results={table}", "--law=chinchilla", f"--out={out}", "--bootstrap=10",
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=chinchilla", f"--out={out}", "--bootstrap=10",
                        "--n_starts=32"]) == 0
   fit = json.loads(out.read_text())
   assert fit["law"] == "chinchilla" and set(fit["params"]) >= {"E", "A", "B", "alpha", "beta", "a", "b"}
   assert set(fit["intervals"]) == set(fit["params"])
   assert (fit["params_column"], fit["flops_column"], fit["n_points"]) == ("params_nonembedding", "flops_6n", 22)
   capsys.readouterr()
-  assert scaling.main(["plan", f"--fit={out}", "--flops=1e15"]) == 0
+  assert scaling_cli.main(["plan", f"--fit={out}", "--flops=1e15"]) == 0
   printed = capsys.readouterr().out
   n_opt, d_opt = scaling.optimal_allocation(fit, 1e15)
   assert f"tokens/param {d_opt / n_opt:.3g}" in printed and "configs/ladder.py:p" in printed
-  assert scaling.main(["plan", f"--fit={out}", "--device_hours=10", "--device=h100", "--mfu=0.5", "--json"]) == 0
+  assert scaling_cli.main(["plan", f"--fit={out}", "--device_hours=10", "--device=h100", "--mfu=0.5", "--json"]) == 0
   printed = capsys.readouterr().out
   assert "1.78e+19 FLOPs" in printed  # 10 h x 3600 s x 989e12 x 0.5
   plan = json.loads(printed[printed.index("{"):])
@@ -148,25 +148,25 @@ def test_cli_fit_writes_fit_json_and_plan_prints_the_allocation(table, tmp_path,
 
 def test_cli_fit_with_other_definitions_and_clear_errors(table, tmp_path, capsys):
   out = tmp_path / "fit.json"
-  assert scaling.main(["fit", f"--results={table}", "--law=isoflop", f"--out={out}", "--bootstrap=5",
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=isoflop", f"--out={out}", "--bootstrap=5",
                        "--params=params_total", "--flops=flops_exact"]) == 0
   fit = json.loads(out.read_text())
   assert (fit["params_column"], fit["flops_column"]) == ("params_total", "flops_exact")
   assert fit["params"]["a"] != pytest.approx(scaling.fit(_runs(0.005), "isoflop", bootstrap=0)["params"]["a"], abs=1e-6)
-  assert scaling.main(["fit", f"--results={table}", "--law=kaplan", f"--out={out}", "--bootstrap=0"]) == 0
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=kaplan", f"--out={out}", "--bootstrap=0"]) == 0
   capsys.readouterr()
-  assert scaling.main(["plan", f"--fit={out}", "--flops=1e15"]) == 2
+  assert scaling_cli.main(["plan", f"--fit={out}", "--flops=1e15"]) == 2
   assert "no data term" in capsys.readouterr().err
-  assert scaling.main(["fit", f"--results={table}", "--law=isoflop", f"--out={out}", "--loss=nope"]) == 2
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=isoflop", f"--out={out}", "--loss=nope"]) == 2
   assert "no column(s) ['nope']" in capsys.readouterr().err
-  assert scaling.main(["plan", f"--fit={out}", "--device_hours=5", "--device=abacus"]) == 2
+  assert scaling_cli.main(["plan", f"--fit={out}", "--device_hours=5", "--device=abacus"]) == 2
 
 
 def test_cli_plot_writes_three_pngs(table, tmp_path):
   fit = tmp_path / "chinchilla.json"
-  assert scaling.main(["fit", f"--results={table}", "--law=chinchilla", f"--out={fit}", "--bootstrap=5",
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=chinchilla", f"--out={fit}", "--bootstrap=5",
                        "--n_starts=16"]) == 0
-  assert scaling.main(["plot", f"--results={table}", f"--out_dir={tmp_path / 'png'}", f"--fit={fit}",
+  assert scaling_cli.main(["plot", f"--results={table}", f"--out_dir={tmp_path / 'png'}", f"--fit={fit}",
                        "--bootstrap=5"]) == 0
   for name in ("isoflop.png", "frontier.png", "tokens_per_param.png"):
     data = (tmp_path / "png" / name).read_bytes()
