@@ -99,6 +99,12 @@ def check_definitions(params: str, flops: str) -> None:
     raise FitError(f"N={params} with C={flops} mixes definitions: {MISMATCH_FIX[(params, flops)]}")
 
 
+def pair_flags(flops: str) -> str:
+  """The command-line flags of the consistent (N, C) pair with this C."""
+  params = next(n for n, c in PAIRS if c == flops)
+  return f"--params={params} --flops={flops}"
+
+
 def definitions(params: str, flops: str, loss: str) -> dict:
   """What a fit's N, C and loss are, in words, for FIT.json, reports and figures."""
   return {"N": params, "C": flops, "loss": loss, "N_means": DEFINITIONS[params], "C_means": DEFINITIONS[flops],
@@ -337,8 +343,8 @@ def _fit_isoflop(runs, bootstrap, seed, confidence):
     sweep = runs.attrs.get("sweep_flops_definition")
     raise FitError(f"budget(s) {[f'{b:.3g}' for b in wide.index]} span {wide.max():.2f} decades of C={d}, more than "
                    f"{BUDGET_GAP_DECADES}: an IsoFLOP parabola needs one C per budget. "
-                   + (f"The sweep budgeted in {sweep}: fit with --flops={sweep[0]}, or re-run it budgeted in "
-                      f"{d}." if sweep else "Give the runs one budget each (a flops_budget column)."))
+                   + (f"The sweep budgeted in {sweep[0]}: fit with {pair_flags(sweep[0])}, or re-run it budgeted "
+                      f"in {d}." if sweep else "Give the runs one budget each (a flops_budget column)."))
   try:
     params, mins = scaling_isoflop.estimate(runs)
   except scaling_isoflop.IsoflopError as e:

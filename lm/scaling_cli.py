@@ -138,9 +138,14 @@ def _plot(args):
   chosen = {k: shared[k] or flags[k] for k in flags}
   runs = scaling.load_results(args.results, chosen["N"] or scaling.DEFAULT_PARAMS, chosen["C"] or scaling.DEFAULT_FLOPS,
                               chosen["loss"] or "eval_loss", args.status or None)
+  why = None
   if not any(f["law"] == "isoflop" for f in fits):
-    fits.insert(0, scaling.fit(runs, "isoflop", bootstrap=args.bootstrap))
-  for path in scaling_plots.write_pngs(runs, fits, args.out_dir):
+    try:
+      fits.insert(0, scaling.fit(runs, "isoflop", bootstrap=args.bootstrap))
+    except FitError as e:  # the curves are still worth drawing; the figure says why there is no fit
+      why = str(e)
+      print(f"no IsoFLOP fit: {e}", file=sys.stderr)
+  for path in scaling_plots.write_pngs(runs, fits, args.out_dir, why):
     print(f"wrote {path}")
 
 

@@ -118,8 +118,10 @@ def old_chinchilla_intervals(runs, draws, rng):
   return {k: list(np.percentile(v, [2.5, 97.5])) for k, v in samples.items()}
 
 
-def one_table(runs, law, truth, noise, seed, draws=200, old=True, old_chinchilla=False) -> dict:
-  """Hits (True/False), refusals (None) and failure rates of every interval on one noisy table."""
+def one_table(runs, law, truth, noise, seed, draws=200, old=True, old_chinchilla=False,
+              quantities=CHINCHILLA_QUANTITIES) -> dict:
+  """Hits (True/False), refusals (None) and failure rates of every interval on one noisy table
+  (`quantities`: the L(N, D) parameters whose profile intervals are checked)."""
   rng = np.random.default_rng(seed)
   sim = runs.assign(loss=scaling_lnd.chinchilla_loss(law, runs["N"], runs["D"])
                     * np.exp(noise * rng.standard_normal(len(runs))))
@@ -131,8 +133,8 @@ def one_table(runs, law, truth, noise, seed, draws=200, old=True, old_chinchilla
   problem = scaling_lnd.Problem(sim["N"], sim["D"], sim["loss"])
   s_min, p = scaling_lnd.fit(problem)
   nz = scaling.noise(sim, s_min, scaling_lnd.N_PARAMS)
-  iv = scaling_lnd.intervals(problem, s_min, p, nz["s2"], nz["df"])
-  for k in CHINCHILLA_QUANTITIES:
+  iv = scaling_lnd.intervals(problem, s_min, p, nz["s2"], nz["df"], quantities=quantities)
+  for k in quantities:
     out[f"chinchilla_{k}"] = _inside(iv[k]["interval"], truth[f"chinchilla_{k}"])
   n_new, d_new, mean_new = truth["held_out"]
   y_new = mean_new * math.exp(noise * rng.standard_normal())

@@ -211,12 +211,21 @@ class Profile:
 
   `coarse(ts)` evaluates many t at once on a grid of the free exponents, an upper bound
   (for walking out cheaply); `__call__(t)` polishes one t, from the grid's best point and,
-  for E, A and B, from the previous t's optimum too.
+  for E, A and B, from the previous t's optimum too. Polished values are remembered, so a
+  t asked twice gives the same answer (root finding needs a function, and the warm start
+  would otherwise make the answer depend on what was asked before).
   """
 
   def __init__(self, problem: Problem, quantity: str):
     self.problem, self.quantity = problem, quantity
     self._start = None  # the exponents of the last polished point: a warm start for the next
+    self._seen = {}
+
+  def __call__(self, t: float) -> float:
+    t = float(t)
+    if t not in self._seen:
+      self._seen[t] = self._polished(t)
+    return self._seen[t]
 
   def coarse(self, ts) -> np.ndarray:
     """S at each t minimised over a grid of the free exponents only: never below the true S."""
@@ -230,7 +239,7 @@ class Profile:
     s = np.where((beta > EXPONENT_RANGE[1]) | (beta < EXPONENT_RANGE[0]), np.inf, s)
     return s.min(axis=1)
 
-  def __call__(self, t: float) -> float:
+  def _polished(self, t: float) -> float:
     p = self.problem
     if self.quantity in _COEF:
       fixed = (self.quantity, t)

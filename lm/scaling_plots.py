@@ -57,10 +57,11 @@ def _colormap(n):
   return matplotlib.colormaps["viridis"].resampled(max(n, 2))
 
 
-def isoflop_curves(ax, runs, iso_fit):
-  """Loss against N, one colour per budget, with each budget's parabola and its minimum."""
+def isoflop_curves(ax, runs, iso_fit, why_no_fit: str | None = None):
+  """Loss against N, one colour per budget, with each budget's parabola and its minimum;
+  without a fit (iso_fit None) the runs alone, captioned with `why_no_fit`."""
   cmap = _colormap(runs["budget"].nunique())
-  minima = {b["budget"]: b for b in iso_fit["budgets"]}
+  minima = {b["budget"]: b for b in iso_fit["budgets"]} if iso_fit else {}
   for i, (budget, g) in enumerate(sorted(runs.groupby("budget"), key=lambda kv: kv[0])):
     colour = cmap(i)
     ax.scatter(g["N"], g["loss"], color=colour, s=18, label=f"C = {budget:.2g}")
@@ -70,11 +71,12 @@ def isoflop_curves(ax, runs, iso_fit):
       x = np.linspace(np.log10(g["N"].min()), np.log10(g["N"].max()), 50)
       ax.plot(10 ** x, c0 + c1 * x + c2 * x ** 2, color=colour, lw=1)
       ax.scatter([m["N_opt"]], [m["loss_opt"]], color=colour, marker="*", s=120, edgecolor="k", zorder=3)
-  d = iso_fit.get("definitions") or {}
+  d = (iso_fit or {}).get("definitions") or runs.attrs.get("definitions") or {}
   ax.set(xscale="log", xlabel=f"N ({d.get('N', 'parameters')})", ylabel=d.get("loss", "loss"),
-         title="IsoFLOP curves (stars: parabola vertices)")
+         title="IsoFLOP curves (stars: parabola vertices)" if iso_fit else "IsoFLOP curves (no IsoFLOP fit)")
   ax.legend(fontsize=7, loc="upper right")
-  _caption(ax, [definitions_line(runs, [iso_fit]), design_line(runs)])
+  _caption(ax, [definitions_line(runs, [iso_fit] if iso_fit else []), design_line(runs)]
+           + ([f"no IsoFLOP fit: {why_no_fit[:90]}"] if why_no_fit else []))
 
 
 def _flops_grid(fits, runs=None, decades=1.0):
@@ -193,13 +195,14 @@ def _save(fig, out_dir, name, paths):
   paths.append(path)
 
 
-def write_pngs(runs, fits, out_dir) -> list[str]:
-  """isoflop.png, frontier.png and tokens_per_param.png under out_dir; the paths."""
+def write_pngs(runs, fits, out_dir, why_no_isoflop: str | None = None) -> list[str]:
+  """isoflop.png, frontier.png and tokens_per_param.png under out_dir; the paths. Without
+  an IsoFLOP fit among `fits` the IsoFLOP figure shows the runs and `why_no_isoflop`."""
   os.makedirs(out_dir, exist_ok=True)
-  iso = next(f for f in fits if f["law"] == "isoflop")
+  iso = next((f for f in fits if f["law"] == "isoflop"), None)
   paths = []
   fig = Figure(figsize=(6.5, 5))
-  isoflop_curves(fig.add_subplot(), runs, iso)
+  isoflop_curves(fig.add_subplot(), runs, iso, why_no_isoflop)
   _save(fig, out_dir, "isoflop.png", paths)
   fig = Figure(figsize=(12, 5))
   frontier(fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2), fits, runs)

@@ -61,7 +61,7 @@ def isoflop_table(law: dict = TRUE_LAW, budgets=BUDGETS, noise: float = 0.01, se
             train_loss=loss * (1 - 0.01 * rng.random()), eval_loss=loss,
             eval_bpb=loss / math.log(2) / BYTES_PER_TOKEN, wall_s=tokens / tokens_per_s, tokens_per_s=tokens_per_s,
             mfu=tokens_per_s * per_token / 100e9, device_kind="cpu", device_count=1, jax_version="synthetic",
-            git_commit="synthetic", flops_budget=budget))
+            git_commit="synthetic", flops_budget=budget, flops_definition="flops_6n"))
   table = pd.DataFrame(rows)
   # One diverged run, as sweeps have: no losses, and fits must skip it.
   diverged = dict(table.iloc[len(table) // 2], run_id="diverged-example", status="diverged",

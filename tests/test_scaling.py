@@ -131,7 +131,9 @@ def test_cli_fit_writes_fit_json_and_plan_prints_the_allocation(table, tmp_path,
   fit = json.loads(out.read_text())
   assert fit["law"] == "chinchilla" and set(fit["params"]) >= {"E", "A", "B", "alpha", "beta", "a", "b"}
   assert set(fit["intervals"]) == set(fit["params"])
-  assert (fit["params_column"], fit["flops_column"], fit["n_points"]) == ("params_nonembedding", "flops_6n", 22)
+  # The default C is the executed count (the scaling-trust issue); it was flops_6n.
+  assert (fit["params_column"], fit["flops_column"], fit["n_points"]) == ("params_nonembedding", "flops_executed", 22)
+  assert (fit["definitions"]["N"], fit["definitions"]["C"]) == ("params_nonembedding", "flops_executed")
   capsys.readouterr()
   assert scaling_cli.main(["plan", f"--fit={out}", "--flops=1e15"]) == 0
   printed = capsys.readouterr().out
@@ -149,10 +151,14 @@ def test_cli_fit_writes_fit_json_and_plan_prints_the_allocation(table, tmp_path,
 def test_cli_fit_with_other_definitions_and_clear_errors(table, tmp_path, capsys):
   out = tmp_path / "fit.json"
   assert scaling_cli.main(["fit", f"--results={table}", "--law=isoflop", f"--out={out}", "--bootstrap=5",
-                       "--params=params_total", "--flops=flops_exact"]) == 0
+                           "--flops=flops_6n"]) == 0
   fit = json.loads(out.read_text())
-  assert (fit["params_column"], fit["flops_column"]) == ("params_total", "flops_exact")
-  assert fit["params"]["a"] != pytest.approx(scaling.fit(_runs(0.005), "isoflop", bootstrap=0)["params"]["a"], abs=1e-6)
+  assert (fit["params_column"], fit["flops_column"]) == ("params_nonembedding", "flops_6n")
+  assert fit["params"]["a"] == pytest.approx(scaling.fit(_runs(0.005), "isoflop", bootstrap=0)["params"]["a"])
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=chinchilla", f"--out={out}", "--bootstrap=0",
+                           "--params=params_total", "--flops=flops_exact", "--loss=train_loss"]) == 0
+  fit = json.loads(out.read_text())
+  assert fit["definitions"] == scaling.definitions("params_total", "flops_exact", "train_loss")
   assert scaling_cli.main(["fit", f"--results={table}", "--law=kaplan", f"--out={out}", "--bootstrap=0"]) == 0
   capsys.readouterr()
   assert scaling_cli.main(["plan", f"--fit={out}", "--flops=1e15"]) == 2
@@ -160,6 +166,27 @@ def test_cli_fit_with_other_definitions_and_clear_errors(table, tmp_path, capsys
   assert scaling_cli.main(["fit", f"--results={table}", "--law=isoflop", f"--out={out}", "--loss=nope"]) == 2
   assert "no column(s) ['nope']" in capsys.readouterr().err
   assert scaling_cli.main(["plan", f"--fit={out}", "--device_hours=5", "--device=abacus"]) == 2
+
+
+def test_mixed_definitions_are_refused_with_the_fix_named(table, tmp_path, capsys):
+  out = tmp_path / "fit.json"
+  # Non-embedding N with a C that counts the embedding lookup: the mix the audit found.
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=chinchilla", f"--out={out}",
+                           "--flops=flops_exact"]) == 2
+  assert "--flops=flops_executed" in capsys.readouterr().err
+  # A sweep budgeted in 6N FLOPs has no single executed C per budget: IsoFLOP says which to use.
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=isoflop", f"--out={out}"]) == 2
+  assert "--params=params_nonembedding --flops=flops_6n" in capsys.readouterr().err
+  # A plan whose MFU counts other FLOPs than the fit's C.
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=isoflop", f"--out={out}", "--flops=flops_6n",
+                           "--bootstrap=0"]) == 0
+  capsys.readouterr()
+  assert scaling_cli.main(["plan", f"--fit={out}", "--device_hours=1", "--device=h100", "--mfu=0.4"]) == 2
+  assert "--mfu_flops=flops_6n" in capsys.readouterr().err
+  with pytest.raises(scaling.FitError, match="different definitions"):
+    scaling.same_definitions([{"law": "isoflop", "definitions": scaling.definitions("params_total", "flops_exact", "x")},
+                              {"law": "chinchilla", "definitions": scaling.definitions("params_nonembedding",
+                                                                                      "flops_executed", "x")}])
 
 
 def test_cli_plot_writes_three_pngs(table, tmp_path):
