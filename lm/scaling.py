@@ -350,7 +350,7 @@ def _fit_isoflop(runs, bootstrap, seed, confidence):
   except scaling_isoflop.IsoflopError as e:
     raise FitError(str(e)) from None
   out = {"params": params, "budgets": mins, "interval_method": "parametric bootstrap of Approach 2 on the table's "
-         "design, pivoted through the L(N, D) fit's exact optima (lm/scaling_isoflop.py)"}
+         "design from the L(N, D) fit, its design bias re-estimated in every draw (lm/scaling_isoflop.py)"}
   if not bootstrap:
     return {**out, **_bootstrap_record({k: [] for k in params}, 0, 0, confidence)}
   problem = scaling_lnd.Problem(runs["N"], runs["D"], runs["loss"])

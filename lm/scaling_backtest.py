@@ -53,21 +53,25 @@ def backtest(runs: pd.DataFrame, law: str, holdout: str, bootstrap: int = 200, s
   kept.attrs = runs.attrs
   if law not in ("chinchilla", "isoflop"):
     raise FitError(f"backtests predict with chinchilla or isoflop fits, not {law!r}.")
-  f = scaling.fit(kept, law, bootstrap=bootstrap, seed=seed, confidence=confidence)
+  definitions = (runs.attrs or {}).get("definitions")
   out = {"law": law, "holdout": holdout, "n_fitted": int(len(kept)), "n_held_out": int(len(held)),
-         "definitions": f.get("definitions"), "fit_params": f["params"], "confidence": confidence}
+         "definitions": definitions, "confidence": confidence}
   if law == "chinchilla":
+    # The prediction intervals need the fit and its noise only, not the parameters' profiles.
     problem = scaling_lnd.Problem(kept["N"], kept["D"], kept["loss"])
-    nz = f["noise"]
+    s_min, params = scaling_lnd.fit(problem)
+    nz = scaling.noise(kept, s_min, scaling_lnd.N_PARAMS)
+    out.update(fit_params=params, noise=nz)
     rows = []
     for _, r in held.iterrows():
-      pred = float(scaling_lnd.chinchilla_loss(f["params"], r["N"], r["D"]))
-      lo, hi = scaling_lnd.prediction_interval(problem, f["sum_sq"], f["params"], nz["s2"], nz["df"], r["N"], r["D"],
-                                               confidence)
+      pred = float(scaling_lnd.chinchilla_loss(params, r["N"], r["D"]))
+      lo, hi = scaling_lnd.prediction_interval(problem, s_min, params, nz["s2"], nz["df"], r["N"], r["D"], confidence)
       rows.append({"N": float(r["N"]), "D": float(r["D"]), "C": float(r["C"]), "loss": float(r["loss"]),
                    "predicted": pred, "interval": [lo, hi], "relative_error": pred / r["loss"] - 1,
                    "inside": bool(lo <= r["loss"] <= hi)})
   else:
+    f = scaling.fit(kept, law, bootstrap=bootstrap, seed=seed, confidence=confidence)
+    out["fit_params"] = f["params"]
     rows = []
     held_minima = scaling_isoflop.minima(held)
     for m in held_minima:

@@ -36,8 +36,9 @@ def _estimates(f: dict) -> list[str]:
       note.append("lower end at the domain's edge: not pinned down")
     if iv and not bounded[1]:
       note.append("upper end at the domain's edge: not pinned down")
-    if f.get("bias", {}).get(k) is not None:
-      note.append(f"design bias of the estimate {f['bias'][k]:+.3g} (in the interval)")
+    if f.get("estimate_corrected", {}).get(k) is not None:
+      note.append(f"{_fmt(f['estimate_corrected'][k])} without the design's bias under the fitted law "
+                  "(the interval is about this one)")
     shown = f"[{_fmt(iv[0])}, {_fmt(iv[1])}]" if iv else ("refused" if f.get("refused") else "none")
     rows.append(f"| {k} | {_fmt(v)} | {shown} | {'; '.join(note)} |")
   return rows

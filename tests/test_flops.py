@@ -193,7 +193,7 @@ def test_xla_cost_analysis_is_the_matmuls_plus_an_elementwise_surplus_below_c_ov
 
 
 # The CPU ladder's shapes, with the sweep's byte vocabulary (V = 259, batch 4: the CPU
-# IsoFLOP sweep, where the embedding is 17-34% of flops_exact) and the ladder's own
+# IsoFLOP sweep, where the embedding is 4-17% of flops_exact) and the ladder's own
 # SentencePiece (V = 4096, batch 16, where it is 13-39%). XLA's surplus over
 # flops_executed on the compiled train step (AdamW included) measured 1.35/D to 2.5/D
 # here (d_model 16 to 224); the bound has 40% headroom.
