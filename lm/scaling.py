@@ -330,7 +330,9 @@ def _fit_chinchilla(runs, bootstrap, seed, confidence):
          "bounded": {k: v["bounded"] for k, v in iv.items()}, "noise": nz, "sum_sq": s_min,
          "e_profile": scaling_lnd.e_profile(problem, p),
          "band_method": "basic parametric bootstrap: 2 g(fit) - g(draw)",
-         "flops_per_param_token": float(np.median(runs["C"] / (runs["N"] * runs["D"])))}
+         "flops_per_param_token": float(np.median(runs["C"] / (runs["N"] * runs["D"]))),
+         # The runs themselves (a few dozen numbers), so a plan can give a prediction interval.
+         "data": {k: [float(x) for x in runs[k]] for k in ("N", "D", "loss")}}
   out.update(_bootstrap_record(samples, bootstrap, 0, confidence, {k: v["interval"] for k, v in iv.items()}))
   return out
 
@@ -493,6 +495,18 @@ def predicted_loss(fit_json: dict, n, d):
   if fit_json["law"] != "chinchilla":
     return None
   return chinchilla_loss(fit_json["params"], n, d)
+
+
+def prediction_interval(fit_json: dict, n: float, d: float) -> list[float] | None:
+  """The fit's confidence-level interval for the loss one new run at (n, d) would measure,
+  its noise included (lm/scaling_lnd.py); None for laws without L(N, D) or FIT.json files
+  without their runs."""
+  if fit_json["law"] != "chinchilla" or "data" not in fit_json:
+    return None
+  data, nz = fit_json["data"], fit_json["noise"]
+  problem = scaling_lnd.Problem(data["N"], data["D"], data["loss"])
+  return scaling_lnd.prediction_interval(problem, fit_json["sum_sq"], fit_json["params"], nz["s2"], nz["df"], n, d,
+                                         fit_json["confidence"])
 
 
 if __name__ == "__main__":

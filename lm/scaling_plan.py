@@ -75,6 +75,9 @@ def plan(fit_json: dict, flops: float) -> dict:
   loss = scaling.predicted_loss(fit_json, n, dd)
   if loss is not None:
     out["loss"] = float(loss)
+    interval = scaling.prediction_interval(fit_json, n, dd)
+    if interval is not None:
+      out["loss_interval"] = interval
   rungs = _rungs(fit_json)
   for r in rungs:
     r["tokens"] = flops / r[f"{d['C']}_per_token"]
@@ -87,7 +90,8 @@ def plan(fit_json: dict, flops: float) -> dict:
     for r in rungs:
       r["loss"] = float(scaling.predicted_loss(fit_json, r[d["N"]], r["tokens"]))
     best = min(rungs, key=lambda r: r["loss"])
-    out["best_rung"] = {**{k: best[k] for k in keep}, "loss": best["loss"]}
+    out["best_rung"] = {**{k: best[k] for k in keep}, "loss": best["loss"],
+                        "loss_interval": scaling.prediction_interval(fit_json, best[d["N"]], best["tokens"])}
   out["extrapolation"] = extrapolation(fit_json, flops, n)
   return out
 
@@ -118,7 +122,9 @@ def format_plan(p: dict) -> str:
   if "interval_refused" in p:
     lines.append(f"intervals    none: {p['interval_refused']}")
   if "loss" in p:
-    lines.append(f"{d['loss']:12} {p['loss']:.4g} (predicted)")
+    pi = (f" [{p['loss_interval'][0]:.4g}, {p['loss_interval'][1]:.4g}], the prediction interval of one run"
+          if "loss_interval" in p else "")
+    lines.append(f"{d['loss']:12} {p['loss']:.4g} (predicted){pi}")
   r = p["rung"]
   per_token = r[f"{d['C']}_per_token"]
   lines.append(f"nearest rung {r['name']} ({human(r['params_nonembedding'])} non-embedding, {human(r['params_total'])} "
@@ -127,7 +133,8 @@ def format_plan(p: dict) -> str:
                f"--config={r['config']}")
   if "best_rung" in p:
     b = p["best_rung"]
-    lines.append(f"best rung    {b['name']}: predicted {b['loss']:.4g} on {human(b['tokens'])} tokens")
+    pi = f" [{b['loss_interval'][0]:.4g}, {b['loss_interval'][1]:.4g}]" if b.get("loss_interval") else ""
+    lines.append(f"best rung    {b['name']}: predicted {b['loss']:.4g}{pi} on {human(b['tokens'])} tokens")
   e = p["extrapolation"]
   lines.append("extrapolates " + ", ".join(f"{e[k]:+.1f} decades of {k[0]}" for k in ("C_decades", "N_decades") if k in e)
                + " beyond the fitted runs")

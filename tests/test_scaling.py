@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lm import scaling, scaling_cli
+from lm import ladder, scaling, scaling_cli, scaling_plan
 from lm import scaling_synthetic as synthetic
 
 TRUE = synthetic.TRUE_LAW
@@ -198,3 +198,38 @@ def test_cli_plot_writes_three_pngs(table, tmp_path):
   for name in ("isoflop.png", "frontier.png", "tokens_per_param.png"):
     data = (tmp_path / "png" / name).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+# ---- plans on the executed compute axis ----
+
+def test_plan_turns_the_budget_into_each_rungs_own_tokens_and_warns_far_beyond_the_fit():
+  fit = {"law": "chinchilla", "params": TRUE, "definitions": scaling.definitions("params_nonembedding", "flops_executed",
+                                                                                "eval_loss"),
+         "family": {"vocab_size": 4096, "seq_len": 128}, "fitted_range": {"N": [4e4, 2e6], "D": [1e5, 2e7],
+                                                                            "C": [3e11, 3e13]}}
+  c = 1e15
+  p = scaling_plan.plan(fit, c)
+  rungs = {r["name"]: r for r in ladder.rungs(4096, 128)}
+  r = rungs[p["rung"]["name"]]
+  assert p["rung"]["tokens"] == c / r["flops_executed_per_token"]  # its own FLOPs a token, not a median
+  per_param = [x["flops_executed_per_token"] / x["params_nonembedding"] for x in rungs.values() if x["d_model"] <= 384]
+  assert max(per_param) / min(per_param) > 2  # why one median would be wrong on this ladder
+  # The optimum spends the budget along the family: D_opt x FLOPs-per-token(N_opt) = C.
+  log_n, log_fpt = scaling.family_flops(fit)
+  assert p["D_opt"] * math.exp(np.interp(math.log(p["N_opt"]), log_n, log_fpt)) == pytest.approx(c, rel=1e-3)
+  assert p["best_rung"]["loss"] == min(float(scaling.predicted_loss(fit, x["params_nonembedding"],
+                                                                   c / x["flops_executed_per_token"]))
+                                       for x in rungs.values())
+  assert p["extrapolation"]["C_decades"] == pytest.approx(math.log10(c / 3e13))
+  assert "1.5 decades of C" in p["extrapolation"]["warning"]
+  assert scaling_plan.plan(fit, 1e13)["extrapolation"]["warning"] is None
+
+
+def test_old_tables_get_flops_executed_from_their_shape_columns_or_a_clear_refusal():
+  table = synthetic.isoflop_table(noise=0.005)
+  old = table.drop(columns=["flops_executed"])
+  runs = scaling.load_results(old, "params_nonembedding", "flops_executed")
+  finished = table[table["status"] == "finished"]
+  assert np.allclose(runs["C"].to_numpy(), finished["flops_executed"].to_numpy(), rtol=1e-12)
+  with pytest.raises(scaling.FitError, match=r"cannot make one.*\['d_ff'\]"):
+    scaling.load_results(old.drop(columns=["d_ff"]), "params_nonembedding", "flops_executed")
