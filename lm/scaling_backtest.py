@@ -15,7 +15,6 @@ its misses overstate the line's error.
 
 from __future__ import annotations
 
-import math
 import operator
 import re
 

@@ -9,7 +9,6 @@ failures dropped) covers the true a in 10 of 16 (62%): the check fails on it.
 """
 
 import json
-import math
 
 import numpy as np
 import pandas as pd
