@@ -1,4 +1,4 @@
-"""Parameter, FLOP and memory accounting, device peak and MFU (design.md section 5).
+"""Parameter, FLOP and memory accounting, device peak and MFU (docs/conventions.md, Parameters and FLOPs).
 
 Counts are closed-form functions of a ModelConfig, checked in tests against the real
 parameter pytree, the matmuls in the jaxpr of the train step, XLA's cost analysis of the
@@ -20,6 +20,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lm.model import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,40 +108,102 @@ def forward_flops_per_token(cfg, seq_len: int) -> float:
 
 
 def flops_exact(cfg, seq_len: int) -> float:
-  """Training FLOPs per token: forward + backward (2x forward), Hoffmann et al. Appendix F.
-
-  These are model FLOPs (what MFU divides by): the forward recomputed under remat is
-  not counted; see flops_executed.
+  """Training FLOPs per token: forward + backward (2x forward), Hoffmann et al. Appendix F
+  as printed, the embedding's 2VD included. Kept for comparison with papers; lm runs the
+  embedding as a gather, so this counts work that never runs (39% of p50k's count, 22% of
+  configs/default.py's). Use flops_executed for sweeps, fits, plans and MFU.
   """
   return 3.0 * forward_flops_per_token(cfg, seq_len)
 
 
 def flops_executed(cfg, seq_len: int) -> float:
-  """Training FLOPs per token the device runs: flops_exact plus the remat recompute.
+  """Training FLOPs per token that run: 3x the forward's matmuls, without the embedding.
 
-  'full' remat reruns each block's forward in the backward pass except the MLP
-  down-projection, whose output the backward never needs; 'dots' keeps the outputs of the
-  weight matmuls (lm.ops.dense) and reruns only the attention core (logits, softmax,
-  weighted values) and the elementwise work. Divide by this for hardware FLOPs
-  utilisation (HFU).
+  The embedding lookup is a gather (0 FLOPs); the output logits (the head's 2DV, tied or
+  not) are in, as are the attention logits and weighted values over the full S^2 (the
+  reference and XLA attention compute every masked logit) and the softmax at Appendix
+  F's 3 FLOPs per logit. Norms, activations, residual adds and the loss are not counted:
+  XLA's cost analysis of the compiled train step is this plus that elementwise surplus,
+  below 2.5 / d_model of it for the ladder's Llama shapes (tests/test_flops.py).
+
+  Model FLOPs: the same model is the same point on the compute axis however it is
+  rematerialised, so remat's recompute is not here (flops_recomputed; their sum is what
+  hardware utilisation divides by).
+  """
+  b = forward_flops_breakdown(cfg, seq_len)
+  return 3.0 * (sum(b.values()) - b["embed"])
+
+
+def flops_recomputed(cfg, seq_len: int) -> float:
+  """Forward FLOPs per token that remat runs a second time in the backward pass.
+
+  'full' remat reruns each block's forward except the MLP down-projection, whose output
+  the backward never needs; 'dots' keeps the outputs of the weight matmuls (lm.ops.dense)
+  and reruns only the attention core (logits, softmax, weighted values).
   """
   if cfg.remat == "none":
-    return flops_exact(cfg, seq_len)
+    return 0.0
   b = forward_flops_breakdown(cfg, seq_len)
   if cfg.remat == "dots":
-    return flops_exact(cfg, seq_len) + sum(b[t] for t in ("logits", "softmax", "values"))
+    return float(sum(b[t] for t in ("logits", "softmax", "values")))
   down_proj = cfg.n_layers * 2 * cfg.d_model * cfg.d_ff
-  recompute = sum(b[t] for t in ("qkv", "logits", "softmax", "values", "out", "mlp")) - down_proj
-  return flops_exact(cfg, seq_len) + recompute
+  return float(sum(b[t] for t in ("qkv", "logits", "softmax", "values", "out", "mlp")) - down_proj)
 
 
-def flops_per_token(cfg, seq_len: int, definition: str = "flops_exact") -> float:
-  """One of the two definitions of design.md section 5, by its results-table name."""
+# The results-table names of the FLOP definitions (docs/conventions.md, Parameters and FLOPs), the executed count first.
+FLOPS_DEFINITIONS = ("flops_executed", "flops_exact", "flops_6n")
+
+
+def flops_per_token(cfg, seq_len: int, definition: str = "flops_executed") -> float:
+  """Training FLOPs per token by a definition's results-table name (FLOPS_DEFINITIONS)."""
   if definition == "flops_6n":
     return flops_6n(cfg)
   if definition == "flops_exact":
     return flops_exact(cfg, seq_len)
-  raise ValueError(f"unknown FLOP definition {definition!r}; use 'flops_6n' or 'flops_exact'.")
+  if definition == "flops_executed":
+    return flops_executed(cfg, seq_len)
+  raise ValueError(f"unknown FLOP definition {definition!r}; use one of {FLOPS_DEFINITIONS}.")
+
+
+# Columns of a results table (docs/conventions.md, Results schema, plus what summary.json adds) that the
+# FLOP counts need, and the defaults older tables may lack: lm's Llama-style layers.
+SHAPE_COLUMNS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "seq_len")
+SHAPE_DEFAULTS = {"mlp": "swiglu", "tie_embeddings": True}
+
+
+def model_config_from_row(row) -> ModelConfig:
+  """A ModelConfig with the shape a results-table row records (a dict or pandas row).
+
+  head_dim defaults to d_model / n_heads, mlp to 'swiglu' and tie_embeddings to True
+  (lm's defaults, and every ladder rung below d_model 4096); anything else the counts need
+  must be there, or ValueError names it. Only what the FLOP counts read matters: norms,
+  positions and biases are not counted (an untied head moves flops_6n, not the others).
+  """
+  get = row.get if hasattr(row, "get") else (lambda k, default=None: row[k] if k in row else default)
+  missing = [c for c in SHAPE_COLUMNS if get(c) is None or get(c) != get(c)]  # None or NaN
+  if missing:
+    raise ValueError(f"a results row without {missing} cannot give its FLOPs; those columns come from summary.json "
+                     "(lm/metrics.py) and experiments.collect: re-collect the runs, or add them by hand.")
+  d, h = int(get("d_model")), int(get("n_heads"))
+  head = get("head_dim")
+  head = int(head) if head is not None and head == head else d // h
+  mlp = get("mlp") if isinstance(get("mlp"), str) else SHAPE_DEFAULTS["mlp"]
+  tie = get("tie_embeddings")
+  tie = SHAPE_DEFAULTS["tie_embeddings"] if tie is None or tie != tie else bool(tie)
+  return ModelConfig(vocab_size=int(get("vocab_size")), n_layers=int(get("n_layers")), d_model=d, n_heads=h,
+                     n_kv_heads=int(get("n_kv_heads")), head_dim=head, d_ff=int(get("d_ff")),
+                     max_seq_len=int(get("seq_len")), mlp=mlp, tie_embeddings=tie)
+
+
+def flops_per_token_from_row(row, definition: str = "flops_executed") -> float:
+  """Training FLOPs per token of the run a results-table row describes (model_config_from_row)."""
+  return flops_per_token(model_config_from_row(row), int(row["seq_len"]), definition)
+
+
+def flops_executed_column(table) -> np.ndarray:
+  """flops_executed (total training FLOPs) for every row of a results table: the per-token
+  count from the shape columns times `tokens`. For tables made before the column existed."""
+  return np.array([flops_per_token_from_row(r) * float(r["tokens"]) for _, r in table.iterrows()])
 
 
 # ---- memory ----

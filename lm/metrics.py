@@ -28,7 +28,7 @@ from lm import flops as flops_lib
 
 SCHEMA = ("run_id", "experiment", "status", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff",
           "vocab_size", "seq_len", "batch_size", "steps", "lr", "params_total", "params_nonembedding",
-          "tokens", "flops_6n", "flops_exact", "train_loss", "eval_loss", "eval_bpb", "wall_s",
+          "tokens", "flops_6n", "flops_exact", "flops_executed", "train_loss", "eval_loss", "eval_bpb", "wall_s",
           "tokens_per_s", "mfu", "device_kind", "device_count", "jax_version", "git_commit")
 
 
@@ -176,7 +176,7 @@ class RunFacts:
   workdir: str
   model_cfg: Any
   counts: flops_lib.ParamCounts
-  flops_per_token: dict            # {"flops_6n": ..., "flops_exact": ...} per trained token
+  flops_per_token: dict            # {"flops_6n", "flops_exact", "flops_executed"}: FLOPs per trained token
   tokens_per_step: int
   peak_measured: float | None      # FLOP/s of all the devices used (a matmul timed on them)
   peak_spec: float | None          # FLOP/s of all the devices used, from the spec sheet
@@ -186,7 +186,7 @@ class RunFacts:
     seq_len = cfg.data.seq_len
     measured, spec = flops_lib.peak_flops(cfg.model.dtype)  # per device, cached per device kind + dtype
     return cls(cfg, workdir, model_cfg, flops_lib.param_counts(model_cfg),
-               {"flops_6n": flops_lib.flops_6n(model_cfg), "flops_exact": flops_lib.flops_exact(model_cfg, seq_len)},
+               {d: flops_lib.flops_per_token(model_cfg, seq_len, d) for d in flops_lib.FLOPS_DEFINITIONS},
                cfg.train.batch_size * seq_len, measured * flops_lib.peak_units(jax.devices()) if measured else None,
                spec * len(jax.devices()) if spec else None)
 
@@ -197,9 +197,10 @@ class RunFacts:
                 **self.flops_per_token)
 
   def mfu(self, tokens_per_s: float | None, peak: float | None = None) -> float | None:
-    """flops_exact FLOP/s over the measured peak (or `peak`)."""
+    """Model FLOP/s (flops_executed: what runs, remat's recompute not counted) over the
+    measured peak (or `peak`)."""
     peak = self.peak_measured if peak is None else peak
-    return tokens_per_s * self.flops_per_token["flops_exact"] / peak if (tokens_per_s and peak) else None
+    return tokens_per_s * self.flops_per_token["flops_executed"] / peak if (tokens_per_s and peak) else None
 
 
 def summary_row(f: RunFacts, status: str, steps_done: int, train_loss: float | None, last_eval: dict,
@@ -215,6 +216,7 @@ def summary_row(f: RunFacts, status: str, steps_done: int, train_loss: float | N
       "steps": steps_done, "lr": cfg.optim.lr, "params_total": f.counts.total,
       "params_nonembedding": f.counts.nonembedding, "tokens": tokens,
       "flops_6n": f.flops_per_token["flops_6n"] * tokens, "flops_exact": f.flops_per_token["flops_exact"] * tokens,
+      "flops_executed": f.flops_per_token["flops_executed"] * tokens,
       "train_loss": train_loss, "eval_loss": last_eval.get("eval_loss"), "eval_bpb": last_eval.get("eval_bpb"),
       "wall_s": wall_s, "tokens_per_s": tokens_per_s, "mfu": f.mfu(tokens_per_s),
       "device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),

@@ -33,7 +33,7 @@ def stale_peak_warning(s: dict) -> str:
   """MFU above 100% means the cached matmul peak is too low: a peak timed while other work
   shared the device (only ever an underestimate)."""
   achieved = s["mfu"] * s["peak_flops_measured"]
-  return (f"warning: MFU above 100%: this run computed {achieved / 1e9:,.1f} GFLOP/s (flops_exact), more than the "
+  return (f"warning: MFU above 100%: this run computed {achieved / 1e9:,.1f} GFLOP/s (flops_executed), more than the "
           f"cached peak of {s['peak_flops_measured'] / 1e9:,.1f} GFLOP/s, which was probably measured while other work "
           f"loaded the machine. Measure it again when the machine is quiet: python -c \"from lm import flops; "
           f"flops.peak_flops('{s.get('dtype') or 'float32'}', refresh=True)\" (cache: {flops.default_cache_file()})")

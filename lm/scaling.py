@@ -1,335 +1,274 @@
-"""Scaling-law fits and compute-optimal planning.
+"""Scaling-law fits on results tables, with intervals that mean what they say.
 
     python -m lm.scaling fit --results=TABLE.csv --law={kaplan,saturating,isoflop,chinchilla} --out=FIT.json
-        [--params=params_nonembedding|params_total] [--flops=flops_6n|flops_exact] [--loss=eval_loss]
-        [--bootstrap=200] [--seed=0]
-    python -m lm.scaling plan --fit=FIT.json (--flops=C | --device_hours=H --device=h100 [--mfu=0.4])
+        [--params=params_nonembedding|params_total] [--flops=flops_executed|flops_exact|flops_6n]
+        [--loss=eval_loss (any metric column)] [--bootstrap=200] [--seed=0]
+    python -m lm.scaling plan --fit=FIT.json (--flops=C | --device_hours=H --device=h100 [--mfu=0.4 --mfu_flops=...])
+    python -m lm.scaling backtest --results=TABLE.csv --law=chinchilla --holdout=largest_budget [--json=OUT]
     python -m lm.scaling plot --results=TABLE.csv --out_dir=DIR [--fit=FIT.json ...]
+    python -m lm.scaling report --results=TABLE.csv --out_dir=DIR
+(the command line is lm/scaling_cli.py; tables lm/scaling_table.py; plans lm/scaling_plan.py;
+backtests lm/scaling_backtest.py; figures and the Markdown report lm/scaling_plots.py,
+lm/scaling_report.py).
 
-The laws, with N parameters, D training tokens, C training FLOPs, L loss:
+The laws, with N parameters, D training tokens, C training FLOPs, L loss (or any metric):
   kaplan      L(N) = (N_c / N)^alpha                 Kaplan et al. (2020), eq. 1.1
   saturating  L(N) = E + A / N^alpha                 the same with an irreducible loss
   isoflop     per budget a parabola of L in log N (and in log D); then
               N_opt = N_coef C^a, D_opt = D_coef C^b  Hoffmann et al. (2022), Approach 2
-  chinchilla  L(N, D) = E + A / N^alpha + B / D^beta  Approach 3: Huber (delta 1e-3) on
-              log L, L-BFGS from a grid of initialisations (section 3.3, Appendix D.2);
-              a = beta / (alpha + beta), b = alpha / (alpha + beta)
-The N-only laws take each model size's best run (Kaplan's L(N) is for models trained to
-convergence); the others take every run. Intervals are 95% percentile bootstraps over
-resampled runs (within each budget for isoflop), seeded; the samples are kept in FIT.json
-so plans and plots can draw bands. Results tables follow design.md section 6, where the
-flops_* columns are the total training FLOPs of a run.
+  chinchilla  L(N, D) = E + A / N^alpha + B / D^beta  Approach 3, a = beta / (alpha + beta)
+The N-only laws take each model size's best run; the others take every run.
+
+Definitions (docs/conventions.md, Parameters and FLOPs; lm/scaling_table.py): every fit states which N and
+which C it used, by default the non-embedding N and C = flops_executed (the FLOPs that
+run), and a pair that counts different things (non-embedding N with flops_exact's
+embedding matmul, say) is refused with the flags that fix it.
+
+Intervals (95%): chinchilla's are profile-likelihood intervals (lm/scaling_lnd.py), with
+the L(N, D) profile over E in FIT.json and prediction intervals for new runs; isoflop's a
+parametric bootstrap of Approach 2 on the table's own design from the L(N, D) fit, its
+design bias re-estimated in every draw (lm/scaling_isoflop.py); the N-only laws' a
+bootstrap of the best runs. The noise comes from seed replicates when the table has them
+and from the residuals otherwise. Every bootstrap counts its failed draws and refuses to
+print an interval when more than MAX_FAILURE_RATE fail (lm/scaling_isoflop.py says why
+5%). lm/scaling_coverage.py measures that each interval covers the truth 90-99% of the
+time.
 """
 
 from __future__ import annotations
 
-import argparse
-import itertools
-import json
 import math
-import sys
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, special
+
+from lm import flops as flops_lib
+from lm import ladder, scaling_huber, scaling_isoflop, scaling_lnd
+from lm.scaling_lnd import chinchilla_loss  # noqa: F401  (this module's interface, with the table's below)
+from lm.scaling_table import (BUDGET_GAP_DECADES, DEFAULT_FLOPS, DEFAULT_PARAMS, DEFINITIONS, FLOPS_COLUMNS,  # noqa: F401
+                              PAIRS, PARAMS_COLUMNS, FitError, check_definitions, definitions, group_budgets,
+                              load_results, noise, pair_flags, provenance, pure_error, read_table, same_definitions)
 
 LAWS = ("kaplan", "saturating", "isoflop", "chinchilla")
-PARAMS_COLUMNS = ("params_nonembedding", "params_total")
-FLOPS_COLUMNS = ("flops_6n", "flops_exact")
-HUBER_DELTA = 1e-3
-# Hoffmann et al. Appendix D.2: alpha, beta in {0, 0.5, ..., 2}, e in {-1, -.5, ..., 1},
-# a, b in {0, 5, ..., 25}: 5 * 5 * 5 * 6 * 6 = 4500 starting points.
-GRID = {"exponent": np.arange(0, 2.01, 0.5), "e": np.arange(-1, 1.01, 0.5), "log_coef": np.arange(0, 25.1, 5)}
 CONFIDENCE = 0.95
-BUDGET_GAP_DECADES = 0.1  # runs whose FLOPs differ by more than this start a new budget
-
-
-class FitError(ValueError):
-  """A table or a fit that cannot give an answer; the message says why."""
-
-
-# ---- the results table ----
-
-def load_results(path: str, params: str = "params_nonembedding", flops: str = "flops_6n",
-                 loss: str = "eval_loss", status: str | None = "finished") -> pd.DataFrame:
-  """The runs of a results table as columns N, D, C, loss and budget (a budget id).
-
-  A `flops_budget` column (a sweep's nominal budget) groups IsoFLOP runs; without one,
-  runs are grouped by their FLOPs (group_budgets). A budget's C is the geometric mean of
-  its runs' `flops` column, so fit with the definition the sweep was budgeted in: at
-  CPU scale flops_exact is 1.3x (p10m) to 7x (p50k) flops_6n, so one 6N budget spans
-  a wide range of exact FLOPs.
-  """
-  if params not in PARAMS_COLUMNS or flops not in FLOPS_COLUMNS:
-    raise FitError(f"--params must be one of {PARAMS_COLUMNS} and --flops one of {FLOPS_COLUMNS}.")
-  table = pd.read_parquet(path) if str(path).endswith(".parquet") else pd.read_csv(path)
-  missing = [c for c in (params, flops, loss, "tokens") if c not in table.columns]
-  if missing:
-    raise FitError(f"{path} has no column(s) {missing}; its columns are {list(table.columns)}.")
-  if status and "status" in table.columns:
-    table = table[table["status"] == status]
-  runs = pd.DataFrame({"N": table[params], "D": table["tokens"], "C": table[flops], "loss": table[loss]})
-  if "flops_budget" in table.columns:
-    runs["budget"] = table["flops_budget"]
-  runs = runs.dropna()
-  runs = runs[(runs[["N", "D", "C", "loss"]] > 0).all(axis=1)].reset_index(drop=True)
-  if len(runs) < 3:
-    raise FitError(f"{path}: {len(runs)} usable runs (status={status!r}, positive {params}, tokens, "
-                   f"{flops}, {loss}); a fit needs at least 3.")
-  if "budget" not in runs:
-    runs["budget"] = group_budgets(runs["C"].to_numpy())
-  return runs
-
-
-def group_budgets(c: np.ndarray) -> np.ndarray:
-  """A budget label per run: runs whose FLOPs lie within BUDGET_GAP_DECADES of the next
-  smaller run share one; the label is the group's geometric-mean FLOPs."""
-  order = np.argsort(c)
-  log_c = np.log10(c[order])
-  group = np.concatenate([[0], np.cumsum(np.diff(log_c) > BUDGET_GAP_DECADES)])
-  labels = np.empty(len(c))
-  for g in np.unique(group):
-    labels[order[group == g]] = 10 ** log_c[group == g].mean()
-  return labels
-
-
-# ---- log-space Huber fits of sums of power laws (saturating, chinchilla) ----
-
-def _lse_residuals(theta, log_x, log_loss):
-  """theta = [a_1..a_k, alpha_1..alpha_k, e] (or a batch of them, [..., 2k + 1]); the
-  prediction is log(sum_i e^(a_i - alpha_i log x_i) + e^e) for each run."""
-  k = len(log_x)
-  theta = np.asarray(theta)[..., None]  # broadcast against the runs
-  terms = [theta[..., i, :] - theta[..., k + i, :] * log_x[i] for i in range(k)]
-  stacked = np.stack(terms + [np.broadcast_to(theta[..., -1, :], terms[0].shape)])
-  top = stacked.max(axis=0)
-  exp = np.exp(stacked - top)
-  total = exp.sum(axis=0)
-  return top + np.log(total) - log_loss, exp / total  # residuals, softmax weights of the terms
-
-
-def _huber_objective(theta, log_x, log_loss, delta):
-  r, w = _lse_residuals(theta, log_x, log_loss)
-  dr = np.clip(r, -delta, delta)  # d huber / d r
-  k = len(log_x)
-  grad = np.concatenate([[dr @ w[i] for i in range(k)], [-(dr * w[i]) @ log_x[i] for i in range(k)], [dr @ w[k]]])
-  return special.huber(delta, r).sum(), grad
-
-
-def _grid(k: int) -> np.ndarray:
-  """Starting points for k power-law terms: [a_1..a_k, alpha_1..alpha_k, e]."""
-  axes = [GRID["log_coef"]] * k + [GRID["exponent"]] * k + [GRID["e"]]
-  return np.array(list(itertools.product(*axes)))
-
-
-def _huber_fit(log_x, log_loss, n_starts=None, extra_starts=(), delta=HUBER_DELTA):
-  """L-BFGS from the best `n_starts` grid points (all 4500 for chinchilla when None) plus
-  `extra_starts`; the lowest final objective wins."""
-  starts = _grid(len(log_x))
-  if n_starts and n_starts < len(starts):  # rank the grid by its starting objective
-    r, _ = _lse_residuals(starts, log_x, log_loss)
-    starts = starts[np.argsort(special.huber(delta, r).sum(axis=1))[:n_starts]]
-  starts = np.concatenate([np.asarray(list(extra_starts)).reshape(-1, starts.shape[1]), starts])
-  best = None
-  # local: threadpoolctl sets KMP_DUPLICATE_LIB_OK in os.environ when imported, and importing
-  # lm changes no process state (tests/test_process_flags.py)
-  from threadpoolctl import threadpool_limits
-  with threadpool_limits(limits=1, user_api="blas"):  # see _minimize
-    for x0 in starts:
-      res = _minimize(x0, log_x, log_loss, delta)
-      if best is None or res.fun < best.fun:
-        best = res
-  return best.x
-
-
-def _minimize(x0, log_x, log_loss, delta):
-  """One L-BFGS run. Callers limit BLAS to one thread: scipy's L-BFGS-B makes BLAS calls
-  on 5 x 5 matrices, and OpenBLAS's thread hand-offs made each iteration ~1 ms instead
-  of ~0.05 ms on a busy 2-core host (2.0 s against 0.11 s for 20 fits).
-
-  Tight tolerances: the objective is ~1e-4 (1% residuals in Huber's linear part), where
-  scipy's defaults (ftol 2e-9, gtol 1e-5) stop L-BFGS early, next to its start (the
-  failure Besiroglu et al. 2024 found in Hoffmann et al.'s fit); early stops near the warm
-  start made the bootstrap intervals here 1.5x too narrow.
-  """
-  return optimize.minimize(_huber_objective, x0, args=(log_x, log_loss, delta), jac=True, method="L-BFGS-B",
-                           options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 2000})
-
-
-def fit_saturating(n, loss, n_starts=None, extra_starts=()):
-  theta = _huber_fit([np.log(n)], np.log(loss), n_starts, extra_starts)
-  return {"E": math.exp(theta[2]), "A": math.exp(theta[0]), "alpha": theta[1]}, theta
-
-
-def fit_chinchilla(n, d, loss, n_starts=None, extra_starts=()):
-  theta = _huber_fit([np.log(n), np.log(d)], np.log(loss), n_starts, extra_starts)
-  p = {"E": math.exp(theta[4]), "A": math.exp(theta[0]), "B": math.exp(theta[1]),
-       "alpha": theta[2], "beta": theta[3]}
-  return {**p, **chinchilla_optimum_exponents(p)}, theta
-
-
-def chinchilla_optimum_exponents(p) -> dict:
-  """Minimising L(N, C / (k N)) gives N_opt = G (C/k)^a, D_opt = (C/k)^b / G (Hoffmann eq. 4)."""
-  s = p["alpha"] + p["beta"]
-  return {"a": p["beta"] / s, "b": p["alpha"] / s,
-          "G": (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1 / s)}
-
-
-def fit_kaplan(n, loss):
-  """Least squares in log-log: log L = alpha log N_c - alpha log N."""
-  slope, intercept = np.polyfit(np.log(n), np.log(loss), 1)
-  alpha = -slope
-  return {"alpha": alpha, "N_c": math.exp(intercept / alpha)}
-
-
-# ---- IsoFLOP profiles (Approach 2) ----
-
-def parabola_minimum(x, loss):
-  """Vertex of a least-squares parabola loss(x); None unless it opens upward and lies
-  within the x that were run (an unbracketed minimum is an extrapolation)."""
-  if len(np.unique(x)) < 3:
-    return None
-  c2, c1, c0 = np.polyfit(x, loss, 2)
-  if c2 <= 0:
-    return None
-  x_min = -c1 / (2 * c2)
-  if not x.min() <= x_min <= x.max():
-    return None
-  return x_min, c0 + c1 * x_min + c2 * x_min ** 2, (c2, c1, c0)
-
-
-def isoflop_minima(runs: pd.DataFrame) -> list[dict]:
-  """Per budget: the loss-minimising N and D from parabolas in log10 N and log10 D."""
-  out = []
-  for budget, g in runs.groupby("budget"):
-    n_fit = parabola_minimum(np.log10(g["N"].to_numpy()), g["loss"].to_numpy())
-    d_fit = parabola_minimum(np.log10(g["D"].to_numpy()), g["loss"].to_numpy())
-    row = {"budget": float(budget), "C": float(np.exp(np.log(g["C"]).mean())), "n_runs": len(g),
-           "used": n_fit is not None and d_fit is not None}
-    if row["used"]:
-      row.update(N_opt=10 ** n_fit[0], D_opt=10 ** d_fit[0], loss_opt=n_fit[1],
-                 parabola_N=list(n_fit[2]), parabola_D=list(d_fit[2]))
-    out.append(row)
-  return out
-
-
-def fit_isoflop(runs: pd.DataFrame):
-  minima = isoflop_minima(runs)
-  used = [m for m in minima if m["used"]]
-  if len(used) < 2:
-    raise FitError(f"{len(used)} of {len(minima)} budgets have a bracketed minimum (>= 3 model sizes with "
-                   "the lowest loss inside the range run); the power laws need at least 2.")
-  log_c = np.log([m["C"] for m in used])
-  a, log_n0 = np.polyfit(log_c, np.log([m["N_opt"] for m in used]), 1)
-  b, log_d0 = np.polyfit(log_c, np.log([m["D_opt"] for m in used]), 1)
-  return {"a": a, "b": b, "N_coef": math.exp(log_n0), "D_coef": math.exp(log_d0)}, minima
-
-
-# ---- one entry point for every law, with bootstrap intervals ----
+MAX_FAILURE_RATE = scaling_isoflop.MAX_FAILURE_RATE
+# ---- fits ----
 
 def _frontier(runs):
   """Each model size's best run (for the N-only laws)."""
   return runs.loc[runs.groupby("N")["loss"].idxmin()]
 
 
-def _fit_once(law, runs, n_starts=None, warm=None):
-  """(parameters, extras) of one law on one table; `warm` seeds the Huber fits."""
-  extra = [] if warm is None else [warm]
+def fit_kaplan(n, loss):
+  """Least squares in log-log: log L = alpha log N_c - alpha log N."""
+  slope, intercept = np.polyfit(np.log(n), np.log(loss), 1)
+  alpha = -slope
+  return {"alpha": float(alpha), "N_c": math.exp(intercept / alpha)}
+
+
+def _fit_n_only(law, runs, n_starts=None, warm=None):
+  best = _frontier(runs)
+  if best["N"].nunique() < 3:
+    raise FitError(f"{best['N'].nunique()} model sizes; an N-only law needs at least 3.")
   if law == "kaplan":
-    best = _frontier(runs)
-    return fit_kaplan(best["N"].to_numpy(), best["loss"].to_numpy()), {}
-  if law == "saturating":
-    best = _frontier(runs)
-    p, theta = fit_saturating(best["N"].to_numpy(), best["loss"].to_numpy(), n_starts, extra)
-    return p, {"theta": theta}
-  if law == "chinchilla":
-    p, theta = fit_chinchilla(runs["N"].to_numpy(), runs["D"].to_numpy(), runs["loss"].to_numpy(), n_starts, extra)
-    return p, {"theta": theta}
-  if law == "isoflop":
-    p, minima = fit_isoflop(runs)
-    return p, {"budgets": minima}
-  raise FitError(f"unknown law {law!r}; use one of {LAWS}.")
+    return fit_kaplan(best["N"].to_numpy(), best["loss"].to_numpy()), None
+  return scaling_huber.fit_saturating(best["N"].to_numpy(), best["loss"].to_numpy(), n_starts,
+                                      [] if warm is None else [warm])
 
 
-def _resample(runs, rng, law):
-  if law == "isoflop":  # within each budget, so every budget keeps its runs' count
-    return pd.concat([g.iloc[rng.integers(0, len(g), len(g))] for _, g in runs.groupby("budget")])
-  if law in ("kaplan", "saturating"):
-    best = _frontier(runs)
-    return best.iloc[rng.integers(0, len(best), len(best))]
-  return runs.iloc[rng.integers(0, len(runs), len(runs))]
+def _percentiles(samples: dict, confidence: float) -> dict:
+  tail = (1 - confidence) / 2 * 100
+  return {k: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] for k, v in samples.items() if v}
 
 
-def fit(runs: pd.DataFrame, law: str, bootstrap: int = 200, seed: int = 0, n_starts: int | None = 128,
-        bootstrap_starts: int = 4) -> dict:
-  """Fit `law` to the runs; returns the FIT.json dict (without the provenance fields).
-
-  The Huber fits start L-BFGS from the `n_starts` grid points with the lowest starting
-  objective (None: all 4500, as Hoffmann et al.; 45 s for the 24-run synthetic table,
-  against ~1 s for 128, which found the same optimum). Bootstrap fits start from the
-  full-data optimum plus the `bootstrap_starts` best grid points of each resample (200
-  resamples: ~15 s); with tight tolerances they land where 16 cold starts per resample
-  do, and their spread of alpha matched the scatter over fresh noise draws.
-  """
-  params, extras = _fit_once(law, runs, n_starts)
+def _fit_n_only_with_bootstrap(law, runs, bootstrap, seed, n_starts, bootstrap_starts, confidence):
+  """N-only laws: a bootstrap of each size's best run, failures counted."""
+  params, theta = _fit_n_only(law, runs, n_starts)
   rng = np.random.default_rng(seed)
-  samples = {k: [] for k in params}
+  best = _frontier(runs)
+  samples, failed = {k: [] for k in params}, 0
   for _ in range(bootstrap):
+    resample = best.iloc[rng.integers(0, len(best), len(best))]
     try:
-      p, _ = _fit_once(law, _resample(runs, rng, law), bootstrap_starts, extras.get("theta"))
+      p, _ = _fit_n_only(law, resample, bootstrap_starts, theta)
     except (FitError, np.linalg.LinAlgError):
-      continue  # a resample with too few distinct sizes or no bracketed minimum
+      failed += 1  # a resample with fewer than 3 distinct sizes
+      continue
     for k in samples:
       samples[k].append(float(p[k]))
-  tail = (1 - CONFIDENCE) / 2 * 100
-  intervals = {k: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] for k, v in samples.items() if v}
-  out = {"law": law, "params": {k: float(v) for k, v in params.items()}, "intervals": intervals,
-         "confidence": CONFIDENCE, "n_points": int(len(runs)), "n_bootstrap": bootstrap,
-         "n_bootstrap_ok": len(next(iter(samples.values()))), "seed": seed, "bootstrap": samples}
-  if law == "chinchilla":
-    out.update(huber_delta=HUBER_DELTA, n_starts=min(n_starts or math.inf, len(_grid(2))),
-               flops_per_param_token=float(np.median(runs["C"] / (runs["N"] * runs["D"]))))
-  if law == "isoflop":
-    out["budgets"] = extras["budgets"]
-  if law in ("kaplan", "saturating"):
-    out["n_sizes"] = int(runs["N"].nunique())
+  out = {"params": {k: float(v) for k, v in params.items()}, "n_sizes": int(runs["N"].nunique()),
+         "interval_method": "percentile bootstrap of each size's best run"}
+  out.update(_bootstrap_record(samples, bootstrap, failed, confidence))
   return out
 
 
-# ---- compute-optimal allocation and planning ----
+def _bootstrap_record(samples, draws, failed, confidence, intervals=None):
+  rate = failed / draws if draws else 0.0
+  refused = None
+  if draws and rate > MAX_FAILURE_RATE:
+    refused = (f"{failed} of {draws} bootstrap draws ({rate:.0%}) could not be fitted, above the "
+               f"{MAX_FAILURE_RATE:.0%} a 95% interval can lose (lm/scaling_isoflop.py)")
+  if intervals is None:
+    intervals = {} if refused else _percentiles(samples, confidence)
+  return {"intervals": intervals, "bootstrap": samples, "n_bootstrap": draws, "n_bootstrap_ok": draws - failed,
+          "n_bootstrap_failed": failed, "failure_rate": rate, "refused": refused}
 
-def optimal_allocation(fit_json: dict, flops, params: dict | None = None):
+
+def _fit_chinchilla(runs, bootstrap, seed, confidence):
+  problem = scaling_lnd.Problem(runs["N"], runs["D"], runs["loss"])
+  s_min, p = scaling_lnd.fit(problem)
+  nz = noise(runs, s_min, scaling_lnd.N_PARAMS)
+  iv = scaling_lnd.intervals(problem, s_min, p, nz["s2"], nz["df"], confidence)
+  # Parametric bootstrap draws, for bands of the frontier (scaling_plan): losses from the
+  # fit with the measured noise, refitted from a coarse grid.
+  rng = np.random.default_rng(seed)
+  samples = {k: [] for k in p}
+  mean = chinchilla_loss(p, problem.n, problem.d)
+  for sigma in np.sqrt(nz["s2"] * nz["df"] / rng.chisquare(nz["df"], bootstrap)):
+    y = mean * np.exp(sigma * rng.standard_normal(problem.size))
+    _, q = scaling_lnd.fit(scaling_lnd.Problem(problem.n, problem.d, y), points=40)
+    for k in samples:
+      samples[k].append(float(q[k]))
+  out = {"params": p, "interval_method": "profile likelihood, F(1, nu) threshold (lm/scaling_lnd.py)",
+         "bounded": {k: v["bounded"] for k, v in iv.items()}, "noise": nz, "sum_sq": s_min,
+         "e_profile": scaling_lnd.e_profile(problem, p),
+         "band_method": "basic parametric bootstrap: 2 g(fit) - g(draw)",
+         "flops_per_param_token": float(np.median(runs["C"] / (runs["N"] * runs["D"]))),
+         # The runs themselves (a few dozen numbers), so a plan can give a prediction interval.
+         "data": {k: [float(x) for x in runs[k]] for k in ("N", "D", "loss")}}
+  out.update(_bootstrap_record(samples, bootstrap, 0, confidence, {k: v["interval"] for k, v in iv.items()}))
+  return out
+
+
+def _fit_isoflop(runs, bootstrap, seed, confidence):
+  spread = runs.groupby("budget")["C"].agg(lambda c: float(np.log10(c.max() / c.min())))
+  wide = spread[spread > BUDGET_GAP_DECADES]
+  if len(wide):
+    d = runs.attrs.get("definitions", {}).get("C", "this C")
+    sweep = runs.attrs.get("sweep_flops_definition")
+    raise FitError(f"budget(s) {[f'{b:.3g}' for b in wide.index]} span {wide.max():.2f} decades of C={d}, more than "
+                   f"{BUDGET_GAP_DECADES}: an IsoFLOP parabola needs one C per budget. "
+                   + (f"The sweep budgeted in {sweep[0]}: fit with {pair_flags(sweep[0])}, or re-run it budgeted "
+                      f"in {d}." if sweep else "Give the runs one budget each (a flops_budget column)."))
+  try:
+    params, mins = scaling_isoflop.estimate(runs)
+  except scaling_isoflop.IsoflopError as e:
+    raise FitError(str(e)) from None
+  out = {"params": params, "budgets": mins, "interval_method": "parametric bootstrap of Approach 2 on the table's "
+         "design from the L(N, D) fit, its design bias re-estimated in every draw (lm/scaling_isoflop.py)"}
+  if not bootstrap:
+    return {**out, **_bootstrap_record({k: [] for k in params}, 0, 0, confidence)}
+  problem = scaling_lnd.Problem(runs["N"], runs["D"], runs["loss"])
+  s_min, law = scaling_lnd.fit(problem)
+  nz = noise(runs, s_min, scaling_lnd.N_PARAMS)
+  bs = scaling_isoflop.bootstrap(runs, law, nz["s2"], nz["df"], bootstrap, seed, confidence)
+  out.update(simulating_law=law, noise=nz, bias=bs["bias"], law_exponents=bs["law_exponents"],
+             estimate_corrected=bs["estimate_corrected"])
+  record = _bootstrap_record(bs["samples"] or {k: [] for k in params}, bootstrap, bs["n_failed"], confidence,
+                             bs["intervals"])
+  record["refused"] = bs["refused"]
+  return {**out, **record}
+
+
+def fit(runs: pd.DataFrame, law: str, bootstrap: int = 200, seed: int = 0, n_starts: int | None = 128,
+        bootstrap_starts: int = 4, confidence: float = CONFIDENCE) -> dict:
+  """Fit `law` to the runs; the FIT.json dict (fit_table adds the provenance).
+
+  `bootstrap` draws: for chinchilla, parametric draws for the frontier's bands (its
+  intervals are profiles); for isoflop, the simulated tables of its interval; for the
+  N-only laws, resamples of the best runs (`n_starts`, `bootstrap_starts`: their Huber
+  fits' starting points, lm/scaling_huber.py).
+  """
+  if law not in LAWS:
+    raise FitError(f"unknown law {law!r}; use one of {LAWS}.")
+  if law == "chinchilla":
+    out = _fit_chinchilla(runs, bootstrap, seed, confidence)
+  elif law == "isoflop":
+    out = _fit_isoflop(runs, bootstrap, seed, confidence)
+  else:
+    out = _fit_n_only_with_bootstrap(law, runs, bootstrap, seed, n_starts, bootstrap_starts, confidence)
+  attrs = runs.attrs or {}
+  return {"law": law, **out, "confidence": confidence, "n_points": int(len(runs)), "seed": seed,
+          "definitions": attrs.get("definitions"), "family": attrs.get("family"),
+          "fitted_range": {k: [float(runs[k].min()), float(runs[k].max())] for k in ("N", "D", "C")},
+          "design": {"budgets": sorted(float(b) for b in runs["budget"].unique()), "sizes": int(runs["N"].nunique()),
+                     "replicated_runs": int((runs.get("replicate", pd.Series([-1])) >= 0).sum())},
+          "flops_per_token_fit": _flops_per_token_fit(runs)}
+
+
+def _flops_per_token_fit(runs) -> list[float]:
+  """[slope, intercept] of log(C / D) against log N over the runs: the FLOPs a token costs
+  as a power of N, for allocations on tables without a vocabulary (no family)."""
+  return [float(x) for x in np.polyfit(np.log(runs["N"]), np.log(runs["C"] / runs["D"]), 1)]
+
+
+def fit_table(results, law, params=DEFAULT_PARAMS, flops=DEFAULT_FLOPS, loss="eval_loss", status="finished",
+              **kw) -> dict:
+  """load_results + fit, with the provenance and settings FIT.json records."""
+  runs = load_results(results, params, flops, loss, status or None)
+  out = fit(runs, law, **kw)
+  return {**out, "params_column": params, "flops_column": flops, "loss_column": loss,
+          "settings": {"law": law, "status": status, **kw}, "provenance": provenance(results)}
+
+
+# ---- compute-optimal allocation ----
+
+def family_flops(fit_json: dict):
+  """(log N, log FLOPs per token) along the model family the fit plans for: lm/ladder.py's
+  size rule at the table's vocabulary and sequence length, every width with whole heads,
+  counted in the fit's own N and C definitions. Without a family (a table with no
+  vocab_size / seq_len, or several), the table's own power law of FLOPs per token in N."""
+  fam, d = fit_json.get("family"), fit_json.get("definitions")
+  if fam and d:
+    rows = [ladder.model_config(w, fam["vocab_size"], fam["seq_len"]) for w in ladder.widths()]
+    n = np.array([getattr(flops_lib, d["N"])(m) for m in rows], float)
+    c = np.array([flops_lib.flops_per_token(m, fam["seq_len"], d["C"]) for m in rows], float)
+    order = np.argsort(n)
+    return np.log(n[order]), np.log(c[order])
+  slope, intercept = fit_json.get("flops_per_token_fit") or (1.0, math.log(fit_json.get("flops_per_param_token", 6.0)))
+  log_n = np.linspace(math.log(1e3), math.log(1e12), 400)
+  return log_n, intercept + slope * log_n
+
+
+def optimal_allocation(fit_json: dict, flops, params: dict | None = None, family=None):
   """(N_opt, D_opt) at training FLOPs `flops` under a fit (or its `params` override, e.g.
-  one bootstrap sample). Chinchilla fits convert FLOPs to N D with the table's own
-  FLOPs per parameter-token (6 for flops_6n with non-embedding N)."""
+  one bootstrap draw). Chinchilla fits minimise L(N, C / FLOPs-per-token(N)) along the
+  family (family_flops), so every size converts C to tokens with its own FLOPs per token."""
   p = params or fit_json["params"]
   c = np.asarray(flops, dtype=float)
   if fit_json["law"] == "isoflop":
     return p["N_coef"] * c ** p["a"], p["D_coef"] * c ** p["b"]
   if fit_json["law"] == "chinchilla":
-    e = chinchilla_optimum_exponents(p)
-    x = c / fit_json["flops_per_param_token"]   # = N D
-    n = e["G"] * x ** e["a"]
-    return n, x / n
+    log_n_f, log_fpt_f = family or family_flops(fit_json)
+    log_n = np.linspace(log_n_f[0], log_n_f[-1], 3000)
+    log_fpt = np.interp(log_n, log_n_f, log_fpt_f)
+    log_d = np.log(c)[..., None] - log_fpt  # [..., sizes]
+    loss = chinchilla_loss(p, np.exp(log_n), np.exp(log_d))
+    k = np.argmin(loss, axis=-1)
+    return np.exp(log_n[k]), np.exp(np.take_along_axis(log_d, k[..., None], -1)[..., 0])
   raise FitError(f"a {fit_json['law']} fit has no data term, so no compute-optimal allocation; "
                  "fit --law=isoflop or --law=chinchilla to plan.")
 
 
 def bootstrap_band(fit_json: dict, flops, of=lambda n, d: (n, d)):
-  """Percentile band (lo, hi) over the bootstrap samples of of(N_opt, D_opt) at `flops`;
-  None when the fit kept no samples."""
+  """(lo, hi) of of(N_opt, D_opt) at `flops` over the fit's bootstrap draws; None when it
+  has none or its interval was refused. Chinchilla's draws are pivoted (2 g(fit) - g(draw)
+  in log space, the basic bootstrap); isoflop's are stored pivoted already."""
   samples = fit_json.get("bootstrap") or {}
-  count = fit_json.get("n_bootstrap_ok", 0)
-  if not count:
+  count = len(next(iter(samples.values()), []))
+  if not count or fit_json.get("refused"):
     return None
-  values = np.stack([np.asarray(of(*optimal_allocation(fit_json, flops, {k: v[i] for k, v in samples.items()})))
-                     for i in range(count)])
+  family = family_flops(fit_json) if fit_json["law"] == "chinchilla" else None
+  draws = np.log(np.stack([np.asarray(of(*optimal_allocation(fit_json, flops, {k: v[i] for k, v in samples.items()},
+                                                              family))) for i in range(count)]))
+  if fit_json.get("band_method", "").startswith("basic"):
+    draws = 2 * np.log(np.asarray(of(*optimal_allocation(fit_json, flops, None, family)))) - draws
   tail = (1 - fit_json["confidence"]) / 2 * 100
-  return np.percentile(values, tail, axis=0), np.percentile(values, 100 - tail, axis=0)
+  return np.exp(np.percentile(draws, tail, axis=0)), np.exp(np.percentile(draws, 100 - tail, axis=0))
 
 
 def allocation_band(fit_json: dict, flops):
-  """Percentile band of (N_opt, D_opt) over the bootstrap samples: arrays lo_N, hi_N, lo_D, hi_D."""
+  """Band of (N_opt, D_opt) over the bootstrap draws: arrays lo_N, hi_N, lo_D, hi_D."""
   band = bootstrap_band(fit_json, flops)
   if band is None:
     return None
@@ -343,139 +282,23 @@ def predicted_loss(fit_json: dict, n, d):
   return chinchilla_loss(fit_json["params"], n, d)
 
 
-def chinchilla_loss(p: dict, n, d):
-  """L(N, D) = E + A / N^alpha + B / D^beta."""
-  return p["E"] + p["A"] / np.asarray(n, float) ** p["alpha"] + p["B"] / np.asarray(d, float) ** p["beta"]
-
-
-def plan(fit_json: dict, flops: float) -> dict:
-  """N_opt, D_opt, tokens per parameter (with bootstrap intervals) and the nearest ladder rung."""
-  from configs import ladder  # local: fits need no model code
-  n, d = (float(x) for x in optimal_allocation(fit_json, flops))
-  out = {"flops": flops, "N_opt": n, "D_opt": d, "tokens_per_param": d / n}
-  band = allocation_band(fit_json, flops)
-  if band is not None:
-    lo_n, hi_n, lo_d, hi_d = (float(x) for x in band)
-    out.update(N_interval=[lo_n, hi_n], D_interval=[lo_d, hi_d])
-  loss = predicted_loss(fit_json, n, d)
-  if loss is not None:
-    out["loss"] = float(loss)
-  rung = ladder.nearest(n, fit_json.get("params_column", "params_nonembedding"))
-  out["rung"] = {k: rung[k] for k in ("name", "config", "params_nonembedding", "params_total")}
-  return out
-
-
-def device_hours_to_flops(hours: float, device: str, mfu: float, dtype: str = "bfloat16") -> float:
-  """hours x 3600 s x the device's spec-sheet peak x the assumed MFU."""
-  from lm import flops as flops_lib
-  peak = flops_lib.spec_peak_flops(device, dtype)
-  if peak is None:
-    raise FitError(f"no spec-sheet peak for device {device!r} in {dtype}; known devices: "
-                   f"{', '.join(flops_lib.SPEC_PEAK_FLOPS)}.")
-  return hours * 3600 * peak * mfu
-
-
-def format_plan(p: dict) -> str:
-  from configs.ladder import human
-  iv = lambda key: f" ({human(p[key][0])}-{human(p[key][1])})" if key in p else ""
-  lines = [f"compute      {p['flops']:.3g} FLOPs",
-           f"N_opt        {human(p['N_opt'])} parameters{iv('N_interval')}",
-           f"D_opt        {human(p['D_opt'])} tokens{iv('D_interval')}",
-           f"tokens/param {p['tokens_per_param']:.3g}"]
-  if "loss" in p:
-    lines.append(f"loss         {p['loss']:.4g} (predicted)")
-  r = p["rung"]
-  lines.append(f"nearest rung {r['name']} ({human(r['params_nonembedding'])} non-embedding, "
-               f"{human(r['params_total'])} total): --config={r['config']}")
-  return "\n".join(lines)
-
-
-# ---- command line ----
-
-def _parser() -> argparse.ArgumentParser:
-  ap = argparse.ArgumentParser(prog="python -m lm.scaling", description=__doc__.split("\n\n")[0])
-  sub = ap.add_subparsers(dest="command", required=True)
-  f = sub.add_parser("fit", help="fit a scaling law to a results table; write FIT.json")
-  f.add_argument("--results", required=True, help="results table (.csv or .parquet), design.md section 6")
-  f.add_argument("--law", required=True, choices=LAWS)
-  f.add_argument("--out", required=True, help="FIT.json to write")
-  f.add_argument("--params", default="params_nonembedding", choices=PARAMS_COLUMNS)
-  f.add_argument("--flops", default="flops_6n", choices=FLOPS_COLUMNS)
-  f.add_argument("--loss", default="eval_loss")
-  f.add_argument("--status", default="finished", help="keep rows with this status ('' keeps all)")
-  f.add_argument("--bootstrap", type=int, default=200, help="resamples for the intervals")
-  f.add_argument("--seed", type=int, default=0)
-  f.add_argument("--n_starts", type=int, default=128,
-                 help="L-BFGS starts: the best of the 4500-point grid (4500 = all, as Hoffmann et al.; slower)")
-  p = sub.add_parser("plan", help="compute-optimal N and D for a budget")
-  p.add_argument("--fit", required=True)
-  p.add_argument("--flops", type=float, help="training budget in FLOPs (the fit's FLOP definition)")
-  p.add_argument("--device_hours", type=float, help="budget in device-hours (device count x hours)")
-  p.add_argument("--device", help="device for --device_hours, e.g. h100, a100, tpu-v5p")
-  p.add_argument("--mfu", type=float, default=0.4, help="assumed MFU for --device_hours")
-  p.add_argument("--dtype", default="bfloat16")
-  p.add_argument("--json", action="store_true", help="print the plan as JSON")
-  g = sub.add_parser("plot", help="write IsoFLOP, frontier and tokens-per-parameter PNGs")
-  g.add_argument("--results", required=True)
-  g.add_argument("--out_dir", required=True)
-  g.add_argument("--fit", action="append", default=[], help="FIT.json to draw (repeatable); "
-                 "default: an isoflop fit of the table")
-  g.add_argument("--params", default="params_nonembedding", choices=PARAMS_COLUMNS)
-  g.add_argument("--flops", default="flops_6n", choices=FLOPS_COLUMNS)
-  g.add_argument("--loss", default="eval_loss")
-  g.add_argument("--bootstrap", type=int, default=200)
-  return ap
-
-
-def fit_table(results, law, params="params_nonembedding", flops="flops_6n", loss="eval_loss",
-              status="finished", **kw) -> dict:
-  """load_results + fit, with the provenance fields FIT.json records."""
-  runs = load_results(results, params, flops, loss, status or None)
-  out = fit(runs, law, **kw)
-  return {**out, "results": str(results), "params_column": params, "flops_column": flops, "loss_column": loss}
-
-
-def main(argv=None) -> int:
-  args = _parser().parse_args(argv)
-  try:
-    if args.command == "fit":
-      out = fit_table(args.results, args.law, args.params, args.flops, args.loss, args.status,
-                      bootstrap=args.bootstrap, seed=args.seed, n_starts=args.n_starts)
-      with open(args.out, "w") as fh:
-        json.dump(out, fh, indent=1)
-      shown = ", ".join(f"{k}={v:.4g}" + (f" [{out['intervals'][k][0]:.4g}, {out['intervals'][k][1]:.4g}]"
-                                          if k in out["intervals"] else "") for k, v in out["params"].items())
-      print(f"{args.law} fit of {out['n_points']} runs ({args.params}, {args.flops}, {args.loss}): {shown}")
-      print(f"wrote {args.out}")
-    elif args.command == "plan":
-      with open(args.fit) as fh:
-        fit_json = json.load(fh)
-      if (args.flops is None) == (args.device_hours is None):
-        raise FitError("give exactly one of --flops and --device_hours (with --device).")
-      budget = args.flops
-      if budget is None:
-        if not args.device:
-          raise FitError("--device_hours needs --device (e.g. h100, a100, tpu-v5p).")
-        budget = device_hours_to_flops(args.device_hours, args.device, args.mfu, args.dtype)
-        print(f"{args.device_hours:g} {args.device} device-hours x {args.mfu:.0%} MFU ({args.dtype}) = {budget:.3g} FLOPs")
-      result = plan(fit_json, budget)
-      print(json.dumps(result, indent=1) if args.json else format_plan(result))
-    else:
-      from lm import scaling_plots
-      runs = load_results(args.results, args.params, args.flops, args.loss)
-      fits = []
-      for path in args.fit:
-        with open(path) as fh:
-          fits.append(json.load(fh))
-      if not any(f["law"] == "isoflop" for f in fits):
-        fits.insert(0, fit(runs, "isoflop", bootstrap=args.bootstrap))
-      for path in scaling_plots.write_pngs(runs, fits, args.out_dir):
-        print(f"wrote {path}")
-  except (FitError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+def prediction_interval(fit_json: dict, n: float, d: float) -> list[float] | None:
+  """The fit's confidence-level interval for the loss one new run at (n, d) would measure,
+  its noise included (lm/scaling_lnd.py); None for laws without L(N, D) or FIT.json files
+  without their runs."""
+  if fit_json["law"] != "chinchilla" or "data" not in fit_json:
+    return None
+  data, nz = fit_json["data"], fit_json["noise"]
+  problem = scaling_lnd.Problem(data["N"], data["D"], data["loss"])
+  return scaling_lnd.prediction_interval(problem, fit_json["sum_sq"], fit_json["params"], nz["s2"], nz["df"], n, d,
+                                         fit_json["confidence"])
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  # `python -m lm.scaling ...` runs this file as __main__. The command line lives in
+  # lm/scaling_cli.py because its plot and report commands draw with lm/scaling_plots.py,
+  # which imports this module; importing the CLI here, only when run as a script, keeps
+  # the library free of that cycle.
+  import sys
+  from lm import scaling_cli
+  sys.exit(scaling_cli.main())

@@ -1,11 +1,12 @@
 """Synthetic results tables drawn from a known scaling law, for tests and for notebooks
 until real sweeps replace them.
 
-The runs are an IsoFLOP sweep over the CPU rungs of configs/ladder.py: for each budget,
+The runs are an IsoFLOP sweep over the CPU rungs of lm/ladder.py: for each budget,
 every rung that gets between MIN and MAX tokens per parameter trains for
 C / (6 N) tokens (rounded to whole 2048-token steps), and its loss is
 L(N, D) = E + A / N^alpha + B / D^beta with N the non-embedding count, times lognormal
-noise. Every column of design.md section 6 is filled in as training would fill it.
+noise (`replicates` seeds per point, each its own noise draw and `seed`). Every column of
+docs/conventions.md, Results schema is filled in as training would fill it, and flops_executed too.
 
     python -m lm.scaling_synthetic --out=notebooks/data/synthetic_isoflop.csv
 """
@@ -18,6 +19,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from lm import flops, ladder, scaling_lnd
+
 # Chosen so the CPU rungs see losses like the State of the Union runs: p50k trained on
 # 4M tokens reached 4.37 nats/token, and L(45K, 4M) = 1.8 + 1.79 + 0.79 = 4.38.
 TRUE_LAW = {"E": 1.8, "A": 55.0, "alpha": 0.32, "B": 56.0, "beta": 0.28}
@@ -28,35 +31,37 @@ TOKENS_PER_S_AT_1M = 2080.0      # CPU throughput ~ N^-0.6 through lm.main's 13.
 
 
 def isoflop_table(law: dict = TRUE_LAW, budgets=BUDGETS, noise: float = 0.01, seed: int = 0,
-                  tokens_per_param=TOKENS_PER_PARAM) -> pd.DataFrame:
+                  tokens_per_param=TOKENS_PER_PARAM, replicates: int = 1) -> pd.DataFrame:
   """One row per run, in the results schema, plus the sweep's nominal `flops_budget`."""
-  from configs import ladder
-  from lm import flops, scaling
   rng = np.random.default_rng(seed)
   rows = []
   cpu_rungs = [name for name, d in ladder.RUNGS.items() if d <= ladder.CPU_TIER_MAX_WIDTH]
   for budget in budgets:
     for name in cpu_rungs:
-      cfg = ladder.get_config(name)
-      m = ladder.model_config(cfg)
+      d_model = ladder.RUNGS[name]
+      m, tier = ladder.model_config(d_model), ladder.tier(d_model)
       n = flops.params_nonembedding(m)
-      tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+      tokens_per_step = tier["batch_size"] * tier["seq_len"]
       steps = round(budget / (6 * n) / tokens_per_step)
       tokens = steps * tokens_per_step
       if steps < 1 or not tokens_per_param[0] <= tokens / n <= tokens_per_param[1]:
         continue
-      loss = float(scaling.chinchilla_loss(law, n, tokens)) * math.exp(noise * rng.standard_normal())
-      per_token = flops.flops_exact(m, cfg.data.seq_len)
-      tokens_per_s = TOKENS_PER_S_AT_1M * (1e6 / n) ** 0.6
-      rows.append(dict(
-          run_id=f"{name}-C{budget:.0e}", experiment="isoflop_synthetic", status="finished",
-          n_layers=m.n_layers, d_model=m.d_model, n_heads=m.n_heads, n_kv_heads=m.n_kv_heads, d_ff=m.d_ff,
-          vocab_size=m.vocab_size, seq_len=cfg.data.seq_len, batch_size=cfg.train.batch_size, steps=steps,
-          lr=cfg.optim.lr, params_total=flops.params_total(m), params_nonembedding=n, tokens=tokens,
-          flops_6n=6.0 * n * tokens, flops_exact=per_token * tokens,
-          train_loss=loss * (1 - 0.01 * rng.random()), eval_loss=loss, eval_bpb=loss / math.log(2) / BYTES_PER_TOKEN,
-          wall_s=tokens / tokens_per_s, tokens_per_s=tokens_per_s, mfu=tokens_per_s * per_token / 100e9,
-          device_kind="cpu", device_count=1, jax_version="synthetic", git_commit="synthetic", flops_budget=budget))
+      for replicate in range(replicates):
+        loss = float(scaling_lnd.chinchilla_loss(law, n, tokens)) * math.exp(noise * rng.standard_normal())
+        per_token = flops.flops_exact(m, tier["seq_len"])
+        tokens_per_s = TOKENS_PER_S_AT_1M * (1e6 / n) ** 0.6
+        rows.append(dict(
+            run_id=f"{name}-C{budget:.0e}" + (f"-s{replicate}" if replicates > 1 else ""),
+            experiment="isoflop_synthetic", status="finished", n_layers=m.n_layers, d_model=m.d_model,
+            n_heads=m.n_heads, n_kv_heads=m.n_kv_heads, d_ff=m.d_ff, vocab_size=m.vocab_size, seq_len=tier["seq_len"],
+            batch_size=tier["batch_size"], steps=steps, lr=ladder.lr(d_model), seed=replicate,
+            params_total=flops.params_total(m), params_nonembedding=n, tokens=tokens,
+            flops_6n=6.0 * n * tokens, flops_exact=per_token * tokens,
+            flops_executed=flops.flops_executed(m, tier["seq_len"]) * tokens,
+            train_loss=loss * (1 - 0.01 * rng.random()), eval_loss=loss,
+            eval_bpb=loss / math.log(2) / BYTES_PER_TOKEN, wall_s=tokens / tokens_per_s, tokens_per_s=tokens_per_s,
+            mfu=tokens_per_s * per_token / 100e9, device_kind="cpu", device_count=1, jax_version="synthetic",
+            git_commit="synthetic", flops_budget=budget, flops_definition="flops_6n"))
   table = pd.DataFrame(rows)
   # One diverged run, as sweeps have: no losses, and fits must skip it.
   diverged = dict(table.iloc[len(table) // 2], run_id="diverged-example", status="diverged",

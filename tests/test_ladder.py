@@ -14,6 +14,7 @@ from lm import schema
 from lm.errors import ConfigError
 from lm.data import validate as data_validate
 from lm import flops
+from lm import ladder as rule
 from lm.model import Transformer
 
 
@@ -101,3 +102,25 @@ def test_rungs_are_addressable_through_config_flags_and_unknown_names_list_the_r
   with pytest.raises(ConfigError, match="configs/ladder.py:NAME"):
     ladder.get_config()
   assert "p70b" in ladder.table() and ladder.human(1.25e9) == "1.25B"
+
+
+# ---- lm/ladder.py: the rule library code uses (plans, synthetic tables) without configs/ ----
+
+@pytest.mark.parametrize("name", rule.RUNGS)
+def test_the_rule_gives_the_model_the_config_trains(name):
+  cfg = ladder.get_config(name)
+  assert rule.model_config(rule.RUNGS[name]) == ladder.model_config(cfg)
+  assert (cfg.data.seq_len, cfg.train.batch_size) == (rule.tier(rule.RUNGS[name])["seq_len"],
+                                                      rule.tier(rule.RUNGS[name])["batch_size"])
+
+
+def test_rungs_carry_each_definitions_flops_per_token_at_any_vocabulary():
+  bytes_rungs = {r["name"]: r for r in rule.rungs(vocab_size=259, seq_len=128)}
+  p50k = rule.model_config(32, 259, 128)
+  assert bytes_rungs["p50k"]["vocab_size"] == 259 and bytes_rungs["p50k"]["params_total"] == flops.params_total(p50k)
+  for d in flops.FLOPS_DEFINITIONS:
+    assert bytes_rungs["p50k"][f"{d}_per_token"] == flops.flops_per_token(p50k, 128, d)
+  # The executed count leaves out the embedding gather's 6 V D a token.
+  assert bytes_rungs["p50k"]["flops_exact_per_token"] - bytes_rungs["p50k"]["flops_executed_per_token"] == 6 * 259 * 32
+  assert rule.nearest(45e3, vocab_size=259)["name"] == "p50k"
+  assert all(d % rule.head_dim(d) == 0 for d in rule.widths()) and set(rule.RUNGS.values()) <= set(rule.widths())

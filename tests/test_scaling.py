@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lm import scaling
+from lm import ladder, scaling, scaling_cli, scaling_plan
 from lm import scaling_synthetic as synthetic
 
 TRUE = synthetic.TRUE_LAW
@@ -126,18 +126,20 @@ def table(tmp_path_factory):
 
 def test_cli_fit_writes_fit_json_and_plan_prints_the_allocation(table, tmp_path, capsys):
   out = tmp_path / "fit.json"
-  assert scaling.main(["fit", f"--results={table}", "--law=chinchilla", f"--out={out}", "--bootstrap=10",
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=chinchilla", f"--out={out}", "--bootstrap=10",
                        "--n_starts=32"]) == 0
   fit = json.loads(out.read_text())
   assert fit["law"] == "chinchilla" and set(fit["params"]) >= {"E", "A", "B", "alpha", "beta", "a", "b"}
   assert set(fit["intervals"]) == set(fit["params"])
-  assert (fit["params_column"], fit["flops_column"], fit["n_points"]) == ("params_nonembedding", "flops_6n", 22)
+  # The default C is the executed count (the scaling-trust issue); it was flops_6n.
+  assert (fit["params_column"], fit["flops_column"], fit["n_points"]) == ("params_nonembedding", "flops_executed", 22)
+  assert (fit["definitions"]["N"], fit["definitions"]["C"]) == ("params_nonembedding", "flops_executed")
   capsys.readouterr()
-  assert scaling.main(["plan", f"--fit={out}", "--flops=1e15"]) == 0
+  assert scaling_cli.main(["plan", f"--fit={out}", "--flops=1e15"]) == 0
   printed = capsys.readouterr().out
   n_opt, d_opt = scaling.optimal_allocation(fit, 1e15)
   assert f"tokens/param {d_opt / n_opt:.3g}" in printed and "configs/ladder.py:p" in printed
-  assert scaling.main(["plan", f"--fit={out}", "--device_hours=10", "--device=h100", "--mfu=0.5", "--json"]) == 0
+  assert scaling_cli.main(["plan", f"--fit={out}", "--device_hours=10", "--device=h100", "--mfu=0.5", "--json"]) == 0
   printed = capsys.readouterr().out
   assert "1.78e+19 FLOPs" in printed  # 10 h x 3600 s x 989e12 x 0.5
   plan = json.loads(printed[printed.index("{"):])
@@ -148,26 +150,86 @@ def test_cli_fit_writes_fit_json_and_plan_prints_the_allocation(table, tmp_path,
 
 def test_cli_fit_with_other_definitions_and_clear_errors(table, tmp_path, capsys):
   out = tmp_path / "fit.json"
-  assert scaling.main(["fit", f"--results={table}", "--law=isoflop", f"--out={out}", "--bootstrap=5",
-                       "--params=params_total", "--flops=flops_exact"]) == 0
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=isoflop", f"--out={out}", "--bootstrap=5",
+                           "--flops=flops_6n"]) == 0
   fit = json.loads(out.read_text())
-  assert (fit["params_column"], fit["flops_column"]) == ("params_total", "flops_exact")
-  assert fit["params"]["a"] != pytest.approx(scaling.fit(_runs(0.005), "isoflop", bootstrap=0)["params"]["a"], abs=1e-6)
-  assert scaling.main(["fit", f"--results={table}", "--law=kaplan", f"--out={out}", "--bootstrap=0"]) == 0
+  assert (fit["params_column"], fit["flops_column"]) == ("params_nonembedding", "flops_6n")
+  assert fit["params"]["a"] == pytest.approx(scaling.fit(_runs(0.005), "isoflop", bootstrap=0)["params"]["a"])
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=chinchilla", f"--out={out}", "--bootstrap=0",
+                           "--params=params_total", "--flops=flops_exact", "--loss=train_loss"]) == 0
+  fit = json.loads(out.read_text())
+  assert fit["definitions"] == scaling.definitions("params_total", "flops_exact", "train_loss")
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=kaplan", f"--out={out}", "--bootstrap=0"]) == 0
   capsys.readouterr()
-  assert scaling.main(["plan", f"--fit={out}", "--flops=1e15"]) == 2
+  assert scaling_cli.main(["plan", f"--fit={out}", "--flops=1e15"]) == 2
   assert "no data term" in capsys.readouterr().err
-  assert scaling.main(["fit", f"--results={table}", "--law=isoflop", f"--out={out}", "--loss=nope"]) == 2
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=isoflop", f"--out={out}", "--loss=nope"]) == 2
   assert "no column(s) ['nope']" in capsys.readouterr().err
-  assert scaling.main(["plan", f"--fit={out}", "--device_hours=5", "--device=abacus"]) == 2
+  assert scaling_cli.main(["plan", f"--fit={out}", "--device_hours=5", "--device=abacus"]) == 2
+
+
+def test_mixed_definitions_are_refused_with_the_fix_named(table, tmp_path, capsys):
+  out = tmp_path / "fit.json"
+  # Non-embedding N with a C that counts the embedding lookup: the mix the audit found.
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=chinchilla", f"--out={out}",
+                           "--flops=flops_exact"]) == 2
+  assert "--flops=flops_executed" in capsys.readouterr().err
+  # A sweep budgeted in 6N FLOPs has no single executed C per budget: IsoFLOP says which to use.
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=isoflop", f"--out={out}"]) == 2
+  assert "--params=params_nonembedding --flops=flops_6n" in capsys.readouterr().err
+  # A plan whose MFU counts other FLOPs than the fit's C.
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=isoflop", f"--out={out}", "--flops=flops_6n",
+                           "--bootstrap=0"]) == 0
+  capsys.readouterr()
+  assert scaling_cli.main(["plan", f"--fit={out}", "--device_hours=1", "--device=h100", "--mfu=0.4"]) == 2
+  assert "--mfu_flops=flops_6n" in capsys.readouterr().err
+  with pytest.raises(scaling.FitError, match="different definitions"):
+    scaling.same_definitions([{"law": "isoflop", "definitions": scaling.definitions("params_total", "flops_exact", "x")},
+                              {"law": "chinchilla", "definitions": scaling.definitions("params_nonembedding",
+                                                                                      "flops_executed", "x")}])
 
 
 def test_cli_plot_writes_three_pngs(table, tmp_path):
   fit = tmp_path / "chinchilla.json"
-  assert scaling.main(["fit", f"--results={table}", "--law=chinchilla", f"--out={fit}", "--bootstrap=5",
+  assert scaling_cli.main(["fit", f"--results={table}", "--law=chinchilla", f"--out={fit}", "--bootstrap=5",
                        "--n_starts=16"]) == 0
-  assert scaling.main(["plot", f"--results={table}", f"--out_dir={tmp_path / 'png'}", f"--fit={fit}",
+  assert scaling_cli.main(["plot", f"--results={table}", f"--out_dir={tmp_path / 'png'}", f"--fit={fit}",
                        "--bootstrap=5"]) == 0
   for name in ("isoflop.png", "frontier.png", "tokens_per_param.png"):
     data = (tmp_path / "png" / name).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+# ---- plans on the executed compute axis ----
+
+def test_plan_turns_the_budget_into_each_rungs_own_tokens_and_warns_far_beyond_the_fit():
+  fit = {"law": "chinchilla", "params": TRUE, "definitions": scaling.definitions("params_nonembedding", "flops_executed",
+                                                                                "eval_loss"),
+         "family": {"vocab_size": 4096, "seq_len": 128}, "fitted_range": {"N": [4e4, 2e6], "D": [1e5, 2e7],
+                                                                            "C": [3e11, 3e13]}}
+  c = 1e15
+  p = scaling_plan.plan(fit, c)
+  rungs = {r["name"]: r for r in ladder.rungs(4096, 128)}
+  r = rungs[p["rung"]["name"]]
+  assert p["rung"]["tokens"] == c / r["flops_executed_per_token"]  # its own FLOPs a token, not a median
+  per_param = [x["flops_executed_per_token"] / x["params_nonembedding"] for x in rungs.values() if x["d_model"] <= 384]
+  assert max(per_param) / min(per_param) > 2  # why one median would be wrong on this ladder
+  # The optimum spends the budget along the family: D_opt x FLOPs-per-token(N_opt) = C.
+  log_n, log_fpt = scaling.family_flops(fit)
+  assert p["D_opt"] * math.exp(np.interp(math.log(p["N_opt"]), log_n, log_fpt)) == pytest.approx(c, rel=1e-3)
+  assert p["best_rung"]["loss"] == min(float(scaling.predicted_loss(fit, x["params_nonembedding"],
+                                                                   c / x["flops_executed_per_token"]))
+                                       for x in rungs.values())
+  assert p["extrapolation"]["C_decades"] == pytest.approx(math.log10(c / 3e13))
+  assert "1.5 decades of C" in p["extrapolation"]["warning"]
+  assert scaling_plan.plan(fit, 1e13)["extrapolation"]["warning"] is None
+
+
+def test_old_tables_get_flops_executed_from_their_shape_columns_or_a_clear_refusal():
+  table = synthetic.isoflop_table(noise=0.005)
+  old = table.drop(columns=["flops_executed"])
+  runs = scaling.load_results(old, "params_nonembedding", "flops_executed")
+  finished = table[table["status"] == "finished"]
+  assert np.allclose(runs["C"].to_numpy(), finished["flops_executed"].to_numpy(), rtol=1e-12)
+  with pytest.raises(scaling.FitError, match=r"cannot make one.*\['d_ff'\]"):
+    scaling.load_results(old.drop(columns=["d_ff"]), "params_nonembedding", "flops_executed")

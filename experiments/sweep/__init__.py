@@ -7,5 +7,5 @@
   runner.py    runs the points as processes, relaunches, signals, multi-host (`python -m experiments.sweep`)
   status.py    the files of a sweep directory and each point's state
   dry_run.py   --dry_run: the plan with times estimated from a short measured probe
-  collect.py   a sweep directory -> results.csv (design.md section 6)
+  collect.py   a sweep directory -> results.csv (docs/conventions.md, Results schema)
 """

@@ -1,4 +1,4 @@
-"""A sweep directory -> one results table (design.md section 6), one row per point.
+"""A sweep directory -> one results table (docs/conventions.md, Results schema), one row per point.
 
     python -m experiments.sweep.collect --sweep_dir=DIR [--out=DIR/results.csv]
 

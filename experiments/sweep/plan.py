@@ -13,7 +13,7 @@ A sweep is a Python file whose get_config(arg=None) returns a ConfigDict with fi
   kind              'isoflop': budgets are training FLOPs C; each model trains D = C / flops-per-token
                     'grid':    budgets are training tokens D; every model x every D
   budgets           tuple of C (isoflop) or D (grid)
-  flops_definition  what C counts: 'flops_exact' (default) or 'flops_6n' (design.md section 5).
+  flops_definition  what C counts: 'flops_exact' (default) or 'flops_6n' (docs/conventions.md, Parameters and FLOPs).
                     At CPU scale flops_exact is 1.3x (p10m) to 7x (p50k) flops_6n, so a sweep
                     budgets in one definition and its fits use the same one.
   min_steps, max_steps  isoflop points with fewer / more steps are left out (listed by the dry run)
@@ -206,7 +206,7 @@ def expand(s: ConfigDict) -> tuple[list[Point], list[tuple[str, str]]]:
     apply_overrides(base, {**shape, **common}, f"model {model!r}")
     try:
       mcfg = model_config(base)
-    except ValueError as e:  # lm.config.ConfigError: heads that do not divide d_model, ...
+    except ValueError as e:  # lm.errors.ConfigError: heads that do not divide d_model, ...
       raise SweepError(f"model {model!r}: {e}") from e
     twin = seen.setdefault(base.to_json_best_effort(sort_keys=True), model)
     if twin != model:

@@ -23,7 +23,7 @@ budget's minimum is bracketed. What departs from the CPU tier, and why:
     at batch 4 than at 16 (p50k 75 ms vs 360 ms a step under the same load).
   - eval at the end only, on 64 batches (32,768 tokens of the validation split, the same for
     every point); warmup 10% of the steps; checkpoints every quarter of a point (preemption).
-Budgets are flops_exact (design.md section 5): fit with `lm.scaling fit --flops=flops_exact`.
+Budgets are flops_exact (docs/conventions.md, Parameters and FLOPs): fit with `lm.scaling fit --flops=flops_exact`.
 Each budget runs the sizes that bracket its optimum (budget_models), ~4x apart at most.
 """
 
