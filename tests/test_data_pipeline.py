@@ -12,7 +12,8 @@ from configs import base
 from lm import data
 from lm.errors import ConfigError
 from lm.data import pipeline, sources
-from lm.data.tokenizers import ByteTokenizer, build_tokenizer
+from lm.data import build_tokenizer
+from lm.data.tokenizers import ByteTokenizer
 
 B, L = 8, 64
 

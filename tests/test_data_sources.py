@@ -16,7 +16,7 @@ from lm import schema
 from lm.data import validate as data_validate
 from lm.errors import ConfigError
 from lm.data import make_corpus, sotu, sources
-from lm.data.tokenizers import build_tokenizer
+from lm.data import build_tokenizer
 
 
 class LmTestTiny(tfds.core.GeneratorBasedBuilder):

@@ -9,7 +9,8 @@ import pytest
 from configs import base
 from lm.errors import ConfigError
 from lm.data import sources, tokenizers
-from lm.data.tokenizers import ByteTokenizer, build_tokenizer
+from lm.data import build_tokenizer
+from lm.data.tokenizers import ByteTokenizer
 
 HOSTILE = [
     "",
