@@ -122,8 +122,12 @@ def _train(cfg, workdir: str) -> TrainResult:
     status, error = "failed", e
 
   # ---- teardown: one path for every status ----
-  ckpt.close()
-  log.close()
+  for close in (ckpt.close, log.close):  # close waits for a pending save, which may fail (a full disk)
+    try:
+      close()
+    except Exception as e:  # noqa: BLE001 - the run failed; the summary below says so
+      logging.warning("while closing: %r", e)
+      status, error = "failed", error or e
   last_eval, baseline = log.last_eval, None
   if status == "finished":
     if not last_eval:

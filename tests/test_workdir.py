@@ -220,34 +220,41 @@ def test_config_changes_compare_every_field_over_todays_defaults(data_dir):
                                                      ("model.n_layers", 2, 3)]
 
 
-def test_a_full_disk_records_the_real_error_and_leaves_no_torn_file(tmp_path, data_dir, monkeypatch):
+def test_a_full_disk_keeps_the_real_error_and_records_it_when_it_can(tmp_path, data_dir, monkeypatch):
   import builtins
-  workdir, real_open, real_write = tmp_path / "run", builtins.open, metrics_lib.MetricWriter.write
+  real_open, real_write = builtins.open, metrics_lib.MetricWriter.write
 
-  def full_open(file, mode="r", *args, **kwargs):
-    if str(file).startswith(str(workdir)) and any(m in mode for m in "wax"):
-      raise OSError(errno.ENOSPC, "No space left on device", str(file))
-    return real_open(file, mode, *args, **kwargs)
+  def fill_disk_at_step_3(under):  # from step 3 on, writing any file under `under` fails with ENOSPC
+    def full_open(file, mode="r", *args, **kwargs):
+      if str(file).startswith(str(under)) and any(m in mode for m in "wax"):
+        raise OSError(errno.ENOSPC, "No space left on device", str(file))
+      return real_open(file, mode, *args, **kwargs)
 
-  def write(self, step, metrics):  # the disk fills up at step 3
-    if step == 3:
-      monkeypatch.setattr(builtins, "open", full_open)
-    return real_write(self, step, metrics)
+    def write(self, step, metrics):
+      if step == 3:
+        monkeypatch.setattr(builtins, "open", full_open)
+      return real_write(self, step, metrics)
+    monkeypatch.setattr(metrics_lib.MetricWriter, "write", write)
 
-  monkeypatch.setattr(metrics_lib.MetricWriter, "write", write)
-  with pytest.raises(OSError) as e:
-    train_lib.train(config(data_dir), str(workdir))
-  assert e.value.errno == errno.ENOSPC and e.value.filename.endswith("metrics.jsonl")  # the run's own error
+  # The disk fills for good: the error raised is the run's own (metrics.jsonl's, the first), not
+  # the summary's, and no torn or temporary file is left.
+  workdir = tmp_path / "full"
+  fill_disk_at_step_3(workdir)
+  try:
+    with pytest.raises(OSError) as e:
+      train_lib.train(config(data_dir), str(workdir))
+  finally:
+    monkeypatch.setattr(builtins, "open", real_open)
+  assert e.value.errno == errno.ENOSPC and e.value.filename.endswith("metrics.jsonl")
   assert not (workdir / "summary.json").exists() and [p for p in os.listdir(workdir) if ".tmp" in p] == []
-  monkeypatch.setattr(builtins, "open", real_open)
-
-  def full_metrics(self, step, metrics):  # only the metrics write fails: the summary records it
-    if step == 3:
-      raise OSError(errno.ENOSPC, "No space left on device", "metrics.jsonl")
-    return real_write(self, step, metrics)
-
-  monkeypatch.setattr(metrics_lib.MetricWriter, "write", full_metrics)
-  with pytest.raises(OSError):
-    train_lib.train(config(data_dir), str(tmp_path / "room_for_the_summary"))
-  summary = json.loads((tmp_path / "room_for_the_summary" / "summary.json").read_text())
-  assert summary["status"] == "failed" and "No space left on device" in summary["error"] and summary["steps"] == 3
+  # Only the checkpoint's files fail (the last save, asynchronous, fails while the run ends): the
+  # summary still has room, and records the failure with the real error.
+  workdir = tmp_path / "room_for_the_summary"
+  fill_disk_at_step_3(workdir / "checkpoints")
+  try:
+    with pytest.raises(Exception, match="No space left on device"):
+      train_lib.train(config(data_dir), str(workdir))
+  finally:
+    monkeypatch.setattr(builtins, "open", real_open)
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["status"] == "failed" and "No space left on device" in summary["error"] and summary["steps"] == 4
