@@ -1,28 +1,49 @@
-"""orbax checkpoints of a run: train state + data iterator position + metadata.
+"""orbax checkpoints of a run: train state + data iterator position + metadata, with checksums.
 
     WORKDIR/checkpoints/<step>/state   the train state (StandardSave: sharded arrays)
                               /data    the data iterator's JSON state
-                              /meta    step, tokens, wall time, resolved config
+                              /meta    step, tokens, wall time, the train log's running totals,
+                                       and the checksums of state and data
 
 Saving is asynchronous (orbax writes into a temporary directory and renames it when
-complete), so a run killed mid-save leaves the previous checkpoint as the latest. A
-checkpoint that was finalised but cannot be read (a damaged disk, a half-copied
-directory) is moved aside to `checkpoints/unreadable-<step>` and the next older one is
-used, with a warning; nothing is deleted.
+complete), so a run killed mid-save leaves the previous checkpoint as the latest.
+
+Integrity. At save, every array of the state gets a 32-bit checksum (`checksums`: a
+position-weighted sum of its bits, mixed, modulo 2^32, computed on the devices where the
+array lives) and the data state a SHA-256; both go into meta. At restore they are computed
+again and compared, and the parameters must be finite (lm never saves others). Modular sums
+are exact in any order, so a checkpoint restored onto another mesh gives the same checksums.
+Measured on the default model (2.6M parameters, a 31 MB state, 2 CPU cores): README.md.
+
+Restore, newest first, sorts each checkpoint into one of three cases:
+  intact      restored and verified: training resumes from it.
+  damaged     unreadable, a checksum differs, or the parameters are not finite: it is moved
+              aside to `checkpoints/unreadable-<step>` (nothing is deleted) once an older
+              intact one is found, and that one is used, with a warning.
+  not this run's  its arrays have other shapes than this config builds, or reading it is
+              refused for permissions: WorkdirError, before anything is moved.
+When every checkpoint is damaged, nothing is moved and the run is refused (WorkdirError says
+how to start over on purpose): a silent restart from step 0 would discard the run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 from typing import Any
 
 from absl import logging
 import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
 from lm import schema
+from lm import workdir as workdir_lib
+from lm.errors import WorkdirError
 
 
 def abstract_with_shardings(tree, shardings):
@@ -30,8 +51,124 @@ def abstract_with_shardings(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+# ---- checksums ----
+
+def _path_name(path) -> str:
+  """A pytree path as 'params/layer_0/attn/q' (dict keys, sequence indices, attribute names)."""
+  parts = [getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path]
+  return "/".join(str(p) for p in parts)
+
+
+def _leaf_checksum(x):
+  """sum_i mix(bits_i) * (2 i + 1) mod 2^32: any change of one element changes it (the mix is a
+  bijection of uint32 and every weight is odd, hence invertible mod 2^32); position-weighted, so
+  moved elements change it too. Built from iotas, so a sharded array is summed in place."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    bits = x.astype(jnp.uint32)
+  else:
+    uint = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(x, uint).astype(jnp.uint32)
+  index, stride = jnp.zeros(x.shape, jnp.uint32), 1
+  for d in reversed(range(x.ndim)):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, x.shape, d) * jnp.uint32(stride % 2**32)
+    stride *= x.shape[d]
+  h = bits ^ (bits >> 16)
+  h = h * jnp.uint32(0x45D9F3B)
+  h = h ^ (h >> 16)
+  return jnp.sum(h * (index * jnp.uint32(2) + jnp.uint32(1)), dtype=jnp.uint32)
+
+
+# One small program per array shape (jit caches it), not one per tree: the default model's
+# state has 105 arrays of 14 shapes, and compiling 14 small programs is ~8x less work.
+_leaf_checksum_jit = jax.jit(_leaf_checksum)
+
+
+def checksums(tree) -> dict[str, int]:
+  """{path: 32-bit checksum} of every array of a pytree (see `_leaf_checksum`)."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  sums = [_leaf_checksum_jit(x) for _, x in flat]
+  return {_path_name(p): int(v.addressable_data(0) if isinstance(v, jax.Array) else v)
+          for (p, _), v in zip(flat, sums)}
+
+
+def data_checksum(data_state) -> str:
+  return hashlib.sha256(json.dumps(data_state, sort_keys=True).encode()).hexdigest()
+
+
+_all_finite_jit = jax.jit(lambda t: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(t)])))
+
+
+def all_finite(tree) -> bool:
+  return bool(_all_finite_jit(tree))  # one jit for the module: compiled once per tree structure
+
+
+def verify(state, data_state, meta: dict, only: str = "") -> str | None:
+  """Why a restored checkpoint is damaged, or None if it matches the checksums saved with it.
+  `only`: check the arrays under this path prefix alone (a parameters-only restore)."""
+  recorded = (meta or {}).get("checksums")
+  if recorded is not None:
+    saved = {k: v for k, v in recorded["state"].items() if k.startswith(only)}
+    got = checksums(state if not only else {only.rstrip("/"): state})
+    bad = sorted(k for k in saved if got.get(k) != saved[k])
+    if bad or set(got) != set(saved):
+      return (f"damaged: {len(bad)} of its {len(saved)} arrays differ from the checksums recorded when it was saved "
+              f"({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''})")
+    if data_state is not None and data_checksum(data_state) != recorded["data"]:
+      return "damaged: its data-iterator state differs from the one recorded when it was saved"
+  params = state.get("params", state) if not only else state
+  if not all_finite(params):
+    return "damaged: its parameters are not finite (lm never saves such a checkpoint)"
+  return None
+
+
+# ---- why a checkpoint cannot be used ----
+
+def _permission_denied(e: BaseException) -> bool:
+  while e is not None:
+    if isinstance(e, PermissionError) or "PERMISSION_DENIED" in str(e) or "Permission denied" in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def _refuse_permissions(step_dir: str, e: BaseException):
+  raise WorkdirError(f"cannot read the checkpoint {step_dir}: permission denied ({str(e)[:200]}). That is not a damaged "
+                     "checkpoint; nothing was changed. Fix the permissions (or run as the user who wrote it) and "
+                     "rerun.") from None
+
+
+def shape_mismatch(step_dir: str, abstract) -> str | None:
+  """The arrays whose saved shapes (or presence) differ from `abstract`'s, as text; None when
+  they agree or the checkpoint's metadata cannot be read (the restore then tells)."""
+  try:
+    saved_tree = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "state")).item_metadata
+  except Exception as e:  # noqa: BLE001 - unreadable metadata: let the restore classify it
+    if _permission_denied(e):
+      _refuse_permissions(step_dir, e)
+    return None
+  saved = {_path_name(p): tuple(getattr(v, "shape", ()) or ())
+           for p, v in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
+  if not saved:  # orbax gives an empty tree for metadata it could not read
+    return None
+  want = {_path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  diffs = [f"{k} {saved[k]} saved vs {want[k]} here" for k in sorted(set(saved) & set(want)) if saved[k] != want[k]]
+  diffs += [f"{k} missing from the checkpoint" for k in sorted(set(want) - set(saved))]
+  diffs += [f"{k} in the checkpoint only" for k in sorted(set(saved) - set(want))]
+  return "; ".join(diffs[:4]) + (f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else "") if diffs else None
+
+
+def _refuse_mismatch(workdir: str, step: int, what: str):
+  raise WorkdirError(
+      f"the checkpoint at step {step} in {workdir} holds another model or optimizer than this config builds: {what}. "
+      f"Nothing was changed. Resume it with the config it was trained with, train this config in a new --workdir, "
+      f"or start from its parameters with --config.train.init_from={workdir} (and a new --workdir).")
+
+
 class Checkpointer:
   def __init__(self, workdir: str, keep: int):
+    self.workdir = workdir
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.keep = keep
     self._open()
@@ -44,10 +181,11 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state, data_state: dict, meta: dict, wait: bool = False) -> None:
-    """Save (asynchronously unless `wait`); a step already saved is left as it is."""
+    """Save (asynchronously unless `wait`) with the checksums in meta; a step already saved is left as it is."""
     self.manager.wait_until_finished()
     if step in self.manager.all_steps():
       return
+    meta = {**meta, "checksums": {"state": checksums(state), "data": data_checksum(data_state)}}
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data_state),
@@ -56,27 +194,55 @@ class Checkpointer:
       self.manager.wait_until_finished()
 
   def restore_latest(self, abstract_state) -> tuple[int, Any, dict, dict] | None:
-    """(step, state, data_state, meta) of the newest readable checkpoint, or None."""
+    """(step, state, data_state, meta) of the newest intact checkpoint, or None when there is
+    none at all; damaged newer ones are set aside. Raises WorkdirError (see the module docstring)."""
+    damaged: list[tuple[int, str]] = []
     for step in sorted(self.manager.all_steps(), reverse=True):
+      step_dir = os.path.join(self.directory, str(step))
+      what = shape_mismatch(step_dir, abstract_state)
+      if what:
+        _refuse_mismatch(self.workdir, step, what)
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore()))
-        return step, restored["state"], restored["data"], restored["meta"]
-      except Exception as e:  # noqa: BLE001 - any failure to read means "try the previous one"
-        self._set_aside(step, e)
+      except Exception as e:  # noqa: BLE001 - any other failure to read means "damaged"
+        if _permission_denied(e):
+          _refuse_permissions(step_dir, e)
+        damaged.append((step, f"unreadable ({type(e).__name__}: {str(e)[:200]})"))
+        continue
+      problem = verify(restored["state"], restored["data"], restored["meta"])
+      if problem:
+        damaged.append((step, problem))
+        continue
+      self._set_aside(damaged, step)
+      return step, restored["state"], restored["data"], restored["meta"]
+    if damaged:
+      listed = "; ".join(f"step {s}: {why}" for s, why in damaged)
+      raise WorkdirError(
+          f"none of the {len(damaged)} checkpoint(s) in {self.directory} can be used ({listed}). Nothing was moved "
+          "or deleted, and the run does not start over from step 0 on its own. To start over on purpose, move "
+          f"{self.directory} away (or delete it) and rerun, or use a new --workdir.")
     return None
 
-  def _set_aside(self, step: int, error: Exception) -> None:
-    older = [s for s in self.manager.all_steps() if s < step]
-    msg = (f"checkpoint at step {step} is unreadable ({type(error).__name__}: {str(error)[:200]}); "
-           f"{'falling back to step %d' % max(older) if older else 'no older checkpoint, starting fresh'}. "
-           f"It is kept as {self.directory}/unreadable-{step}.")
-    logging.warning(msg)
-    print(f"WARNING: {msg}", flush=True)
-    if jax.process_index() == 0:
-      os.replace(os.path.join(self.directory, str(step)), os.path.join(self.directory, f"unreadable-{step}"))
+  def _set_aside(self, damaged: list[tuple[int, str]], fallback: int) -> None:
+    """Moves each damaged checkpoint to checkpoints/unreadable-<step> (-2, -3, ... if taken)."""
+    if not damaged:
+      return
+    for step, why in damaged:
+      name = f"unreadable-{step}"
+      n = 1
+      while os.path.exists(os.path.join(self.directory, name)):
+        n += 1
+        name = f"unreadable-{step}-{n}"
+      msg = f"checkpoint at step {step} is {why}; falling back to step {fallback}. It is kept as {self.directory}/{name}."
+      logging.warning(msg)
+      print(f"WARNING: {msg}", flush=True)
+      if jax.process_index() == 0:
+        os.replace(os.path.join(self.directory, str(step)), os.path.join(self.directory, name))
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("lm: damaged checkpoints set aside")
     self.manager.close()
     self._open()
 
@@ -88,35 +254,53 @@ class Checkpointer:
     self.manager.close()
 
 
-def latest_step_directory(path: str) -> str:
-  """A workdir, its checkpoints/ directory, or one step's directory -> a step's directory."""
-  path = os.path.abspath(path)
+def step_directories(path: str) -> list[str]:
+  """A workdir, its checkpoints/ directory, or one step's directory -> step directories, newest first."""
+  path = os.path.abspath(os.path.expanduser(path))
   for candidate in (os.path.join(path, "checkpoints"), path):
     if os.path.isdir(candidate):
-      steps = [int(d) for d in os.listdir(candidate) if d.isdigit()]
+      steps = sorted((int(d) for d in os.listdir(candidate) if d.isdigit()), reverse=True)
       if steps:
-        return os.path.join(candidate, str(max(steps)))
+        return [os.path.join(candidate, str(s)) for s in steps]
   if os.path.isdir(os.path.join(path, "state")):
-    return path
+    return [path]
   raise FileNotFoundError(
       f"No checkpoint under {path}: expected a workdir with checkpoints/<step>/, or a step directory. "
       f"Train one first with `python -m lm.main --config=... --workdir={path}`.")
 
 
+def latest_step_directory(path: str) -> str:
+  return step_directories(path)[0]
+
+
 def load_params(path: str, abstract_params) -> tuple[Any, int]:
-  """Only the parameters of another run's latest checkpoint (for fine-tuning), placed by the
-  shardings in `abstract_params`; the optimizer state is not read."""
-  step_dir = latest_step_directory(path)
+  """Only the parameters of a run's newest intact checkpoint (for fine-tuning, evaluation and
+  generation), placed by the shardings in `abstract_params`; the optimizer state is not read.
+  A damaged checkpoint is skipped with a warning (on stderr) and left where it is: a reader
+  does not move a running training's files."""
   target = {"params": abstract_params}
-  restored = ocp.PyTreeCheckpointer().restore(
-      os.path.join(step_dir, "state"),
-      args=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                  partial_restore=True))
-  return restored["params"], int(os.path.basename(step_dir))
+  problems = []
+  for step_dir in step_directories(path):
+    try:
+      restored = ocp.PyTreeCheckpointer().restore(
+          os.path.join(step_dir, "state"),
+          args=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                      partial_restore=True))
+      problem = verify(restored["params"], None, _read_meta_dir(step_dir), only="params/")
+    except Exception as e:  # noqa: BLE001 - unreadable: try the previous one
+      if _permission_denied(e):
+        _refuse_permissions(step_dir, e)
+      problem = f"unreadable ({type(e).__name__}: {str(e)[:200]})"
+    if problem is None:
+      if problems:
+        print(f"WARNING: using the checkpoint {step_dir}; newer ones are damaged ({'; '.join(problems)}).",
+              file=sys.stderr, flush=True)
+      return restored["params"], int(os.path.basename(step_dir))
+    problems.append(f"{step_dir}: {problem}")
+  raise WorkdirError(f"no usable checkpoint under {path}: {'; '.join(problems)}.")
 
 
-def read_meta(path: str) -> dict:
-  step_dir = latest_step_directory(path)
+def _read_meta_dir(step_dir: str) -> dict:
   meta_dir = os.path.join(step_dir, "meta")
   for name in ("metadata", "meta"):
     if os.path.isfile(os.path.join(meta_dir, name)):
@@ -125,18 +309,21 @@ def read_meta(path: str) -> dict:
   return {}
 
 
+def read_meta(path: str) -> dict:
+  return _read_meta_dir(latest_step_directory(path))
+
+
 def write_config(cfg: ConfigDict, workdir: str, **derived) -> None:
-  """WORKDIR/config.json: the resolved config, and the sizes derived from it under "derived"."""
+  """WORKDIR/config.json, written whole: the resolved config, and the sizes derived from it under "derived"."""
   resolved = json.loads(cfg.to_json_best_effort())
   resolved["derived"] = derived
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(resolved, f, indent=2)
+  workdir_lib.atomic_write(os.path.join(workdir, "config.json"), json.dumps(resolved, indent=2))
 
 
 def load_config(workdir: str) -> ConfigDict:
   """The resolved config a run saved in WORKDIR/config.json, over today's defaults (fields
   added since the run was made take their defaults: lm/schema.py:resolve)."""
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(os.path.expanduser(workdir), "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: {workdir} is not an lm workdir (train into it with "
                             f"`python -m lm.main --config=configs/default.py --workdir={workdir}`).")

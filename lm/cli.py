@@ -16,17 +16,30 @@ def quiet_logs():
 
 
 def parse_flags(argv):
-  """absl's parser, but an unknown --config.<field> is one line naming the field, not a
-  traceback (ml_collections raises AttributeError from inside flag parsing)."""
+  """absl's parser, but an unknown --config.<field>, a config file that raises, or one that is
+  missing is one line, not a traceback (ml_collections raises AttributeError from inside flag
+  parsing, wraps a config file's exception in a flags.Error, and defers a missing file's)."""
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
     bad = [a for a in argv[1:] if a.startswith("--config.")]
     detail = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
     raise SystemExit(f"Config error: unknown config field ({detail}) in {' '.join(bad)}. "
-                     "Fields are listed in configs/base.py.") from None
+                     "Fields are listed in lm/schema.py.") from None
   except flags.Error as e:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    if "Traceback (most recent call last)" in str(e):  # raised inside a config file's get_config
+      raise SystemExit(f"Config error: {lines[-1].split(': ', 1)[-1]} ({lines[0].split(': Error whilst')[0]})") from None
     raise SystemExit(f"Flag error: {e}\nPass --helpshort to see the flags.") from None
+  for name in list(flags.FLAGS):  # a config file that failed to load raises only when read
+    flag = flags.FLAGS[name]
+    if flag.present and type(flag).__name__ == "_ConfigFlag":
+      try:
+        flag.value.get  # noqa: B018 - a failed load gives a stand-in that raises on any attribute
+      except OSError as e:
+        detail = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+        raise SystemExit(f"Config error: --{name}: {detail} (paths are relative to {os.getcwd()}).") from None
+  return rest
 
 
 # XLA aborts on a flag it does not know, so each flag is set only on the jaxlib series it

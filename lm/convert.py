@@ -57,9 +57,6 @@ def main(argv):
       shard = _MAX_SHARD_MB.value * 2**20 if _MAX_SHARD_MB.value else None
       written = exporter.export_workdir(_FROM.value, _TO_HF.value, _DTYPE.value, shard)
       print(f"Exported {_FROM.value} to {_TO_HF.value}: {', '.join(written)}.")
-      if "tokenizer.model" in written:
-        print("Note: the run's SentencePiece model is written as tokenizer.model (load it with "
-              "sentencepiece.SentencePieceProcessor); no tokenizer.json is written for it.")
   except (ConfigError, FileNotFoundError, FileExistsError) as e:
     sys.exit(f"Error: {e}")
 

@@ -113,11 +113,12 @@ def check_prompts(prompts, vocab_size: int, max_seq_len: int, max_new_tokens: in
       raise ValueError(f"prompt {b} has token id {int(bad[0])} outside the vocabulary [0, {vocab_size}); "
                        "was it made by a different tokenizer than the model's (data.tokenizer, data.vocab_size)?")
     if arr.size + max_new_tokens > max_seq_len:
-      raise ValueError(
+      fixes = ([f"keep the prompt's last {max_seq_len - max_new_tokens} tokens"] if max_seq_len > max_new_tokens else [])
+      fixes += [f"lower max_new_tokens to {max_seq_len - arr.size}"] if max_seq_len > arr.size else []
+      raise ValueError(  # only fixes that leave a token to condition on and one to generate
           f"prompt {b} has {arr.size} tokens + max_new_tokens={max_new_tokens} = {arr.size + max_new_tokens} "
-          f"> the model's context model.max_seq_len={max_seq_len}; keep the prompt's last "
-          f"{max(max_seq_len - max_new_tokens, 0)} tokens, lower max_new_tokens to {max(max_seq_len - arr.size, 0)}, "
-          f"or use a model with a longer context.")
+          f"> the model's context model.max_seq_len={max_seq_len}; {', '.join(fixes + [''])}"
+          f"{'or ' if fixes else ''}use a model with a longer context.")
     out.append(arr.astype(np.int32))
   return out
 

@@ -10,3 +10,9 @@ class ConfigError(ValueError):
 
 class HFError(ConfigError):
   """A Hugging Face checkpoint or config lm cannot read or write; the message says why."""
+
+
+class WorkdirError(ConfigError):
+  """A workdir lm will not use as asked: another process writes it, it holds a run this config
+  does not match, or none of its checkpoints can be read. Raised before anything in it changes;
+  the message says what to do instead."""

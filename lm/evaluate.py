@@ -3,7 +3,9 @@
     python -m lm.evaluate --workdir=DIR --text=FILE_OR_DIR [--json]
 
 Prints the loss in nats/token and bits per byte over every token of the text (a file, or
-every .txt under a folder), packed like the validation split.
+every .txt under a folder), packed like the validation split. --json prints one JSON object,
+with null for a number that is not finite (the loss of a diverged model). A damaged latest
+checkpoint is skipped for the newest intact one, with a warning (lm/checkpoint.py).
 """
 
 import json
@@ -34,7 +36,8 @@ def main(argv):
     sys.exit(f"Error: {e}")
   result = {"workdir": _WORKDIR.value, **result}
   if _JSON.value:
-    print(json.dumps(result))
+    from lm.metrics import json_safe  # local, like the imports above: jax loads after flag parsing
+    print(json.dumps(json_safe(result), allow_nan=False))  # NaN / inf (a diverged model) as null
   else:
     print(f"{result['text']}: {result['tokens']:,} tokens, {result['bytes']:,} bytes, checkpoint step "
           f"{result['step']}\nloss {result['loss']:.4f} nats/token, {result['bits_per_byte']:.4f} bits/byte, "

@@ -39,7 +39,8 @@ def main(argv):
     sys.exit(f"Error: {e}")
   result.update(workdir=_WORKDIR.value, examples_file=_EXAMPLES.value, step=trained.step)
   if _JSON.value:
-    print(json.dumps(result))
+    from lm.metrics import json_safe  # local, like the imports above: jax loads after flag parsing
+    print(json.dumps(json_safe(result), allow_nan=False))  # NaN / inf (a diverged model) as null
     return
   print(f"{_WORKDIR.value} (step {trained.step}) on {result['examples']} pairs of {_EXAMPLES.value}:\n"
         f"completion loss {result['completion_loss']:.4f} nats/token ({result['completion_bpb']:.4f} bits/byte, "

@@ -11,7 +11,8 @@ Supervised fine-tuning (data.format='sft'; `python -m lm.evaluate_sft` for any m
   completion loss: nats per token over the completion tokens and the EOS that ends them, the
       prompt given (teacher forcing) -- what fine-tuning minimises; bits per completion byte
       beside it. Pairs are packed as in training (lm/data/sft.py, same truncation rule).
-  exact match: greedy generation (lm.decode.generate) from [BOS] + prompt until EOS or
+  exact match: greedy generation (lm.decode.generate) from the prompt, started as its
+      tokenizer starts a text (tokenizer.prompt_ids: [BOS] + prompt for lm's own), until EOS or
       max_new_tokens; the answer is that text cut at its first newline when the expected
       completion has none; a match when answer.strip() == completion.strip(). A prompt too long
       for the context keeps its last tokens (max_seq_len - max_new_tokens - 1 of them).
@@ -110,12 +111,12 @@ def answer_text(generated: str, expected: str) -> str:
 def generate_answers(model, params, tokenizer, pairs: list[dict], max_new_tokens: int, mesh=None, rules=None,
                      batch_size: int = 64) -> list[str]:
   """Greedy answers to each prompt (text up to EOS, or max_new_tokens tokens)."""
-  keep = max(1, model.cfg.max_seq_len - max_new_tokens - 1)
+  room = max(2, model.cfg.max_seq_len - max_new_tokens)  # the start and >= 1 prompt token
   eos_ids = list(tokenizer.eos_ids)
   answers = []
   for start in range(0, len(pairs), batch_size):
     chunk = pairs[start:start + batch_size]
-    prompts = [[tokenizer.bos_id] + tokenizer.encode(p["prompt"])[-keep:] for p in chunk]
+    prompts = [tokenizer.prompt_ids(p["prompt"], max_len=room) for p in chunk]
     out = decode.generate(model, params, prompts, max_new_tokens=max_new_tokens, eos_id=eos_ids,
                           pad_id=tokenizer.pad_id, mesh=mesh, rules=rules)
     for seq in out.sequences():

@@ -5,9 +5,12 @@
     python -m lm.generate --workdir=DIR --prompt_file=PROMPTS.txt     # one prompt a line, as a batch
 
 temperature 0 is greedy. A single prompt streams; a batch prints each continuation when
-the batch is done.
+the batch is done. A prompt starts as its tokenizer starts a text (tokenizer.start_ids: BOS
+for lm's own tokenizers and Llama's, nothing for GPT-2's or SmolLM2's), so an HF directory
+gets the ids transformers' `tokenizer(prompt)` gives it.
 """
 
+import os
 import sys
 
 from absl import app
@@ -33,7 +36,7 @@ def read_prompts() -> list[str]:
   if _PROMPT.value is not None:
     prompts = [_PROMPT.value]
   else:
-    with open(_PROMPT_FILE.value, encoding="utf-8", errors="replace") as f:
+    with open(os.path.expanduser(_PROMPT_FILE.value), encoding="utf-8", errors="replace") as f:
       prompts = [line.rstrip("\n") for line in f if line.strip()]
     if not prompts:
       raise ValueError(f"--prompt_file={_PROMPT_FILE.value} has no non-empty lines.")
@@ -70,7 +73,7 @@ def main(argv):
     prompts = read_prompts()
     trained = loading.load(_WORKDIR.value)
     tok = trained.tokenizer
-    ids = [[tok.bos_id] + tok.encode(p) for p in prompts]
+    ids = [tok.prompt_ids(p) for p in prompts]
     kw = dict(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
               top_p=_TOP_P.value, seed=_SEED.value, eos_id=list(tok.eos_ids), pad_id=tok.pad_id,
               mesh=trained.mesh, rules=trained.rules)

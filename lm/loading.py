@@ -36,13 +36,15 @@ class Trained:
 
 
 def load(workdir: str, mesh_cfg: ConfigDict | None = None) -> Trained:
-  """The latest checkpoint of an lm workdir (an imported one included), or a Hugging Face
+  """The newest intact checkpoint of an lm workdir (an imported one included; a damaged newer
+  one is skipped with a warning, as training does: lm/checkpoint.py), or a Hugging Face
   checkpoint directory (config.json + *.safetensors of a LlamaForCausalLM / GPT2LMHeadModel,
-  with its tokenizer.json), imported in memory as step 0.
+  with its tokenizer.json), imported in memory as step 0. '~' is expanded.
 
   Raises FileNotFoundError naming the fix when `workdir` holds no run or no checkpoint, and
   lm.errors.HFError (a ConfigError) when a Hugging Face checkpoint cannot be read.
   """
+  workdir = os.path.expanduser(workdir)
   hf = hf_files.is_hf_dir(workdir)
   if hf:
     cfg, hf_params, tokenizer = importer.load_hf(workdir)

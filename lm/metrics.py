@@ -1,12 +1,18 @@
 """What a run leaves behind: metrics.jsonl, TensorBoard events, a progress bar, summary.json.
 
     facts = RunFacts.of(cfg, workdir, model_cfg)     # what the run is: sizes, FLOPs per token, peaks
-    log = TrainLog(workdir, cfg, start_step, facts)  # what the loop reports, step by step
+    log = TrainLog(workdir, cfg, start_step, facts, resumed=meta)  # what the loop reports, step by step
     row = summary_row(facts, status, ...)            # one row of SCHEMA, written to summary.json
 
 Only process 0 writes (every process computes the same global metrics). On resume,
-metrics logged after the restored checkpoint are dropped from metrics.jsonl and purged
-from TensorBoard, since the resumed run logs those steps again.
+metrics logged after the restored checkpoint are dropped from metrics.jsonl (the file is
+rewritten whole: lm/workdir.py:atomic_write) and purged from TensorBoard, since the resumed
+run logs those steps again. Otherwise metrics.jsonl is only appended to, and `read_jsonl`
+drops a torn line (a kill or a full disk in the middle of a write) with a warning.
+
+Divergence: a non-finite loss or gradient norm, or a training loss above
+train.divergence_factor x ln(vocab_size) (a uniform guess's loss, which a fresh model starts
+near; 0 turns the threshold off), stops the run as `diverged`.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ import subprocess
 import time
 from typing import Any
 
+from absl import logging
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
 from lm import flops as flops_lib
+from lm.workdir import atomic_write
 
 SCHEMA = ("run_id", "experiment", "status", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff",
           "vocab_size", "seq_len", "batch_size", "steps", "lr", "params_total", "params_nonembedding",
@@ -41,11 +49,45 @@ def _plain(value):
   return value
 
 
+def json_safe(obj):
+  """A copy of obj (dicts, lists, scalars) that json.dumps(..., allow_nan=False) accepts:
+  NaN and infinities become null, which is what every lm output file and --json line uses."""
+  if isinstance(obj, dict):
+    return {k: json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  return _plain(obj)
+
+
 def read_jsonl(path: str) -> list[dict]:
+  """The rows of a JSONL file; a line that is not a JSON object (torn by a kill or a full disk)
+  is dropped with a warning naming it."""
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  rows = []
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except ValueError:
+        row = None
+      if not isinstance(row, dict):
+        logging.warning("%s, line %d: not a JSON object (a torn write?); dropped: %r", path, n, line[:80])
+        continue
+      rows.append(row)
+  return rows
+
+
+def read_summary(workdir: str) -> dict | None:
+  """WORKDIR/summary.json, or None if there is none (or it cannot be read)."""
+  try:
+    with open(os.path.join(workdir, "summary.json")) as f:
+      out = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return out if isinstance(out, dict) else None
 
 
 class MetricWriter:
@@ -57,13 +99,24 @@ class MetricWriter:
     self._tb = None
     if not self.enabled:
       return
-    kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
-    with open(self.path, "w") as f:  # drop rows the resumed run will write again
-      f.writelines(json.dumps(r) + "\n" for r in kept)
+    self._keep_until(resume_step)
     if tensorboard:
       from tensorboardX import SummaryWriter  # local: only when logging.tensorboard is on
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
                                purge_step=resume_step + 1 if resume_step else None)
+
+  def _keep_until(self, step: int) -> None:
+    """Drops the rows after `step` (the resumed run writes them again) and any torn line, by
+    rewriting the file whole; a file that needs neither is left alone."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path, "rb") as f:
+      raw = f.read()
+    rows = read_jsonl(self.path)
+    kept = [r for r in rows if r.get("step", 0) <= step]
+    lines = [line for line in raw.splitlines() if line.strip()]
+    if len(kept) != len(lines) or (raw and not raw.endswith(b"\n")):
+      atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self.enabled:
@@ -121,19 +174,18 @@ def write_summary(workdir: str, row: dict[str, Any]) -> dict:
   ordered = {k: row.get(k) for k in SCHEMA}
   ordered.update({k: v for k, v in row.items() if k not in ordered})
   if jax.process_index() == 0:
-    tmp = os.path.join(workdir, "summary.json.tmp")
-    with open(tmp, "w") as f:
-      json.dump(ordered, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, "summary.json"))  # never a half-written summary
+    atomic_write(os.path.join(workdir, "summary.json"), json.dumps(ordered, indent=2))  # never a torn one
   return ordered
 
 
 class Meter:
   """Tokens per second of training: over the steps since the last log row (`interval_rate`),
-  and over the whole run (`run_rate`). Time inside `paused()` (evaluation, checkpoints) and
-  before `restart()` (the first, compiling, step) is left out of both."""
+  and over every step timed in this and earlier sessions of the run (`run_rate`; the totals
+  travel in each checkpoint's meta). Time inside `paused()` (evaluation, checkpoints), before
+  `restart()` (each session's first, compiling, step) and after the last step is left out."""
 
-  def __init__(self):
+  def __init__(self, tokens_before: int = 0, seconds_before: float = 0.0):
+    self.tokens_before, self.seconds_before = int(tokens_before), float(seconds_before)
     self.restart()
 
   def restart(self):
@@ -141,10 +193,12 @@ class Meter:
     self._run_t0 = self._interval_t0 = now
     self.run_tokens = self.interval_tokens = 0
     self._run_paused = self._interval_paused = 0.0
+    self._run_s = 0.0  # this session's timed seconds, up to the last step added
 
   def add(self, tokens: int):
     self.run_tokens += tokens
     self.interval_tokens += tokens
+    self._run_s = time.perf_counter() - self._run_t0 - self._run_paused
 
   @contextlib.contextmanager
   def paused(self):
@@ -164,9 +218,13 @@ class Meter:
     self._interval_t0, self.interval_tokens, self._interval_paused = now, 0, 0.0
     return rate
 
+  def totals(self) -> tuple[int, float]:
+    """(tokens, seconds) timed over the whole run so far."""
+    return self.tokens_before + self.run_tokens, self.seconds_before + self._run_s
+
   def run_rate(self) -> float | None:
-    dt = time.perf_counter() - self._run_t0 - self._run_paused
-    return self.run_tokens / dt if self.run_tokens and dt > 0 else None
+    tokens, seconds = self.totals()
+    return tokens / seconds if tokens and seconds > 0 else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,21 +302,32 @@ class TrainLog:
   device. At an evaluation or checkpoint boundary (`settle=True`) the current step's
   metrics are read at once too, so a divergence is caught before anything is saved.
   Rows go to metrics.jsonl and TensorBoard every train.log_every steps and at the end.
+  `resume_state()` goes into each checkpoint's meta, and `resumed=` that meta carries the
+  recent losses and the timed totals over, so a resumed run reports the same train_loss and
+  tokens/s as an uninterrupted one (and a run restored at its last step reports them at all).
   """
 
-  def __init__(self, workdir: str, cfg, start: int, facts: RunFacts):
-    t = cfg.train
+  def __init__(self, workdir: str, cfg, start: int, facts: RunFacts, resumed: dict | None = None):
+    t, resumed = cfg.train, resumed or {}
     self.start, self.total, self.log_every, self.facts = start, t.steps, t.log_every, facts
+    self.factor = float(t.divergence_factor)
+    self.max_loss = self.factor * math.log(facts.model_cfg.vocab_size) if self.factor > 0 else math.inf
     self.writer = MetricWriter(workdir, resume_step=start, tensorboard=cfg.logging.tensorboard)
     self.progress = Progress(t.steps, start, enabled=cfg.logging.progress)
-    self.meter = Meter()
+    self.meter = Meter(resumed.get("timed_tokens", 0), resumed.get("timed_s", 0.0))
     self.pending = None             # (step, device metrics) not read yet
-    self.recent_losses: list[float] = []
+    self.recent_losses: list[float] = list(resumed.get("recent_losses", []))[-self.log_every:]
     self.last_row: dict = {}
     self.last_eval: dict = {}
+    self.diverged_at: str | None = None  # why the run diverged, once it has
+
+  def resume_state(self) -> dict:
+    """What a checkpoint's meta carries for the next session (see the class docstring)."""
+    tokens, seconds = self.meter.totals()
+    return {"recent_losses": list(self.recent_losses), "timed_tokens": tokens, "timed_s": seconds}
 
   def step(self, step: int, device_metrics, settle: bool = False) -> bool:
-    """Queue this step's metrics, read the previous ones; False once a loss is not finite."""
+    """Queue this step's metrics, read the previous ones; False once the run diverged."""
     if step == self.start + 1:  # the first step includes compilation: keep it out of tokens/s
       jax.block_until_ready(device_metrics)
       self.meter.restart()
@@ -267,14 +336,19 @@ class TrainLog:
     return ok and (self.settle() if settle else True)
 
   def settle(self) -> bool:
-    """Read the queued metrics, if any; False if they are not finite (divergence)."""
+    """Read the queued metrics, if any; False if they show divergence (module docstring)."""
     if self.pending is None:
       return True
     (s, device_metrics), self.pending = self.pending, None
     m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-    if not (math.isfinite(m["train_loss"]) and math.isfinite(m["grad_norm"])):
-      self.progress.write(f"step {s}: train_loss={m['train_loss']} grad_norm={m['grad_norm']}: diverged; "
-                          f"stopping (the last checkpoint is kept).")
+    loss, grad_norm = m["train_loss"], m["grad_norm"]
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+      self.diverged_at = f"step {s}: train_loss={loss} grad_norm={grad_norm}"
+    elif loss > self.max_loss:
+      self.diverged_at = (f"step {s}: train_loss={loss:.6g} > {self.max_loss:.4g} = train.divergence_factor "
+                          f"{self.factor:g} x ln(vocab_size {self.facts.model_cfg.vocab_size})")
+    if self.diverged_at:
+      self.progress.write(f"{self.diverged_at}: diverged; stopping (the last checkpoint is kept).")
       return False
     if s > self.start + 1:  # steps after the first (compiling) one, counted as they complete
       self.meter.add(self.facts.tokens_per_step)

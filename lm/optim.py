@@ -2,6 +2,15 @@
 
 Gradient accumulation lives in the train step (micro-batches under lax.scan), so one call
 of the optimizer is one optimizer step and `train.steps` counts optimizer steps.
+
+A relaunch that changes train.steps (lm/workdir.py allows it) keeps the optimizer state and
+recomputes the schedule for the new length, and says so (`schedule_change`):
+  cosine    the curve is stretched to the new end: at the resumed step the lr jumps to the
+            longer curve's value (a finished run at lr * min_lr_ratio goes back up part way).
+  wsd       the decay moves to the last decay_fraction of the new length: a run still in its
+            stable phase stays at lr longer (what WSD is for); one already decaying jumps
+            back towards lr and decays again at the new end.
+  constant  nothing changes after warmup.
 """
 
 from __future__ import annotations
@@ -33,6 +42,15 @@ def validate(o, total_steps: int) -> None:
     raise ConfigError(f"optim.decay_fraction={o.decay_fraction} must lie in (0, 1] for the wsd schedule.")
   if o.grad_accum_steps < 1:
     raise ConfigError(f"optim.grad_accum_steps={o.grad_accum_steps} must be >= 1.")
+  for field in ("b1", "b2"):  # decay rates of the moment averages
+    if not 0 <= o[field] < 1:
+      raise ConfigError(f"optim.{field}={o[field]} must lie in [0, 1) (e.g. b1=0.9, b2=0.95).")
+  if o.name == "adamw" and not o.eps > 0:
+    raise ConfigError(f"optim.eps={o.eps} must be positive (AdamW divides by sqrt(v) + eps; e.g. 1e-8).")
+  if o.weight_decay < 0:
+    raise ConfigError(f"optim.weight_decay={o.weight_decay} must be >= 0 (0 turns it off).")
+  if o.clip_norm < 0:
+    raise ConfigError(f"optim.clip_norm={o.clip_norm} must be >= 0 (0 turns clipping off).")
 
 
 def schedule(o, total_steps: int) -> optax.Schedule:
@@ -50,9 +68,24 @@ def schedule(o, total_steps: int) -> optax.Schedule:
   if o.schedule == "constant":
     return optax.join_schedules([warm, optax.constant_schedule(lr)], [warmup])
   decay_steps = max(1, int(round(total_steps * float(o.decay_fraction))))
-  stable_end = max(warmup, total_steps - decay_steps)
+  stable_end = wsd_decay_start(o, total_steps)
   return optax.join_schedules(
       [warm, optax.constant_schedule(lr), optax.linear_schedule(lr, final, decay_steps)], [warmup, stable_end])
+
+
+def schedule_change(o, old_steps: int, new_steps: int, step: int) -> str:
+  """What recomputing the schedule for new_steps does at the resumed `step`, as one line."""
+  before, after = float(schedule(o, old_steps)(step)), float(schedule(o, new_steps)(step))
+  line = (f"train.steps {old_steps} -> {new_steps}: the {o.schedule} learning-rate schedule is recomputed for "
+          f"{new_steps} steps; at the resumed step {step} the lr goes from {before:.4g} to {after:.4g}")
+  if o.schedule == "wsd":
+    line += f" (the decay now starts at step {wsd_decay_start(o, new_steps)}, was {wsd_decay_start(o, old_steps)})"
+  return line + "."
+
+
+def wsd_decay_start(o, total_steps: int) -> int:
+  """The step where wsd's linear decay begins: the last decay_fraction of the steps."""
+  return max(int(o.warmup_steps), total_steps - max(1, int(round(total_steps * float(o.decay_fraction)))))
 
 
 def decay_mask(params):

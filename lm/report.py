@@ -9,6 +9,7 @@ import jax
 from lm import decode
 from lm import flops
 from lm.evaluation import perplexity
+from lm.workdir import atomic_write
 
 
 def print_summary(s: dict) -> None:
@@ -41,17 +42,28 @@ def stale_peak_warning(s: dict) -> str:
 
 def print_samples(result, prompts, workdir: str, max_new_tokens: int = 48, temperature: float = 0.8,
                   top_p: float = 0.95, seed: int = 0) -> list[str]:
-  """Sampled continuations of fixed prompts; also written to WORKDIR/samples.txt."""
-  tok = result.tokenizer
-  out = decode.generate(result.model, result.state["params"], [[tok.bos_id] + tok.encode(p) for p in prompts],
-                        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                        eos_id=tok.eos_id)
+  """Sampled continuations of fixed prompts; also written to WORKDIR/samples.txt.
+
+  They fit any model: a context of model.max_seq_len tokens gets at most half of it as new
+  tokens, and a longer prompt keeps its last tokens (shown after "..."), with a note."""
+  tok, context = result.tokenizer, result.model.cfg.max_seq_len
+  new = min(max_new_tokens, context // 2)
+  if new < 1:
+    print(f"\nNo samples: the model's context (model.max_seq_len={context}) has no room for a prompt and a "
+          "continuation.", flush=True)
+    return []
+  ids = [tok.prompt_ids(p, max_len=context - new) for p in prompts]
+  trimmed = [len(i) < len(tok.prompt_ids(p)) for i, p in zip(ids, prompts)]
+  out = decode.generate(result.model, result.state["params"], ids, max_new_tokens=new, temperature=temperature,
+                        top_p=top_p, seed=seed, eos_id=list(tok.eos_ids), pad_id=tok.pad_id)
   texts = []
-  for prompt, ids, n in zip(prompts, out.tokens, out.lengths):
-    texts.append(prompt + tok.decode([int(i) for i in ids[:n]]))
+  for prompt, prompt_ids, cut, gen, n in zip(prompts, ids, trimmed, out.tokens, out.lengths):
+    shown = "..." + tok.decode(prompt_ids) if cut else prompt
+    texts.append(shown + tok.decode([int(i) for i in gen[:n]]))
   if jax.process_index() == 0:
     body = "\n\n".join(f"[{i + 1}] {t}" for i, t in enumerate(texts))
-    print(f"\nSamples (temperature {temperature}, top-p {top_p}, seed {seed}):\n{body}\n", flush=True)
-    with open(os.path.join(workdir, "samples.txt"), "w") as f:
-      f.write(body + "\n")
+    note = (f" (fitted to model.max_seq_len={context}: prompts cut to their last {context - new} tokens, "
+            f"{new} new tokens)" if any(trimmed) or new < max_new_tokens else "")
+    print(f"\nSamples (temperature {temperature}, top-p {top_p}, seed {seed}){note}:\n{body}\n", flush=True)
+    atomic_write(os.path.join(workdir, "samples.txt"), body + "\n")
   return texts

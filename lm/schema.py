@@ -78,6 +78,10 @@ def defaults() -> ConfigDict:
   t.init_from = placeholder(str)  # workdir or checkpoint to take params from
   t.z_loss = 0.0
   t.samples = 3                 # sampled continuations printed at the end
+  # A train loss above divergence_factor x ln(vocab_size) stops the run as 'diverged', like a
+  # NaN does. ln(vocab_size) is a uniform guess's loss, where a fresh model starts (5.56 for
+  # the byte vocabulary, 8.32 for 4,096 pieces); twice it is a blow-up. 0 turns it off.
+  t.divergence_factor = 2.0
 
   # ---- optim: optax chain (lm/optim.py) ----
   o = cfg.optim = ConfigDict()
@@ -150,6 +154,13 @@ def validate_train(t) -> None:
   for field in TRAIN_POSITIVE:
     if int(t[field]) < 1:
       raise ConfigError(f"train.{field}={t[field]} must be a positive integer.")
+  if not 0 <= int(t.seed) < 2**32:
+    raise ConfigError(f"train.seed={t.seed} must be an integer in [0, 2**32) (the data pipeline's seeds are 32-bit).")
+  if t.divergence_factor != 0 and not t.divergence_factor > 1:
+    raise ConfigError(f"train.divergence_factor={t.divergence_factor} must be 0 (off) or above 1: a fresh model's "
+                      "loss is about ln(vocab_size), so a threshold at or below it would stop every run at once.")
+  if t.z_loss < 0:
+    raise ConfigError(f"train.z_loss={t.z_loss} must be >= 0.")
 
 
 def validate_mesh(cfg, n_devices: int, processes: int = 1) -> tuple[int, int, int]:

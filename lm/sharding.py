@@ -42,7 +42,8 @@ def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
   if free:
     if n_devices % fixed:
       raise ConfigError(f"{spec}: the fixed axes use {fixed} devices, which does not divide the "
-                        f"{n_devices} devices present; pick sizes whose product divides {n_devices}.")
+                        f"{n_devices} devices present; pick sizes whose product divides {n_devices}. (On a CPU, "
+                        f"XLA_FLAGS=--xla_force_host_platform_device_count={fixed} simulates {fixed} devices.)")
     sizes[free[0]] = n_devices // fixed
   elif fixed != n_devices:
     raise ConfigError(f"{spec}: the mesh has {fixed} devices but {n_devices} are present; make the "

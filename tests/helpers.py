@@ -33,3 +33,20 @@ def tiny_run_config(data_dir, **sections):
 def shared_data_dir(tmp_path_factory):
   """One prepared corpus for the whole test session (the data tests use the same one)."""
   return tmp_path_factory.getbasetemp() / "lm_data"
+
+
+def exit_codes() -> dict[str, int]:
+  """lm/main.py's EXIT_* constants, read from its source: importing lm.main would define its
+  absl flags in the test process, where lm.generate's --workdir already lives."""
+  import ast
+  import os
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lm", "main.py")
+  with open(path) as f:
+    tree = ast.parse(f.read())
+  codes = {}
+  for node in tree.body:
+    if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple):
+      names = [t.id for t in node.targets[0].elts]
+      if all(n.startswith("EXIT_") for n in names):
+        codes.update(zip(names, ast.literal_eval(node.value)))
+  return codes

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from lm.metrics import read_jsonl
-from tests.helpers import shared_data_dir
+from tests.helpers import exit_codes, shared_data_dir
 
 pytestmark = pytest.mark.slow  # every test runs `python -m lm...` processes
 
@@ -77,7 +77,7 @@ def test_sigterm_checkpoints_the_step_reached_and_the_next_launch_resumes(tmp_pa
   proc = start_and_wait_for_checkpoint(command(workdir, data_dir), workdir, 20)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out[-3000:]
+  assert proc.returncode == exit_codes()["EXIT_PREEMPTED"], out[-3000:]  # was 0 before issue 14
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["status"] == "preempted" and summary["steps"] < 100
   reached = summary["steps"]
@@ -148,3 +148,58 @@ def test_generate_streams_a_continuation_and_rejects_bad_prompts(tmp_path, train
     assert bad.returncode != 0 and message in bad.stderr, (flags, bad.stderr[-500:])
   missing = generate(tmp_path / "nothing", "--prompt=hi")
   assert missing.returncode != 0 and "is not an lm workdir" in missing.stderr
+
+
+def test_a_first_ctrl_c_saves_like_sigterm_and_a_second_stops_at_once(tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  proc = start_and_wait_for_checkpoint(command(workdir, data_dir), workdir, 20)
+  proc.send_signal(signal.SIGINT)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == exit_codes()["EXIT_PREEMPTED"], out[-3000:]
+  assert "Traceback" not in out and "KeyboardInterrupt" not in out
+  reached = json.loads((workdir / "summary.json").read_text())
+  assert reached["status"] == "preempted" and f"Ctrl-C: saved a checkpoint at step {reached['steps']}" in out
+  assert max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()) == reached["steps"]
+  next_checkpoint = (reached["steps"] // 20 + 1) * 20
+  again = start_and_wait_for_checkpoint(command(workdir, data_dir, steps=400), workdir, next_checkpoint)
+  again.send_signal(signal.SIGINT)
+  time.sleep(0.05)
+  again.send_signal(signal.SIGINT)
+  out, _ = again.communicate(timeout=120)
+  assert again.returncode == exit_codes()["EXIT_INTERRUPTED"], out[-3000:]
+  assert "Interrupted by a second Ctrl-C" in out and "Traceback" not in out
+
+
+def test_a_loss_blow_up_is_diverged_with_its_own_exit_status(tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  blow_up = ["--config.optim.lr=30", "--config.optim.clip_norm=0", "--config.optim.warmup_steps=0"]
+  result = run(command(workdir, data_dir, *blow_up, steps=20))
+  assert result.returncode == exit_codes()["EXIT_DIVERGED"], result.stderr[-3000:]
+  assert "train.divergence_factor 2 x ln(vocab_size 259)" in result.stdout and "Traceback" not in result.stderr
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["status"] == "diverged" and summary["steps"] < 20
+  # The same blow-up with the threshold off runs to the end; --json then has null, not Infinity.
+  off = tmp_path / "off"
+  assert run(command(off, data_dir, *blow_up, "--config.train.divergence_factor=0", steps=20)).returncode == 0
+  text = tmp_path / "t.txt"
+  text.write_text("We the People of the United States, in Order to form a more perfect Union.")
+  out = run([sys.executable, "-m", "lm.evaluate", f"--workdir={off}", f"--text={text}", "--json"])
+  row = json.loads(out.stdout.strip().splitlines()[-1], parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+  assert row["loss"] > 709 and row["perplexity"] is None
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config=configs/nope.py"], "Config error: --config: [Errno 2] No such file or directory: 'configs/nope.py'"),
+    (["--config=configs/ladder.py:p7q"], "Config error: unknown ladder rung 'p7q'"),
+])
+def test_a_bad_config_file_is_one_line(tmp_path, args, message):
+  result = run([sys.executable, "-m", "lm.main", *args, f"--workdir={tmp_path / 'run'}"])
+  assert result.returncode != 0 and result.stderr.strip().splitlines() == [result.stderr.strip()]
+  assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path, data_dir):
+  (tmp_path / "file").write_text("x")
+  result = run(command(tmp_path / "file", data_dir))
+  assert result.returncode == exit_codes()["EXIT_FAILED"]
+  assert "is a file, not a directory" in result.stderr and "Traceback" not in result.stderr

@@ -67,3 +67,26 @@ def test_rules_may_only_name_mesh_axes():
   cfg.mesh.rules.embed = "model"
   with pytest.raises(ConfigError, match="mesh axis 'model'"):
     sharding.rules(cfg.mesh)
+
+
+@pytest.mark.parametrize("section,field,value,fragment", [
+    ("optim", "b1", 1.5, "optim.b1=1.5 must lie in [0, 1)"),
+    ("optim", "b2", -1.0, "optim.b2=-1.0 must lie in [0, 1)"),
+    ("optim", "eps", 0.0, "optim.eps=0.0 must be positive"),
+    ("optim", "weight_decay", -0.1, "optim.weight_decay=-0.1 must be >= 0"),
+    ("optim", "clip_norm", -1.0, "optim.clip_norm=-1.0 must be >= 0"),
+    ("train", "seed", -1, "train.seed=-1 must be an integer in [0, 2**32)"),
+    ("train", "divergence_factor", 0.5, "train.divergence_factor=0.5 must be 0 (off) or above 1"),
+    ("train", "z_loss", -1e-4, "train.z_loss=-0.0001 must be >= 0"),
+])
+def test_nonsense_optimizer_and_train_values_fail_before_compiling(section, field, value, fragment):
+  cfg = tiny_config()
+  cfg[section][field] = value
+  _fails(cfg, fragment)
+
+
+def test_lion_has_no_eps_to_check_and_zero_turns_the_divergence_threshold_off():
+  cfg = tiny_config()
+  cfg.optim.update(name="lion", eps=0.0)
+  cfg.train.divergence_factor = 0.0
+  schema.validate(cfg, n_devices=8)

@@ -136,6 +136,14 @@ def test_missing_split_lists_the_splits(data_cfg):
     sources.open_split(cfg, "eval_split")
 
 
+@pytest.mark.parametrize("field,split", [("train_split", "train[:0]"), ("eval_split", "validation[:0]")])
+def test_an_empty_split_slice_is_one_clear_error(data_cfg, field, split):
+  cfg = data_cfg.copy_and_resolve_references()
+  cfg[field] = split
+  with pytest.raises(ConfigError, match=rf"The split '{re.escape(split)}' \(data.{field}\) of sotu/1.0.0 is empty"):
+    sources.open_split(cfg, field)
+
+
 def test_missing_text_key_lists_text_features(data_cfg):
   cfg = data_cfg.copy_and_resolve_references()
   cfg.text_key = "body"

@@ -87,3 +87,30 @@ def test_empty_files(tmp_path):
   (tmp_path / "a.txt").write_text("")
   with pytest.raises(ConfigError, match="empty; there is no text"):
     data.text_iterator(str(tmp_path), ByteTokenizer(), L, B, process_index=0, process_count=1)
+
+
+PEAK_RSS = """
+import resource, sys
+from lm.data import text_files
+from lm.data.tokenizers import ByteTokenizer
+tokens = sum(int((b["segment_ids"] > 0).sum()) for b in text_files.text_iterator(sys.argv[1], ByteTokenizer(), 1024, 8))
+print(tokens, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_a_large_file_is_read_in_blocks_so_memory_stays_flat(tmp_path):
+  import os
+  import subprocess
+  import sys
+  line = "The state of the Union is strong, and the people are the Union.\n"
+  peaks = {}
+  for mb in (1, 12):
+    path = tmp_path / f"{mb}mb.txt"
+    path.write_text(line * (mb * 2**20 // len(line)))
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(path)], capture_output=True, text=True, timeout=600,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    tokens, peaks[mb] = map(int, out.stdout.split())
+    blocks = len(text_files.blocks([str(path)]))
+    assert tokens == path.stat().st_size + 1 - (blocks - 1)  # every byte and the EOS, less one per later block
+  assert peaks[12] - peaks[1] < 100, peaks  # MB; reading the file whole took 11x the text in Python ints

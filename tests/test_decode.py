@@ -188,3 +188,15 @@ def test_unusable_input_fails_with_a_message_naming_the_fix(llama, prompts, kw, 
   with pytest.raises(ValueError) as err:
     decode.generate(model, params, prompts, **kw)
   assert fragment in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("prompt_len,new_tokens,advice", [
+    (30, 8, "; keep the prompt's last 24 tokens, lower max_new_tokens to 2, or use a model with a longer context."),
+    (40, 8, "; keep the prompt's last 24 tokens, or use a model with a longer context."),
+    (10, 40, "; lower max_new_tokens to 22, or use a model with a longer context."),
+    (60, 48, "; use a model with a longer context."),  # the README smoke test's case: no advice of 0
+])
+def test_a_prompt_too_long_for_the_context_gets_only_advice_that_works(prompt_len, new_tokens, advice):
+  with pytest.raises(ValueError) as e:
+    decode.check_prompts([[3] * prompt_len], vocab_size=97, max_seq_len=32, max_new_tokens=new_tokens)
+  assert str(e.value).endswith(advice) and "to 0" not in str(e.value) and "last 0" not in str(e.value)

@@ -181,3 +181,30 @@ def test_scanned_layout_and_bfloat16_export(llama_dir, tmp_path):
   _, params16, _ = importer.load_hf(str(tmp_path))
   rounded = jax.tree.map(lambda x: np.asarray(x).astype(ml_dtypes.bfloat16).astype(np.float32), params)
   jax.tree.map(np.testing.assert_array_equal, params16, rounded)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.bool_])
+def test_integer_or_bool_weights_are_refused_not_cast(llama, dtype):
+  name = "model.layers.0.self_attn.q_proj.weight"
+  _edit_tensors(llama, lambda t: t.update({name: np.clip(t[name] * 100, -100, 100).astype(dtype)}))
+  with pytest.raises(HFError, match=rf"tensor '{name}' is stored as {np.dtype(dtype).name}; lm imports floating-point"):
+    importer.load_hf(str(llama))
+
+
+def test_bfloat16_and_float16_weights_still_load(llama):
+  import ml_dtypes
+  _edit_tensors(llama, lambda t: t.update({k: v.astype(ml_dtypes.bfloat16 if "mlp" in k else np.float16)
+                                           for k, v in t.items()}))
+  importer.load_hf(str(llama))
+
+
+def test_garbage_safetensors_and_tokenizer_files_are_one_clear_error(llama, tmp_path):
+  broken = shutil.copytree(llama, tmp_path / "weights")
+  (broken / "model.safetensors").write_bytes(b"garbage" * 100)
+  with pytest.raises(HFError, match="model.safetensors is not a readable safetensors file"):
+    importer.load_hf(str(broken))
+  for name, text in (("tokenizer.json", "{not json"), ("tokenizer_config.json", "{not json")):
+    bad = shutil.copytree(llama, tmp_path / name)
+    (bad / name).write_text(text)
+    with pytest.raises(HFError, match=rf"{name} is not (a tokenizer.json the `tokenizers` library can read|valid JSON)"):
+      importer.load_hf(str(bad))

@@ -145,7 +145,7 @@ def _has_custom_vjp(model: Transformer) -> bool:
 
 @pytest.mark.parametrize("backend,expected", [("cpu", "custom_vjp"), ("gpu", "einsum"), ("tpu", "einsum")])
 def test_auto_is_the_custom_vjp_on_cpu_only_and_resolved_when_the_model_is_traced(backend, expected):
-  model = Transformer(tiny_model_config())  # configs/base.py: matmul='auto'
+  model = Transformer(tiny_model_config())  # lm/schema.py: matmul='auto'
   assert model.cfg.matmul == "auto"
   with mock.patch.object(ops.jax, "default_backend", lambda: backend):
     assert ops.resolve_matmul("auto") == expected

@@ -220,3 +220,18 @@ def test_finetune_config_without_a_run_is_the_default_model_with_its_sequence_le
   assert cfg.model.to_dict() == default.get_config().model.to_dict()
   assert cfg.data.seq_len == default.get_config().data.seq_len
   schema.validate(cfg, 1)  # the default's 128-token positions hold the data's rows
+
+
+def test_non_utf8_jsonl_is_one_clear_error(tmp_path):
+  path = tmp_path / "latin1.jsonl"
+  path.write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "c"}\n')
+  with pytest.raises(ConfigError, match=r"latin1.jsonl, line 2: not valid UTF-8 \(byte 15 is b'\\xe9'\)"):
+    sft.read_jsonl(str(path))
+
+
+def test_a_prompt_that_fits_is_kept_whole():
+  prompt, completion = "x" * 40, "yy"  # 1 + 40 + 2 inputs of 64: nothing to cut
+  pair = sft.tokenize_pair(TOK, prompt, completion, seq_len=64)
+  assert pair["inputs"].tolist() == [TOK.bos_id] + TOK.encode(prompt) + TOK.encode(completion)
+  cut = sft.tokenize_pair(TOK, prompt, completion, seq_len=30)  # the prompt keeps its last 27 tokens
+  assert cut["inputs"].tolist() == [TOK.bos_id] + TOK.encode(prompt)[-27:] + TOK.encode(completion)

@@ -4,7 +4,9 @@ A model that has learned anything beats it; training reports how far below it ge
 p(t) = (count_train(t) + 1) / (N_train + V), add-one smoothing over the whole vocabulary,
 with one EOS counted per document as the pipeline's targets do. Cross-entropy on the eval
 split's targets (tokens + EOS per document) in nats/token, and in bits per UTF-8 byte so
-tokenizers compare. Counts are cached beside the tokenizer (a few seconds on sotu).
+tokenizers compare. For a tokenizer that starts a text with no special token (GPT-2's), the
+first token of a document is no target, as in the pipeline, and its bytes are not counted.
+Counts are cached beside the tokenizer (a few seconds on sotu).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ _MAX_BYTES = 64_000_000  # of each split, at most: enough for a stable unigram e
 
 def _tokenizer_id(tokenizer: Tokenizer) -> str:
   proto = getattr(tokenizer, "model_proto", b"")
+  if tokenizer.kind == "hf":  # the tokenizer.json, and how a text starts
+    with open(os.path.join(tokenizer.path, "tokenizer.json"), "rb") as f:
+      proto = f.read() + repr(tuple(tokenizer.start_ids)).encode()
   return f"{tokenizer.kind}{tokenizer.vocab_size}-{hashlib.sha256(proto).hexdigest()[:12]}"
 
 
@@ -34,9 +39,13 @@ def _counts(data_cfg, tokenizer: Tokenizer, split_field: str) -> tuple[np.ndarra
   n_bytes = 0
   source = sources.open_split(data_cfg, split_field)
   for text in sources.iter_texts(source, data_cfg.text_key, _MAX_BYTES):
-    counts += np.bincount(np.asarray(tokenizer.encode(text), np.int64), minlength=tokenizer.vocab_size)
-    counts[tokenizer.eos_id] += 1
+    ids = np.asarray(tokenizer.encode(text), np.int64)
     n_bytes += len(text.encode("utf-8"))
+    if not tokenizer.start_ids and len(ids):  # the first token is context, not a target
+      n_bytes -= int(tokenizer.token_bytes[ids[0]])
+      ids = ids[1:]
+    counts += np.bincount(ids, minlength=tokenizer.vocab_size)
+    counts[tokenizer.eos_id] += 1
   return counts, n_bytes
 
 

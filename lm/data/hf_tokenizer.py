@@ -2,6 +2,7 @@
 
     tok = HFTokenizer(DIR, vocab_size=EMBEDDING_ROWS)   # DIR holds tokenizer.json
     tok.encode(text)      # ids, no special tokens added (lm's pipeline adds BOS / EOS itself)
+    tok.start_ids         # what the tokenizer puts before a text: (bos,) or ()
     tok.decode(ids)       # special tokens skipped; decode(encode(text)) == text for GPT-2's
                           # byte-level BPE and Llama's SentencePiece-style tokenizers
 
@@ -13,6 +14,13 @@ Special ids, first found wins: DIR/lm_special_tokens.json (written by lm.convert
 model's config.json, generation_config.json, then the token strings of tokenizer_config.json
 / special_tokens_map.json. No BOS -> the EOS id (GPT-2 uses one id for both); no pad -> EOS.
 A list of EOS ids (Llama 3) keeps the first as eos_id and all of them in eos_ids.
+
+Start of a text (start_ids, used for every prompt, SFT pair and document): the special
+tokens tokenizer.json's post-processor puts before a text, i.e. what transformers'
+`tokenizer(text)` starts with: (bos,) for Llama 2 / 3 ('<s> $A' templates), () for GPT-2 and
+SmolLM2. transformers >= 5 ignores tokenizer_config.json's add_bos_token when a tokenizer.json
+exists (tokenization_utils_base drops it), and so does lm, with a warning if the two disagree;
+in published checkpoints they agree. Any suffix (add_eos_token) is not added to prompts.
 
 token_bytes (bits per byte): the UTF-8 bytes each id decodes to, read off its string:
   byte-level BPE (decoder ByteLevel: GPT-2, Llama 3): each character of the token stands for
@@ -33,6 +41,7 @@ import os
 import re
 from typing import Iterable
 
+from absl import logging
 import numpy as np
 
 from lm.data.tokenizers import Tokenizer, valid_text
@@ -60,8 +69,11 @@ def bytes_to_unicode() -> dict[int, str]:
 def _read_json(path: str) -> dict:
   if not os.path.isfile(path):
     return {}
-  with open(path) as f:
-    out = json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      out = json.load(f)
+  except ValueError as e:
+    raise HFError(f"{path} is not valid JSON ({e}); copy it again from the checkpoint it came with.") from None
   return out if isinstance(out, dict) else {}
 
 
@@ -87,7 +99,11 @@ class HFTokenizer(Tokenizer):
       raise HFError(f"no tokenizer.json in {self.path}: lm reads Hugging Face tokenizers in the `tokenizers` JSON "
                     "format. For a checkpoint with only a SentencePiece tokenizer.model, write one with "
                     "transformers: AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR).")
-    self._tok = _Tok.from_file(file)
+    try:
+      self._tok = _Tok.from_file(file)
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception
+      raise HFError(f"{file} is not a tokenizer.json the `tokenizers` library can read ({str(e)[:200]}); copy it "
+                    "again from the checkpoint it came with.") from None
     vocab = self._tok.get_vocab(with_added_tokens=True)
     self.tokenizer_vocab_size = max(vocab.values()) + 1
     self.vocab_size = self.tokenizer_vocab_size if vocab_size is None else int(vocab_size)
@@ -98,7 +114,21 @@ class HFTokenizer(Tokenizer):
     self._special = self._resolve_special(model_config or {})
     self.bos_id, self.eos_id, self.pad_id = (self._special[k] for k in ("bos_id", "eos_id", "pad_id"))
     self.eos_ids = tuple(self._special["eos_ids"])
+    self.start_ids = self._start_ids()
     self.token_bytes = self._token_bytes(vocab)
+
+  def _start_ids(self) -> tuple[int, ...]:
+    """The ids the post-processor puts before a text (module docstring)."""
+    probe = "a b"
+    plain = self._tok.encode(probe, add_special_tokens=False).ids
+    full = self._tok.encode(probe, add_special_tokens=True).ids
+    start = next((tuple(full[:i]) for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), ())
+    flag = _read_json(os.path.join(self.path, "tokenizer_config.json")).get("add_bos_token")
+    if isinstance(flag, bool) and flag != (start == (self.bos_id,)):
+      logging.warning("%s: tokenizer_config.json says add_bos_token=%s, but tokenizer.json's post-processor puts %s "
+                      "before a text; lm follows tokenizer.json, as transformers >= 5 does.", self.path, flag,
+                      list(start) or "nothing")
+    return start
 
   # ---- special ids ----
   def _resolve_special(self, model_config: dict) -> dict:

@@ -5,6 +5,8 @@
              tokenized in grain's reader threads
     chunks   each document cut into aligned (inputs, targets) pieces of <= seq_len:
              inputs [BOS] t1 .. tn, targets t1 .. tn [EOS]; a group's chunks are shuffled
+             (the start is the tokenizer's: tokenizer.start_ids, BOS for lm's own; with none,
+             as for GPT-2's, inputs t1 .. tn, targets t2 .. tn [EOS])
     pack     first-fit into rows of seq_len: segment_ids 1, 2, ... (0 = padding),
              positions restart at 0 at each chunk
     batch    the global batch; this process keeps rows [p*b, (p+1)*b), b = batch // count
@@ -40,20 +42,35 @@ EVAL_SEED = 0  # fixed, so eval batches are the same across runs with different 
 _READ = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)  # groups tokenized ahead
 
 
+class Document:
+  """doc -> its whole token sequence: the tokenizer's start, the text's ids, EOS.
+
+  Why lm follows the tokenizer's start (tokenizer.start_ids) for training text too: that is
+  what Hugging Face training does (`tokenizer(text)` adds the tokenizer's own specials: BOS
+  for Llama, none for GPT-2), and what lm gives the model at generation, so a model sees the
+  same start in both. Every document ends with EOS (HF's run_clm adds none; lm keeps it, so a
+  model learns where a text ends)."""
+
+  def __init__(self, tokenize, tokenizer: Tokenizer):
+    self.tokenize, self.start, self.eos = tokenize, tuple(tokenizer.start_ids), tokenizer.eos_id
+
+  def __call__(self, doc) -> np.ndarray:
+    ids = self.tokenize(doc)
+    seq = np.empty(len(self.start) + len(ids) + 1, np.int32)
+    seq[:len(self.start)], seq[len(self.start):-1], seq[-1] = self.start, ids, self.eos  # [BOS] t1 ... tn [EOS]
+    return seq
+
+
 class _Chunk:
   """A group of documents -> their aligned (inputs, targets) pieces of at most seq_len."""
 
-  def __init__(self, tokenize, seq_len: int, bos: int, eos: int):
-    self.tokenize, self.seq_len, self.bos, self.eos = tokenize, seq_len, bos, eos
+  def __init__(self, sequence, seq_len: int):
+    self.sequence, self.seq_len = sequence, seq_len
 
   def chunks(self, doc) -> list[dict]:
-    ids = self.tokenize(doc)
-    n, L = len(ids), self.seq_len
-    inputs = np.empty(n + 1, np.int32)
-    targets = np.empty(n + 1, np.int32)
-    inputs[0], inputs[1:] = self.bos, ids      # [BOS] t1 ... tn
-    targets[:n], targets[n] = ids, self.eos    # t1 ... tn [EOS]
-    return [{"inputs": inputs[s:s + L], "targets": targets[s:s + L]} for s in range(0, n + 1, L)]
+    seq, L = self.sequence(doc), self.seq_len
+    inputs, targets = seq[:-1], seq[1:]
+    return [{"inputs": inputs[s:s + L], "targets": targets[s:s + L]} for s in range(0, len(inputs), L)]
 
   def __call__(self, group: list) -> list[dict]:
     return [c for doc in group for c in self.chunks(doc)]
@@ -142,14 +159,16 @@ def document_groups(docs: grain.MapDataset, group_docs: int, repeat: bool) -> gr
 
 def batches(groups: grain.MapDataset, tokenize, tokenizer: Tokenizer, seq_len: int,
             global_batch: int, *, shuffle_seed: int | None, process_index=None,
-            process_count=None, finite: bool = False) -> grain.IterDataset:
+            process_count=None, finite: bool = False, sequence=None) -> grain.IterDataset:
   """Packed, batched, process-sharded rows from a MapDataset of document groups.
 
-  `tokenize(doc) -> np.int32 ids`. With shuffle_seed, the chunks of each group and the
-  packed rows are shuffled; without, everything stays in document order.
+  `tokenize(doc) -> np.int32 ids`; each document becomes Document(tokenize, tokenizer)(doc)
+  (start, text, EOS), or `sequence(doc)`, a whole token sequence, when given. With
+  shuffle_seed, the chunks of each group and the packed rows are shuffled; without,
+  everything stays in document order.
   """
   first_row, rows = process_rows(global_batch, process_index, process_count)
-  chunk = _Chunk(tokenize, seq_len, tokenizer.bos_id, tokenizer.eos_id)
+  chunk = _Chunk(sequence or Document(tokenize, tokenizer), seq_len)
   chunk_seed, pack_seed = seeds(shuffle_seed or 0, 2)
   if shuffle_seed is None:
     groups = groups.map(chunk)

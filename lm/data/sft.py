@@ -3,16 +3,19 @@
     one pair  inputs    [BOS] p1 ... pn c1 ... cm          (n + m + 1 tokens)
               targets   p1 ... pn c1 ... cm [EOS]
               loss_mask 0  ... 0  1  ...  1   1            (the completion and its EOS)
+              [BOS] is the tokenizer's start (tokenizer.start_ids): a tokenizer that adds no BOS
+              (GPT-2's, SmolLM2's) gets inputs p1 ... pn c1 ... cm, as transformers gives it the
+              prompt; with an empty prompt too, BOS stays, so c1 has a token to follow.
     pack      first fit of whole pairs into rows of seq_len (grain FirstFitPackIterDataset,
               as the text pipeline): a pair is never split across rows; segment ids
               1, 2, ... per pair (0 = padding), positions restart at 0 at each pair
     batch     like the text pipeline: inputs, targets, segment_ids, positions, loss_mask
               int32 [b, seq_len], target_bytes [b] (the UTF-8 bytes of the masked targets)
 
-Truncation, when n + m + 1 > seq_len: the completion is kept whole and the prompt loses
+Truncation, when the inputs exceed seq_len: the completion is kept whole and the prompt loses
 tokens from its start (its end, next to the completion, is what conditions the answer);
 BOS stays first. If the completion and EOS alone are too long (m + 1 > seq_len), the prompt
-is dropped and the targets are the completion's first seq_len tokens (no EOS). How many
+is dropped and the targets are the completion's first tokens that fit (no EOS). How many
 pairs were cut is logged (a warning, counted over the first 2000 pairs of the split).
 
 Sources. JSONL: one object a line, {"prompt": str, "completion": str} (keys data.prompt_key
@@ -58,8 +61,13 @@ def read_jsonl(path: str, prompt_key: str = "prompt", completion_key: str = "com
     raise ConfigError(f"{field}={path!r} does not exist; give a JSONL file with one "
                       f"{{\"{prompt_key}\": ..., \"{completion_key}\": ...}} object per line.")
   out = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
+  with open(path, "rb") as f:
+    for n, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}, line {n}: not valid UTF-8 (byte {e.start} is {raw[e.start:e.start + 1]!r}); JSONL "
+                          "is UTF-8 text: re-encode the file (e.g. iconv -f latin1 -t utf-8).") from None
       if not line.strip():
         continue
       try:
@@ -111,16 +119,20 @@ def read_examples(data_cfg, which: str = "train") -> list[dict]:
 
 def tokenize_pair(tokenizer: Tokenizer, prompt: str, completion: str, seq_len: int) -> dict:
   """One pair -> inputs, targets, loss_mask int32 [<= seq_len], truncated by the module's rule."""
+  start = list(tokenizer.start_ids)
   p = tokenizer.encode(prompt)
   c = tokenizer.encode(completion)
   eos = [tokenizer.eos_id]
-  keep_p = max(0, seq_len - 1 - len(c))          # n + m + 1 <= seq_len
-  p = p[len(p) - keep_p:] if keep_p else []
-  if len(c) + 1 > seq_len:                         # the completion alone is too long: no EOS
-    c, eos = c[:seq_len], []
-  seq = [tokenizer.bos_id] + p + c + eos
+  keep_p = max(0, seq_len - len(start) - len(c))   # inputs: start + p + c <= seq_len
+  p = p[max(0, len(p) - keep_p):] if keep_p else []  # (p[len(p) - keep_p:] cut prompts that fit)
+  if not start and not p:                          # c1 needs a token before it
+    start = [tokenizer.bos_id]
+  room = seq_len + 1 - len(start) - len(p)         # seq = start + p + c + eos holds seq_len + 1
+  if len(c) + 1 > room:                            # the completion alone is too long: no EOS
+    c, eos = c[:room], []
+  seq = start + p + c + eos
   inputs, targets = seq[:-1], seq[1:]
-  mask = [0] * len(p) + [1] * (len(c) + len(eos))   # aligned with targets: p, then c and EOS
+  mask = [0] * (len(start) + len(p) - 1) + [1] * (len(c) + len(eos))   # targets: start[1:], p, then c and EOS
   return {"inputs": np.asarray(inputs, np.int32), "targets": np.asarray(targets, np.int32),
           "loss_mask": np.asarray(mask, np.int32)}
 

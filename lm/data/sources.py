@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
+import sys
 from typing import Iterator
 
-from absl import logging
 import tensorflow_datasets as tfds
 
 from lm.errors import ConfigError
@@ -65,8 +66,17 @@ def prepare_sotu(ddir: str) -> tfds.core.DatasetBuilder:
   with file_lock(os.path.join(ddir, f".{sotu.NAME}.lock")):
     builder = sotu.Sotu(data_dir=ddir)  # another process may have finished meanwhile
     if not builder.is_prepared():
-      logging.info("Preparing the embedded corpus %r (array_record) in %s", sotu.NAME, ddir)
-      builder.download_and_prepare(file_format=_ARRAY_RECORD)
+      print(f"Preparing the corpus {sotu.NAME!r}, which ships inside lm (nothing is downloaded), as array_record "
+            f"in {ddir} (first use only).", flush=True)
+      # TFDS announces "Downloading and preparing dataset Unknown size" and draws bars for a
+      # download that does not happen: keep its output unless it fails.
+      out = io.StringIO()
+      try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+          builder.download_and_prepare(file_format=_ARRAY_RECORD)
+      except BaseException:
+        print(out.getvalue(), end="", file=sys.stderr)
+        raise
   return sotu.Sotu(data_dir=ddir)
 
 
@@ -118,8 +128,13 @@ def open_split(data_cfg, split_field: str = "train_split"):
   split = data_cfg[split_field]
   check_split(builder, split, f"data.{split_field}")
   check_text_key(builder, data_cfg.text_key)
-  source = builder.as_data_source(split=split)
   where = f"split {split!r} (data.{split_field}) of {builder.info.full_name}"
+  try:
+    source = builder.as_data_source(split=split)
+  except ValueError as e:  # array_record refuses a split slice with no files ("train[:0]")
+    if "0 length" not in str(e):
+      raise
+    source = []
   if len(source) == 0:
     raise ConfigError(f"The {where} is empty; point data.{split_field} at a split with examples.")
   key = data_cfg.text_key

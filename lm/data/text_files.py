@@ -3,6 +3,13 @@
 Each file is one document, tokenized and packed exactly like the eval split (same batch
 format, finite, in sorted path order, no shuffle). `lm.evaluate --text` uses this.
 
+Streaming: a file is read in blocks of about BLOCK_BYTES (1 MiB), each cut after a newline
+(or, in a run of 64 KiB without one, at a character boundary), and one block is tokenized at
+a time, so memory does not grow with the file (5 MB and 20 MB of text: README.md). A block
+after the first continues the document: its first token is context for the next, not a target
+(a tokenizer cannot merge across the cut): one target fewer per MiB, and files under 1 MiB are
+evaluated exactly as whole documents.
+
 Invalid UTF-8 policy: a file is decoded as UTF-8; bytes that are not valid UTF-8 are each
 replaced by U+FFFD (Python's errors="replace": one U+FFFD per invalid sequence), a warning
 names the file and how many were replaced, and evaluation goes on. Bits per byte then count
@@ -23,6 +30,8 @@ from lm.data import pipeline
 from lm.data.tokenizers import Tokenizer
 
 _FFFD = "\ufffd".encode("utf-8")
+BLOCK_BYTES = 1 << 20
+_LOOKAHEAD = 1 << 16  # bytes searched past a block's end for a newline to cut after
 
 
 def decode_utf8(raw: bytes, name: str = "<bytes>") -> tuple[str, int]:
@@ -36,9 +45,38 @@ def decode_utf8(raw: bytes, name: str = "<bytes>") -> tuple[str, int]:
     return text, replaced
 
 
-def read_text(path: str) -> str:
+def read_text(path: str, start: int = 0, end: int | None = None) -> str:
+  """The text of bytes [start, end) of a file (the whole file by default)."""
   with open(path, "rb") as f:
-    return decode_utf8(f.read(), path)[0]
+    f.seek(start)
+    raw = f.read() if end is None else f.read(end - start)
+  whole = start == 0 and (end is None or end >= os.path.getsize(path))
+  return decode_utf8(raw, path if whole else f"{path} (bytes {start}-{end})")[0]
+
+
+def blocks(files: list[str]) -> list[tuple[str, int, int, bool]]:
+  """(file, start, end, last) byte ranges of about BLOCK_BYTES covering each file (module docstring)."""
+  out = []
+  for path in files:
+    size, start = os.path.getsize(path), 0
+    with open(path, "rb") as f:
+      while True:
+        end = min(size, start + BLOCK_BYTES)
+        if end < size:
+          f.seek(end)
+          ahead = f.read(_LOOKAHEAD)
+          newline = ahead.find(b"\n")
+          if newline >= 0:
+            end += newline + 1
+          else:  # no newline near: cut before a UTF-8 continuation byte (0b10xxxxxx), never inside a character
+            f.seek(end - 3)
+            back = f.read(4)
+            end -= next((k for k in range(4) if back[3 - k] & 0xC0 != 0x80), 0)
+        out.append((path, start, end, end >= size))
+        if end >= size:
+          break
+        start = end
+  return out
 
 
 def text_files(path: str) -> list[str]:
@@ -64,12 +102,16 @@ def text_iterator(path: str, tokenizer: Tokenizer, seq_len: int, global_batch_si
   if not any(os.path.getsize(f) for f in files):
     raise ConfigError(f"--text={path!r}: the {len(files)} file(s) are empty; there is no text to evaluate.")
 
-  def tokenize(file: str) -> np.ndarray:
-    return np.asarray(tokenizer.encode(read_text(file)), np.int32)
+  start, eos = np.asarray(tokenizer.start_ids, np.int32), np.asarray([tokenizer.eos_id], np.int32)
 
-  groups = pipeline.document_groups(grain.MapDataset.source(files), 16, repeat=False)
-  ds = pipeline.batches(groups, tokenize, tokenizer, seq_len, global_batch_size, shuffle_seed=None,
-                        process_index=process_index, process_count=process_count, finite=True)
+  def sequence(block) -> np.ndarray:  # a file's first block starts as a document does, its last ends with EOS
+    path, a, b, last = block
+    ids = np.asarray(tokenizer.encode(read_text(path, a, b)), np.int32)
+    return np.concatenate([start if a == 0 else start[:0], ids, eos if last else eos[:0]])
+
+  groups = pipeline.document_groups(grain.MapDataset.source(blocks(files)), 1, repeat=False)
+  ds = pipeline.batches(groups, None, tokenizer, seq_len, global_batch_size, shuffle_seed=None,
+                        process_index=process_index, process_count=process_count, finite=True, sequence=sequence)
   signature = dict(kind="text", path=os.path.abspath(os.path.expanduser(path)), files=len(files),
                    tokenizer=tokenizer.kind, vocab_size=tokenizer.vocab_size, seq_len=seq_len,
                    global_batch=global_batch_size)

@@ -3,8 +3,15 @@
     tok = build_tokenizer(cfg.data)   # lm/data/builders.py: the one data.tokenizer names
     ids = tok.encode(text)            # list[int], no BOS/EOS added
     tok.decode(ids) == text           # exact, for any str (lone surrogates become U+FFFD)
+    tok.prompt_ids(text)              # what the model is given: tok.start_ids + ids
     tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id
     tok.token_bytes[ids].sum() == len(text.encode("utf-8"))   # for bits per byte
+
+Start of a text: `start_ids` are the ids every text begins with, wherever lm builds one (a
+prompt for generation or exact match, an SFT pair, a training or evaluation document). lm's
+own tokenizers start with BOS; a Hugging Face tokenizer follows its own convention
+(hf_tokenizer.py: what its post-processor adds, as transformers does), e.g. BOS for Llama 2
+and 3, nothing for GPT-2 or SmolLM2.
 
 Both reserve pad=0, bos=1, eos=2 (SentencePiece also unk=3, never produced: unseen
 characters fall back to byte pieces). The SentencePiece model is trained so that it is
@@ -52,10 +59,25 @@ class Tokenizer:
   vocab_size: int
   pad_id, bos_id, eos_id = PAD, BOS, EOS
   eos_ids = (EOS,)  # every id that ends a sequence (an HF Llama 3 tokenizer has several)
+  start_ids = (BOS,)  # the ids a text starts with (module docstring)
   token_bytes: np.ndarray  # int32 [vocab_size]: UTF-8 bytes each id stands for (0 for specials)
+
+  @property
+  def adds_bos(self) -> bool:
+    return tuple(self.start_ids) == (self.bos_id,)
 
   def encode(self, text: str) -> list[int]:
     raise NotImplementedError
+
+  def prompt_ids(self, text: str, max_len: int | None = None) -> list[int]:
+    """start_ids + encode(text); with max_len, only the text's last ids that fit beside the
+    start. A text with no ids and no start gets [bos_id]: a model needs one token to condition
+    on (transformers' generate() starts from bos_token_id too)."""
+    start, ids = list(self.start_ids), self.encode(text)
+    if max_len is not None:
+      keep = max(0, max_len - len(start))
+      ids = ids[max(0, len(ids) - keep):] if keep else []
+    return start + ids if (start or ids) else [self.bos_id]
 
   def decode(self, ids: Iterable[int]) -> str:
     raise NotImplementedError

@@ -19,7 +19,7 @@ from lm.errors import HFError
 from lm.hf import files
 from lm.hf.architectures import export_architecture, hf_config
 from lm.hf.importer import np_dtype
-from lm.hf.tokenizer import copy_files, write_byte_tokenizer
+from lm.hf.tokenizer import copy_files, write_byte_tokenizer, write_sentencepiece_tokenizer
 from lm.hf.weights import TO_HF
 from lm.model import unstack_layers
 
@@ -34,10 +34,11 @@ def export(m, params, tokenizer, out_dir: str, dtype: str = "float32", max_shard
   """Writes OUT/config.json, generation_config.json, safetensors and the tokenizer files.
 
   m: the ModelConfig; params: lm parameters (any device layout; fetched to the host).
-  Tokenizer files: an 'hf' tokenizer's own files; lm's byte tokenizer as an equivalent
-  tokenizer.json; a SentencePiece model as tokenizer.model (its serialized proto, for
-  sentencepiece.SentencePieceProcessor: no tokenizer.json is written for it).
+  Tokenizer files: an 'hf' tokenizer's own files; lm's byte and SentencePiece tokenizers as
+  equivalent tokenizer.json files that start a text with BOS as lm does (lm/hf/tokenizer.py),
+  the SentencePiece proto also as tokenizer.model.
   """
+  out_dir = os.path.expanduser(out_dir)
   kind = export_architecture(m)
   host = jax.tree.map(np.asarray, jax.device_get(params))
   host = host["params"] if set(host) == {"params"} else host
@@ -58,14 +59,13 @@ def export(m, params, tokenizer, out_dir: str, dtype: str = "float32", max_shard
   elif tokenizer.kind == "bytes":
     written += write_byte_tokenizer(out_dir)
   elif tokenizer.kind == "sentencepiece":
-    with open(os.path.join(out_dir, "tokenizer.model"), "wb") as f:
-      f.write(tokenizer.model_proto)
-    written.append("tokenizer.model")
+    written += write_sentencepiece_tokenizer(tokenizer.model_proto, out_dir)
   return written
 
 
 def export_workdir(workdir: str, out_dir: str, dtype: str = "float32", max_shard_bytes: int | None = None) -> list[str]:
   """Exports the latest checkpoint of an lm workdir (or a Hugging Face directory, re-written)."""
+  workdir, out_dir = os.path.expanduser(workdir), os.path.expanduser(out_dir)
   if os.path.abspath(workdir) == os.path.abspath(out_dir):
     raise HFError("--to_hf must be a different directory from --from.")
   trained = loading.load(workdir)

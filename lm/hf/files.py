@@ -66,11 +66,17 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
   """Every tensor of the checkpoint by name (a name in two shards is an error)."""
   tensors: dict[str, np.ndarray] = {}
   for file in shard_files(path):
-    with safe_open(file, framework="numpy") as f:
-      for name in f.keys():
-        if name in tensors:
-          raise HFError(f"tensor {name!r} appears in more than one shard (again in {os.path.basename(file)}).")
-        tensors[name] = f.get_tensor(name)
+    try:
+      with safe_open(file, framework="numpy") as f:
+        for name in f.keys():
+          if name in tensors:
+            raise HFError(f"tensor {name!r} appears in more than one shard (again in {os.path.basename(file)}).")
+          tensors[name] = f.get_tensor(name)
+    except HFError:
+      raise
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError (and OSError, ValueError)
+      raise HFError(f"{file} is not a readable safetensors file ({type(e).__name__}: {str(e)[:200]}); copy it again "
+                    "from the checkpoint it came with.") from None
   index = os.path.join(os.path.expanduser(path), INDEX)
   if os.path.isfile(index):
     with open(index) as f:

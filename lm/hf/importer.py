@@ -64,6 +64,7 @@ def load_hf(hf_dir: str, seq_len: int | None = None, param_dtype: str = "float32
 
 def import_to_workdir(hf_dir: str, workdir: str, seq_len: int | None = None, param_dtype: str = "float32") -> dict:
   """Writes an lm workdir holding the checkpoint; returns a summary of what was written."""
+  hf_dir, workdir = os.path.expanduser(hf_dir), os.path.expanduser(workdir)
   if os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise FileExistsError(f"{workdir} already holds checkpoints/; import into a new directory.")
   cfg, params, tokenizer = load_hf(hf_dir, seq_len, param_dtype)

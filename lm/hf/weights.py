@@ -16,8 +16,9 @@ Layouts. torch Linear stores [out, in] and computes x @ W.T; GPT-2's Conv1D stor
     head [D, V] (untied)      lm_head [V, D]                    lm_head [V, D] (if untied)
 
 Every transform is a transpose or a reshape, so export then import is exact. Reading checks
-every tensor: a missing one, an unexpected one, or one whose shape disagrees with config.json
-raises HFError naming it. Buffers transformers does not load (rotary inv_freq, GPT-2's causal
+every tensor: a missing one, an unexpected one, one whose shape disagrees with config.json, or
+one not stored as floating point (int8, int4-packed, bool: a quantised checkpoint, which a cast
+would turn into nonsense weights) raises HFError naming it. Buffers transformers does not load (rotary inv_freq, GPT-2's causal
 mask attn.bias / attn.masked_bias) are skipped; a stored lm_head.weight of a tied model must
 equal the embedding.
 """
@@ -31,6 +32,16 @@ import numpy as np
 from lm.errors import HFError
 
 _SKIP = re.compile(r"(rotary_emb\.inv_freq|(^|\.)h\.\d+\.attn\.(masked_)?bias)$")
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")  # what the reader casts to the model's dtype
+
+
+def _float(name: str, t):
+  dtype = np.dtype(t.dtype).name
+  if dtype not in FLOAT_DTYPES:
+    raise HFError(f"tensor {name!r} is stored as {dtype}; lm imports floating-point weights only ({', '.join(FLOAT_DTYPES)}). "
+                  "A quantised checkpoint must be dequantised first (load it in float with its own library and "
+                  "save_pretrained it); a cast would silently give wrong weights.")
+  return np.asarray(t)
 
 
 class _Reader:
@@ -48,12 +59,12 @@ class _Reader:
     if tuple(t.shape) != tuple(shape):
       raise HFError(f"tensor {name!r} has shape {tuple(t.shape)} in the checkpoint, but config.json implies "
                     f"{tuple(shape)} ({why}).")
-    return np.asarray(t).astype(self.dtype)
+    return _float(name, t).astype(self.dtype)
 
   def finish(self, tied_head: str | None, embedding: np.ndarray | None):
     if tied_head and tied_head in self.tensors:  # some tied checkpoints store the head anyway
       self.used.add(tied_head)
-      head = np.asarray(self.tensors[tied_head]).astype(self.dtype)
+      head = _float(tied_head, self.tensors[tied_head]).astype(self.dtype)
       if head.shape != embedding.shape or not np.array_equal(head, embedding):
         raise HFError(f"config.json ties the embeddings (tie_word_embeddings) but the checkpoint's {tied_head!r} "
                       "differs from the token embedding; set tie_word_embeddings=false in config.json to import "

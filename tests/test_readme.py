@@ -1,0 +1,210 @@
+"""Every command README.md shows works (issue 14), run as a user would, on tiny settings.
+
+COMMANDS lists each command of the README, exactly as written there (continuation lines joined,
+trailing comments and `[optional]` brackets dropped), in the order they run here, with what
+running it needs: tiny overrides appended, or a reason it is not run (Skip). A README command
+missing from the table fails `test_the_table_covers_every_readme_command`, so a new command
+comes with its test; a table entry the README no longer shows fails it too. README paths
+(`runs/`, `/tmp/smoke`, `~/models/...`, `train.jsonl`, ...) are mapped into a temporary
+directory, so nothing is written in the checkout.
+
+To add a command: copy it from the README into COMMANDS as Run(extra args) or Skip(reason).
+The cluster launchers run only with --dry_run and wait for the experiments/ restructure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import shared_data_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXECUTABLES = ("python", "python3", "pip", "gcloud")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  extra: tuple = ()       # appended arguments ({data} is the prepared corpus directory)
+  subs: tuple = ()        # (README text, replacement) pairs for this command only
+  timeout: int = 900
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+  reason: str
+
+
+DATA = "--config.data.data_dir={data}"
+QUICK = (DATA, "--config.train.steps=2", "--config.train.eval_every=2", "--config.train.checkpoint_every=2",
+         "--config.train.eval_steps=1", "--config.train.batch_size=8")
+SFT_QUICK = QUICK + ("--config.data.sft_eval_examples=2", "--config.data.sft_max_new_tokens=2", "--config.train.samples=0")
+SWEEP_QUICK = ("--config.budgets=(3e9,)", "--config.budget_models=(('p8k','p50k'),)",
+               "--config.overrides.data.data_dir={data}")
+COMMITTED_RESULTS = ("runs/iso/results.csv", "experiments/results/isoflop_cpu/results.csv")
+CLUSTER = Skip("cluster set-up or a cluster launcher: the launchers' --dry_run go here once experiments/ is "
+               "restructured (branch arch-exp)")
+SUITE = Skip("the test suite itself (and its set-up), which runs this test")
+BENCH = Skip("a benchmark, minutes by design (its numbers are in experiments/results/)")
+
+COMMANDS = {  # README command -> how this test runs it, in running order
+    "python3 -m venv .venv": SUITE,
+    "pip install -e .": Skip("installs the checkout this test runs from"),
+    "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu": SUITE,
+    "pip install -e '.[test]'": SUITE,
+    "python -m pytest -q tests": SUITE,
+    "python -m lm.main --config=configs/default.py --workdir=runs/default": Run(QUICK + ("--config.train.samples=1",)),
+    "python -m lm.main --config=configs/default.py --workdir=runs/wide --config.model.d_model=384 "
+    "--config.model.n_heads=6 --config.optim.lr=2e-3 --config.train.steps=2000": Run(QUICK + ("--config.train.samples=0",)),
+    "python -m lm.main --config=configs/ladder.py:p5m --workdir=runs/p5m": Run(QUICK + ("--config.train.samples=0",)),
+    "python -m lm.main --config=configs/tiny.py --workdir=/tmp/smoke": Run((DATA,)),  # as it is: samples included
+    "python -m configs.ladder": Run(),
+    "XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m lm.main --config=configs/tiny.py "
+    "--workdir=/tmp/mesh --config.mesh.data=2 --config.mesh.fsdp=2 --config.mesh.tensor=2": Run((DATA,)),
+    "python -m lm.evaluate --workdir=runs/default --text=my_heldout.txt --json": Run(),
+    "python -m lm.generate --workdir=runs/default --prompt=\"The state of the Union is\" --temperature=0 "
+    "--max_new_tokens=50": Run(),
+    "python -m lm.generate --workdir=runs/default --prompt_file=prompts.txt": Run(("--max_new_tokens=8",)),
+    "python -m experiments.sweep --config=experiments/sweeps/isoflop_cpu.py --sweep_dir=runs/iso --dry_run":
+        Run(SWEEP_QUICK),
+    "python -m experiments.sweep --config=experiments/sweeps/isoflop_cpu.py --sweep_dir=runs/iso --parallel=2":
+        Run(SWEEP_QUICK),
+    "python -m experiments.sweep --status --sweep_dir=runs/iso": Run(),
+    "python -m experiments.collect --sweep_dir=runs/iso": Run(),
+    # The fits need a grid; the tiny sweep above has one budget, so they read the committed CPU sweep.
+    "python -m lm.scaling fit --results=runs/iso/results.csv --law=isoflop --flops=flops_exact "
+    "--out=runs/iso/FIT.json": Run(("--bootstrap=20",), subs=(COMMITTED_RESULTS,)),
+    "python -m lm.scaling plan --fit=runs/iso/FIT.json --flops=1e13": Run(),
+    "python -m lm.scaling plot --results=runs/iso/results.csv --fit=runs/iso/FIT.json --out_dir=runs/iso":
+        Run(("--bootstrap=20",), subs=(COMMITTED_RESULTS,)),
+    "python -m experiments.bench_inference": BENCH,
+    "python -m experiments.quality_vs_cost --train --sweep_dir=runs/qvc --out_dir=experiments/results/quality_vs_cost":
+        Skip("trains six ladder rungs for 38 minutes; tests/test_quality_vs_cost.py runs its code on tiny runs"),
+    "python -m lm.convert --from_hf=~/models/llama-3.2-1b --to=runs/llama1b": Run(),
+    "python -m lm.convert --from=runs/default --to_hf=exports/default": Run(),
+    "python -m lm.generate --workdir=~/models/llama-3.2-1b --prompt=\"...\"": Run(("--max_new_tokens=4",)),
+    "python -m lm.main --config=configs/finetune.py:runs/llama1b --workdir=runs/ft "
+    "--config.data.sft_train=train.jsonl --config.data.sft_eval=heldout.jsonl": Run(SFT_QUICK),
+    "python -m experiments.sft_sotu build --out=runs/sft_sotu": Run(),
+    "python -m lm.main --config=configs/finetune.py:runs/default --workdir=runs/sotu_sft "
+    "--config.data.sft_train=runs/sft_sotu/train.jsonl --config.data.sft_eval=runs/sft_sotu/heldout.jsonl":
+        Run(SFT_QUICK),
+    "python -m experiments.sft_sotu compare --examples=runs/sft_sotu/heldout.jsonl --workdirs=runs/default,runs/sotu_sft":
+        Run(("--max_examples=4",)),
+    "python -m lm.evaluate_sft": Run(("--workdir=runs/sotu_sft", "--examples=runs/sft_sotu/heldout.jsonl",
+                                      "--max_examples=4")),
+    "gcloud auth login": CLUSTER,
+    "gcloud config set project PROJECT": CLUSTER,
+    "gcloud storage buckets create gs://my-lm --location=us-west4 --uniform-bucket-level-access "
+    "--enable-hierarchical-namespace": Skip("creates a cloud bucket"),
+    "python -m experiments.launch_tpu --zone=us-west4-a --accelerator_type=v5litepod-16 --spot --bucket=gs://my-lm "
+    "--sweep=\"--config=experiments/sweeps/isoflop_cpu.py --sweep_dir=/mnt/my-lm/sweeps/iso1\" --dry_run": CLUSTER,
+    "python3 -m experiments.launch_slurm --nodes=2 --gpus_per_node=8 --time=24:00:00 --partition=gpu "
+    "--account=myproj --sweep=\"--config=experiments/sweeps/isoflop_cpu.py --sweep_dir=/shared/$USER/sweeps/iso1\" "
+    "--dry_run": CLUSTER,
+    "gcloud compute tpus queued-resources delete <name> --zone=<zone> --force --quiet": CLUSTER,
+    "pip install -U \"jax[cuda12]\"": CLUSTER,
+    "python -m experiments.bench_train_step": BENCH,
+    "python -m experiments.bench_data": BENCH,
+}
+
+
+def readme_commands(text: str) -> list[str]:
+  """The commands of fenced code blocks (lines starting with an executable, `&&` split) and of
+  inline code spans that start with one, normalised as COMMANDS writes them."""
+  found = []
+  blocks = re.findall(r"^[ \t]*```[^\n]*\n(.*?)^[ \t]*```", text, re.S | re.M)
+  for block in blocks:
+    for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+      for part in line.split(" && "):
+        found.append(_normalise(part))
+  prose = re.sub(r"^[ \t]*```[^\n]*\n.*?^[ \t]*```", "", text, flags=re.S | re.M)
+  found += [_normalise(span) for span in re.findall(r"`([^`\n]+)`", prose)]
+  return list(dict.fromkeys(c for c in found if _is_command(c)))
+
+
+def _normalise(command: str) -> str:
+  command = re.sub(r"\s+#.*$", "", command.strip())         # a trailing comment
+  command = re.sub(r"\[(--[^\]]*)\]", r"\1", command)      # [--optional flags]
+  return " ".join(command.split())
+
+
+def _is_command(command: str) -> bool:
+  words = [w for w in command.split() if not re.match(r"^[A-Z_]+=", w)]
+  return bool(words) and words[0] in EXECUTABLES and len(command.split()) > 1
+
+
+def test_the_table_covers_every_readme_command():
+  with open(os.path.join(ROOT, "README.md")) as f:
+    shown = readme_commands(f.read())
+  missing = [c for c in shown if c not in COMMANDS]
+  stale = [c for c in COMMANDS if c not in shown]
+  assert not missing, f"README commands not in tests/test_readme.py's COMMANDS (add Run(...) or Skip(...)): {missing}"
+  assert not stale, f"COMMANDS entries the README no longer shows: {stale}"
+  assert "XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m lm.main --config=configs/tiny.py " \
+         "--workdir=/tmp/mesh --config.mesh.data=2 --config.mesh.fsdp=2 --config.mesh.tensor=2" in shown
+
+
+def test_the_readme_exit_statuses_are_lm_mains():
+  from tests.helpers import exit_codes
+  with open(os.path.join(ROOT, "README.md")) as f:
+    text = " ".join(f.read().split())
+  codes = exit_codes()
+  for name, phrase in (("EXIT_FINISHED", "finished"), ("EXIT_FAILED", "an error"), ("EXIT_DIVERGED", "diverged"),
+                       ("EXIT_PREEMPTED", "preempted"), ("EXIT_INTERRUPTED", "stopped by a second Ctrl-C")):
+    assert f"{codes[name]} {phrase}" in text, (name, codes[name])
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+  """Where README paths point during the run, with the inputs the commands read."""
+  from lm.data import sotu
+  from tests import hf_helpers
+  tmp = tmp_path_factory.mktemp("readme")
+  texts = [r["text"] for r in sotu.read_corpus()[-2:]]
+  (tmp / "my_heldout.txt").write_text(texts[0][:3000])
+  (tmp / "prompts.txt").write_text("Fellow citizens\nOur economy\n")
+  pairs = [{"prompt": f"Q: who spoke in {y}?\nA:", "completion": f" {p}"} for y, p in ((1790, "Washington"),
+                                                                                     (1801, "Jefferson"))] * 8
+  for name in ("train.jsonl", "heldout.jsonl"):
+    (tmp / name).write_text("".join(json.dumps(p) + "\n" for p in pairs))
+  hf_helpers.make_llama(str(tmp / "hf_llama"), max_position_embeddings=64)
+  return tmp
+
+
+def _argv(command: str, plan: Run, tmp, data) -> tuple[list[str], dict]:
+  for old, new in plan.subs:
+    command = command.replace(old, new)
+  for old, new in (("~/models/llama-3.2-1b", f"{tmp}/hf_llama"), ("/tmp/smoke", f"{tmp}/smoke"),
+                   ("/tmp/mesh", f"{tmp}/mesh"), ("=my_heldout.txt", f"={tmp}/my_heldout.txt"),
+                   ("=prompts.txt", f"={tmp}/prompts.txt"), ("=train.jsonl", f"={tmp}/train.jsonl"),
+                   ("=heldout.jsonl", f"={tmp}/heldout.jsonl")):
+    command = command.replace(old, new)
+  command = re.sub(r"(?<![\w/])(runs|exports)/", lambda m: f"{tmp}/{m.group(1)}/", command)
+  words = shlex.split(command) + [re.sub(r"(?<![\w/])runs/", f"{tmp}/runs/", a.format(data=data)) for a in plan.extra]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  while re.match(r"^[A-Z_]+=", words[0]):
+    key, value = words.pop(0).split("=", 1)
+    env[key] = value
+  assert words[0] in ("python", "python3"), words
+  return [sys.executable, *words[1:]], env
+
+
+def test_every_local_readme_command_runs(sandbox, tmp_path_factory):
+  data = shared_data_dir(tmp_path_factory)
+  failures = []
+  for command, plan in COMMANDS.items():
+    if isinstance(plan, Skip):
+      continue
+    argv, env = _argv(command, plan, sandbox, data)
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=plan.timeout)
+    if done.returncode != 0 or "Traceback" in done.stderr:
+      failures.append(f"{command}\n  exit {done.returncode}: {(done.stdout + done.stderr)[-1500:]}")
+  assert not failures, "\n\n".join(failures)
