@@ -32,6 +32,7 @@ from lm import optim
 from lm import schema
 from lm import sharding
 from lm import steps as steps_lib
+from lm import tasks
 from lm.model import ModelConfig, Transformer
 
 
@@ -61,7 +62,8 @@ def train(cfg, workdir: str) -> TrainResult:
   ckpt = checkpoint_lib.Checkpointer(workdir, t.keep_checkpoints)
   train_it = data_lib.train_iterator(cfg.data, tokenizer, t.batch_size, t.seed)
   start, state, wall_before = restore_or_init(cfg, spec, ckpt, train_it, workdir)
-  evaluate = evaluation.Evaluation(cfg, spec, tokenizer)  # held-out text, or SFT pairs (data.format)
+  evaluate = evaluation.Evaluation(cfg, spec, tokenizer,  # held-out text, or SFT pairs (data.format)
+                                   tasks.Tasks(cfg, spec, tokenizer))  # and train.eval_tasks
   batch_keys = steps_lib.TRAIN_KEYS + (steps_lib.OPTIONAL_KEYS if cfg.data.format == "sft" else ())
   train_step = spec.jit_train_step(
       steps_lib.make_train_step(model, optimizer, lr_schedule, t.z_loss, cfg.optim.grad_accum_steps),
@@ -101,7 +103,6 @@ def train(cfg, workdir: str) -> TrainResult:
 
   # ---- teardown: one path for every status ----
   ckpt.close()
-  log.close()
   last_eval, baseline = log.last_eval, None
   if status == "finished":
     if not last_eval:
@@ -112,6 +113,7 @@ def train(cfg, workdir: str) -> TrainResult:
                                 wall_s(), log.meter.run_rate(),
                                 error=repr(error) if error else None, baseline=baseline)
   summary = metrics_lib.write_summary(workdir, row)
+  log.close(summary)  # after the summary: W&B keeps it as the run summary
   if error is not None:
     raise error
   return TrainResult(summary, state, model, tokenizer)
