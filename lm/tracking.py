@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
+import string
 from typing import Any
 
 import jax
@@ -86,7 +88,7 @@ class WandbWriter:
       with open(path) as f:
         run_id = json.load(f)["id"]
     else:
-      run_id = wandb.util.generate_id()
+      run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's id alphabet
       with open(path + ".tmp", "w") as f:
         json.dump({"id": run_id}, f)
       os.replace(path + ".tmp", path)
