@@ -1,8 +1,8 @@
 """lm as a model of EleutherAI's lm-evaluation-harness (`pip install 'lm[eval]'`, lm-eval 0.4.13).
 
-    python -m lm.harness run --model lm --model_args workdir=RUN --tasks hellaswag,arc_easy
-    python -m lm.harness run --model lm --model_args workdir=RUN \\
-        --include_path lm/harness_tasks --tasks lm_sotu_mc,lm_sotu_gen,lm_heldout     # offline
+    python -m lm.harness run --model lm --model_args workdir=RUN --batch_size 64 --tasks hellaswag arc_easy
+    python -m lm.harness run --model lm --model_args workdir=RUN --batch_size 64 \\
+        --include_path lm/harness_tasks --tasks lm_sotu_mc lm_sotu_gen lm_heldout     # offline
 
 `python -m lm.harness ARGS` is lm_eval's own command line (`lm_eval ARGS`) with lm's model
 registered under the name "lm" first. lm-eval 0.4.13 has no plugin hook that would let a bare
@@ -13,9 +13,10 @@ merged upstream later, EleutherAI/lm-evaluation-harness#4013.) From Python, pass
 itself: `lm_eval.simple_evaluate(model=LMHarness(workdir=RUN), tasks=[...])`.
 
 model_args: workdir (an lm workdir, its latest checkpoint, or a Hugging Face directory: what
-lm.loading.load reads), batch_size (rows per forward pass, default 32; the harness's
---batch_size sets it too), max_gen_toks (cap on generated tokens, default 256), mesh ('run':
-the run's mesh config where it fits the devices present, else all devices on `data`; 'data').
+lm.loading.load reads), max_gen_toks (cap on generated tokens, default 256), mesh ('run': the
+run's mesh config where it fits the devices present, else all devices on `data`; 'data').
+Rows per forward pass come from the harness's own `--batch_size N` (its default is 1: pass
+64 or so; 'auto' means 32); lm-eval hands it to the model beside model_args.
 
 The three request types, through lm's own forward pass (lm/scoring.py) and KV-cache decoding
 (lm/decode.py), batched on the mesh:
