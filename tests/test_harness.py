@@ -25,6 +25,8 @@ from lm import tasks  # noqa: E402
 from lm import train as train_lib  # noqa: E402
 from tests.helpers import shared_data_dir, tiny_run_config  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a trained run behind the adapter; one test spawns lm_eval's CLI
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = os.path.join(ROOT, "lm", "harness_tasks")
 TEXT = ("Mr. Speaker, Mr. President, and distinguished Members of the Congress: the state of our Union is "

@@ -20,6 +20,8 @@ from lm import train as train_lib  # noqa: E402
 from lm.metrics import read_jsonl  # noqa: E402
 from tests.helpers import shared_data_dir, tiny_run_config  # noqa: E402
 
+pytestmark = pytest.mark.slow  # full training runs, one of them preempted and resumed as processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_CONSOLE", "off")  # no stdout capture inside pytest
