@@ -26,6 +26,7 @@ def get_config(arg=None):
   t.eval_steps = 8
   t.checkpoint_every = 200
   t.log_every = 10
+  t.eval_tasks = "sotu_mc,heldout"  # multiple choice on unseen addresses; bpb on 5 other domains (lm/tasks.py)
   o = cfg.optim
   o.lr = 3e-3
   o.warmup_steps = 50

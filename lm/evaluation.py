@@ -3,9 +3,10 @@
     loss_over(eval_step, params, batches, mesh, rules) -> {"loss", "bits_per_byte", "tokens", "bytes"}
         the loop behind `lm.evaluate` (text_file_loss), SFT's completion loss (below)
         and every evaluation during training (Evaluation)
-    Evaluation(cfg, spec, tokenizer)(params) -> {"eval_loss", "eval_bpb", "eval_tokens", ...}
+    Evaluation(cfg, spec, tokenizer, tasks)(params) -> {"eval_loss", "eval_bpb", "eval_tokens", ...}
         chosen once per run from data.format: the held-out split ('text'), or the held-out
-        pairs' completion loss plus exact match by greedy generation ('sft')
+        pairs' completion loss plus exact match by greedy generation ('sft'); then the
+        train.eval_tasks (lm/tasks.py: task_* metrics), when given
 
 Supervised fine-tuning (data.format='sft'; `python -m lm.evaluate_sft` for any model):
   completion loss: nats per token over the completion tokens and the EOS that ends them, the
@@ -83,8 +84,8 @@ class Evaluation:
   the completion loss, and eval_exact_match is added (below).
   """
 
-  def __init__(self, cfg, spec: steps.StateSpec, tokenizer):
-    self.spec, self.tokenizer, self.data_cfg = spec, tokenizer, cfg.data
+  def __init__(self, cfg, spec: steps.StateSpec, tokenizer, tasks=None):
+    self.spec, self.tokenizer, self.data_cfg, self.tasks = spec, tokenizer, cfg.data, tasks
     keys = steps.EVAL_KEYS + (steps.OPTIONAL_KEYS if cfg.data.format == "sft" else ())
     self.eval_step = spec.jit_eval_step(steps.make_eval_step(spec.model),
                                         steps.batch_shardings(spec.mesh, spec.rules, keys))
@@ -99,6 +100,8 @@ class Evaluation:
     if self.pairs is not None:
       metrics.update(sft_train_metrics(self.spec.model, params, self.tokenizer, self.pairs, self.data_cfg,
                                             self.spec.mesh, self.spec.rules))
+    if self.tasks:  # lm/tasks.py: multiple choice and held-out text sets (train.eval_tasks)
+      metrics.update(self.tasks(params))
     return metrics
 
 

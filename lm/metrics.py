@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from lm import flops as flops_lib
 from lm.workdir import atomic_write
+from lm import tracking
 
 SCHEMA = ("run_id", "experiment", "status", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff",
           "vocab_size", "seq_len", "batch_size", "steps", "lr", "params_total", "params_nonembedding",
@@ -286,6 +287,7 @@ def summary_row(f: RunFacts, status: str, steps_done: int, train_loss: float | N
   }
   if "eval_exact_match" in last_eval:  # supervised fine-tuning (lm/evaluation.py)
     row["eval_exact_match"] = last_eval["eval_exact_match"]
+  row.update({k: v for k, v in last_eval.items() if k.startswith("task_")})  # lm/tasks.py: a column each
   if baseline:
     row["unigram_loss"] = baseline["nats_per_token"]
     row["unigram_bpb"] = baseline["bits_per_byte"]
@@ -301,10 +303,12 @@ class TrainLog:
   (finished by now, since step s is already queued), so the host never waits for the
   device. At an evaluation or checkpoint boundary (`settle=True`) the current step's
   metrics are read at once too, so a divergence is caught before anything is saved.
-  Rows go to metrics.jsonl and TensorBoard every train.log_every steps and at the end.
-  `resume_state()` goes into each checkpoint's meta, and `resumed=` that meta carries the
-  recent losses and the timed totals over, so a resumed run reports the same train_loss and
-  tokens/s as an uninterrupted one (and a run restored at its last step reports them at all).
+  Rows go to metrics.jsonl and TensorBoard every train.log_every steps and at the end, and
+  to Weights & Biases when logging.wandb is on (lm/tracking.py, the same rows); a
+  logging.profile_steps range is traced as the steps pass. `resume_state()` goes into each
+  checkpoint's meta, and `resumed=` that meta carries the recent losses and the timed totals
+  over, so a resumed run reports the same train_loss and tokens/s as an uninterrupted one
+  (and a run restored at its last step reports them at all).
   """
 
   def __init__(self, workdir: str, cfg, start: int, facts: RunFacts, resumed: dict | None = None):
@@ -313,6 +317,8 @@ class TrainLog:
     self.factor = float(t.divergence_factor)
     self.max_loss = self.factor * math.log(facts.model_cfg.vocab_size) if self.factor > 0 else math.inf
     self.writer = MetricWriter(workdir, resume_step=start, tensorboard=cfg.logging.tensorboard)
+    self.trackers = [w for w in (tracking.WandbWriter.of(cfg, workdir),) if w is not None]
+    self.profile = tracking.Profile.of(cfg, workdir)
     self.progress = Progress(t.steps, start, enabled=cfg.logging.progress)
     self.meter = Meter(resumed.get("timed_tokens", 0), resumed.get("timed_s", 0.0))
     self.pending = None             # (step, device metrics) not read yet
@@ -331,6 +337,8 @@ class TrainLog:
     if step == self.start + 1:  # the first step includes compilation: keep it out of tokens/s
       jax.block_until_ready(device_metrics)
       self.meter.restart()
+    if self.profile is not None:
+      self.profile.step(step, device_metrics)
     ok = self.settle()
     self.pending = (step, device_metrics)
     return ok and (self.settle() if settle else True)
@@ -358,16 +366,20 @@ class TrainLog:
       m["tokens_per_s"] = self.meter.interval_rate()
       if self.facts.peak_measured:
         m["mfu"] = self.facts.mfu(m["tokens_per_s"])
-      self.writer.write(s, m)
+      self._write(s, m)
       self.last_row = m
       self.progress.update(s, {**m, **self.last_eval})
     return True
 
   def eval(self, step: int, metrics: dict) -> dict:
     self.last_eval = metrics
-    self.writer.write(step, metrics)
+    self._write(step, metrics)
     self.progress.update(step, {**self.last_row, **metrics})
     return metrics
+
+  def _write(self, step: int, metrics: dict) -> None:
+    for w in [self.writer] + self.trackers:
+      w.write(step, metrics)
 
   def paused(self):
     """A context in which time does not count towards tokens/s (evaluation, checkpoints)."""
@@ -381,5 +393,13 @@ class TrainLog:
     self.progress.write(text)
 
   def close(self) -> None:
+    """Ends the profile range, the progress bar and the metrics writers."""
+    if self.profile is not None:
+      self.profile.close()
     self.progress.close()
     self.writer.close()
+
+  def close_trackers(self, summary: dict | None = None) -> None:
+    """Ends the W&B run, with `summary` (summary.json) as its run summary."""
+    for w in self.trackers:
+      w.close(summary)

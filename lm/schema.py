@@ -21,6 +21,8 @@ from lm import data as data_lib
 from lm import model as model_lib
 from lm import optim
 from lm import sharding
+from lm import tasks
+from lm import tracking
 from lm.errors import ConfigError
 
 TRAIN_POSITIVE = ("steps", "batch_size", "eval_every", "eval_steps", "checkpoint_every", "keep_checkpoints",
@@ -82,6 +84,11 @@ def defaults() -> ConfigDict:
   # NaN does. ln(vocab_size) is a uniform guess's loss, where a fresh model starts (5.56 for
   # the byte vocabulary, 8.32 for 4,096 pieces); twice it is a blow-up. 0 turns it off.
   t.divergence_factor = 2.0
+  # Tasks evaluated with the held-out loss (lm/tasks.py), comma-separated: 'sotu_mc'
+  # (multiple choice on unseen addresses), 'heldout' (the shipped multi-domain set), or a
+  # path to a .txt file / folder. Metrics task_*: metrics.jsonl, TensorBoard, summary.json.
+  t.eval_tasks = ""
+  t.eval_task_examples = 200    # items of a multiple-choice task (sotu_mc: 4 choices each)
 
   # ---- optim: optax chain (lm/optim.py) ----
   o = cfg.optim = ConfigDict()
@@ -123,6 +130,19 @@ def defaults() -> ConfigDict:
   g = cfg.logging = ConfigDict()
   g.tensorboard = True
   g.progress = True
+  # Weights & Biases (lm/tracking.py; `pip install lm[tracking]`): the scalars of
+  # metrics.jsonl, the resolved config, summary.json as the run summary. The run id is
+  # kept in WORKDIR/wandb_run.json, so a resumed run logs to the same W&B run.
+  g.wandb = False
+  g.wandb_project = "lm"
+  g.wandb_entity = placeholder(str)   # None: W&B's default entity
+  g.wandb_name = placeholder(str)     # None: the workdir's base name
+  g.wandb_group = placeholder(str)    # e.g. a sweep's name, so its points group together
+  g.wandb_tags = ""                   # comma-separated
+  g.wandb_mode = "online"             # 'online' | 'offline' (files under WORKDIR/wandb, `wandb sync` later)
+  # A jax.profiler trace of steps [start, stop) into WORKDIR/profile (lm/tracking.py:Profile),
+  # e.g. "10:15"; '' = none. View: tensorboard --logdir WORKDIR/profile (profile plugin) or XProf.
+  g.profile_steps = ""
   return cfg
 
 
@@ -183,6 +203,8 @@ def validate(cfg: ConfigDict, n_devices: int | None = None, processes: int = 1) 
   validate_seq_len(cfg.model, cfg.data.seq_len)
   data_lib.validate(cfg.data)
   validate_train(cfg.train)
+  tasks.validate(cfg.train)
+  tracking.validate(cfg.logging, cfg.train.steps)
   optim.validate(cfg.optim, cfg.train.steps)
   if n_devices is not None:
     validate_mesh(cfg, n_devices, processes)

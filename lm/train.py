@@ -40,6 +40,7 @@ from lm import sharding
 from lm import steps as steps_lib
 from lm import workdir as workdir_lib
 from lm.errors import WorkdirError
+from lm import tasks
 from lm.model import ModelConfig, Transformer
 
 
@@ -82,7 +83,8 @@ def _train(cfg, workdir: str) -> TrainResult:
     return TrainResult(done, state, model, tokenizer, already_finished=True)
   if jax.process_index() == 0:  # only once the resume is accepted: a refused one leaves the old config
     checkpoint_lib.write_config(cfg, workdir, **facts.derived())
-  evaluate = evaluation.Evaluation(cfg, spec, tokenizer)  # held-out text, or SFT pairs (data.format)
+  evaluate = evaluation.Evaluation(cfg, spec, tokenizer,  # held-out text, or SFT pairs (data.format)
+                                 tasks.Tasks(cfg, spec, tokenizer))  # and train.eval_tasks
   batch_keys = steps_lib.TRAIN_KEYS + (steps_lib.OPTIONAL_KEYS if cfg.data.format == "sft" else ())
   train_step = spec.jit_train_step(
       steps_lib.make_train_step(model, optimizer, lr_schedule, t.z_loss, cfg.optim.grad_accum_steps),
@@ -148,6 +150,7 @@ def _train(cfg, workdir: str) -> TrainResult:
       raise
     logging.warning("could not record the failure in summary.json (%s)", e)
     print(f"WARNING: could not write {workdir}/summary.json ({e}); the run failed with: {error!r}", flush=True)
+  log.close_trackers(summary)  # after the summary: W&B keeps it as the run summary
   if error is not None:
     raise error
   return TrainResult(summary, state, model, tokenizer)
