@@ -22,6 +22,10 @@ Preemption and time limits: the job is requeued when it is preempted or its node
 status 'preempted') and requeues itself, at most --max_restarts times. The log is appended to
 (--open-mode=append), so a job keeps one log across its restarts. Every start resumes from the
 latest checkpoint; a sweep skips its finished points.
+
+Every value that reaches the script is quoted (shlex in shell lines, sbatch's own quoting in
+#SBATCH lines: sbatch_option) or refused (a line break anywhere; --job_name outside
+[A-Za-z0-9_.-]). --setup lines and --extra_install are shell commands by design.
 """
 
 from __future__ import annotations
@@ -37,6 +41,26 @@ from experiments.launch import common
 from experiments.launch.common import LaunchError
 
 NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm")  # never shared between nodes
+JOB_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # also a file name (<log_dir>/<job_name>.sbatch) and %x of --output
+PLAIN = re.compile(r"[A-Za-z0-9_.,:=@%/+-]*")  # what sbatch reads from an #SBATCH line as it is written
+
+
+def sbatch_option(option: str) -> str:
+  """'--output=/a b/%x.out' as an #SBATCH line must write it. sbatch splits such a line at
+  whitespace, groups quoted text, drops backslashes and ends the line at an unquoted '#'
+  (src/sbatch/opt.c, _get_argument); a value with any of these is written in double quotes
+  with its quotes and backslashes escaped. A line break cannot be written: check_line refuses it."""
+  flag, sep, value = option.partition("=")
+  if not sep or PLAIN.fullmatch(value):
+    return option
+  return f'{flag}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def check_line(value: str | None, flag: str) -> None:
+  """A value that reaches the script (an #SBATCH line, a comment) must not end its line."""
+  if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+    raise LaunchError(f"{flag}={value!r} contains a line break or control character, which would end its line "
+                      "of the batch script and start another: remove it.")
 
 
 def batch_script(job: common.Job, *, job_name: str, nodes: int, gpus_per_node: int, time: str | None,
@@ -48,6 +72,7 @@ def batch_script(job: common.Job, *, job_name: str, nodes: int, gpus_per_node: i
                                       ("partition", partition), ("account", account), ("qos", qos)) if v]
   sbatch += [f"--output={log_dir}/%x-%j.out", "--open-mode=append", "--requeue", f"--signal=B:USR1@{signal_s}"]
   sbatch += sbatch_args
+  sbatch = [sbatch_option(a) for a in sbatch]
   devices = ",".join(str(i) for i in range(gpus_per_node))
   return "\n".join([
       "#!/bin/bash",
@@ -174,6 +199,13 @@ def plan(args: argparse.Namespace, repo: Path | None = None):
   if args.shared_fs and not any(common.is_under(out, d) for d in args.shared_fs):
     raise LaunchError(f"{flag}={job.output_dir} ({out}) is not under the shared filesystem "
                       f"({', '.join(args.shared_fs)}); every node must see it.")
+  if args.job_name is not None and not JOB_NAME.fullmatch(args.job_name):
+    raise LaunchError(f"--job_name={args.job_name!r}: use letters, digits, '_', '.' and '-' (it names the script "
+                      "file and the log, %x).")
+  for flag, value in (("--partition", args.partition), ("--account", args.account), ("--qos", args.qos),
+                      ("--mem", args.mem), ("--log_dir", args.log_dir), ("--venv", args.venv), ("the checkout", str(repo)),
+                      *(("--sbatch_arg", a) for a in args.sbatch_arg)):
+    check_line(value, flag)
   name = args.job_name or "lm-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.basename(out))
   log_dir = os.path.abspath(args.log_dir or os.path.join(repo, "slurm_logs"))
   venv = os.path.abspath(args.venv or os.path.join(repo, ".venv"))

@@ -25,6 +25,9 @@ runs, and after it ends, since lm exits 0 when SIGTERM makes it checkpoint and s
 queued resource, creates it again, ships, installs and runs the same command: lm resumes from its
 latest checkpoint, a sweep skips finished points. At most --max_restarts times. A lost ssh connection
 (exit status 255) with the slice still ACTIVE reruns on the same slice; any other failure stops.
+
+Every value that reaches a worker's shell is quoted with shlex (paths, --env values, the
+command) or validated (--bucket, --name); --extra_install is a shell command by design.
 """
 
 from __future__ import annotations
@@ -129,7 +132,8 @@ def setup_script(extra_install: str, bucket: str | None, mount_point: str | None
     lines += gcsfuse_lines(bucket, mount_point)
   if shared_dir:
     d = shlex.quote(shared_dir)
-    lines.append(f'test -d {d} || {{ echo "{shared_dir} is not mounted on $(hostname)" >&2; exit 1; }}')
+    # The path is an argument of printf, never part of its format or of a double-quoted string.
+    lines.append(f"test -d {d} || {{ printf '%s is not mounted on %s\\n' {d} \"$(hostname)\" >&2; exit 1; }}")
   return "\n".join(lines)
 
 
