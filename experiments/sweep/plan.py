@@ -25,7 +25,11 @@ A sweep is a Python file whose get_config(arg=None) returns a ConfigDict with fi
                     values are not passed (placeholders a command line may fill:
                     --config.overrides.data.data_dir=DIR)
 
-Point names are '<budget>-<model>': C3e12-p1m (isoflop), D2M-p1m (grid). Steps:
+Point names are '<budget>-<model>': C3e12-p1m (isoflop), D2M-p1m (grid), with the budget written
+exactly (D32.768K, C3.2768e4: never rounded, so two budgets never share a name or a workdir);
+a sweep that lists a budget or a model twice is refused. (Until 2026-12 labels were rounded to 3
+digits, D32.8K for 32,768: a sweep directory from then has other point names; rename its point
+directories to the new names to keep their runs.) Steps:
   isoflop  steps = round(C / (flops_per_token x batch_size x seq_len))
   grid     steps = round(D / (batch_size x seq_len))
 """
@@ -33,6 +37,7 @@ Point names are '<budget>-<model>': C3e12-p1m (isoflop), D2M-p1m (grid). Steps:
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import importlib.util
 import math
 import os
@@ -156,12 +161,15 @@ def model_config(cfg):
 # ---- expansion ----
 
 def budget_label(kind: str, budget: float) -> str:
-  """C3e12, C2.5e+13 -> C2.5e13; grid token budgets D2M, D512K (from configs.ladder.human)."""
+  """The budget, exactly: FLOPs C3e12, C2.5e13, C3.2768e4; tokens D2M, D512K, D32.768K, D1.6384M."""
+  value = decimal.Decimal(repr(float(budget)) if isinstance(budget, float) else str(budget)).normalize()
   if kind == "grid":
-    from configs.ladder import human
-    return "D" + human(budget)
-  mantissa, exponent = f"{budget:.3g}".split("e") if "e" in f"{budget:.3g}" else (f"{budget:.3g}", "0")
-  return f"C{mantissa}e{int(exponent)}"
+    for unit, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3), ("", 1)):
+      if abs(value) >= scale or not unit:
+        return f"D{(value / scale).normalize():f}{unit}"
+  _, digits, exponent = value.as_tuple()
+  mantissa = str(digits[0]) + ("." + "".join(map(str, digits[1:])) if len(digits) > 1 else "")
+  return f"C{mantissa}e{len(digits) - 1 + exponent}"
 
 
 def validate(s: ConfigDict) -> None:
@@ -176,6 +184,10 @@ def validate(s: ConfigDict) -> None:
     raise SweepError(f"budgets={tuple(s.budgets)} must be positive.")
   if len(set(s.models)) != len(s.models):
     raise SweepError(f"models={tuple(s.models)} names a model twice.")
+  twice = sorted({b for b in s.budgets if list(s.budgets).count(b) > 1})
+  if twice:
+    raise SweepError(f"budgets={tuple(s.budgets)} lists {', '.join(f'{b:g}' for b in twice)} twice; two points "
+                     "would share one workdir. List each budget once.")
   per_budget = s.get("budget_models")
   if per_budget:
     if len(per_budget) != len(s.budgets):
@@ -239,6 +251,11 @@ def expand(s: ConfigDict) -> tuple[list[Point], list[tuple[str, str]]]:
                           params_nonembedding=counts.nonembedding, flops_per_token=per_token,
                           memory_bytes=memory, cfg=cfg))
   points.sort(key=lambda p: s.budgets.index(p.budget) if p.budget in s.budgets else 0)  # budget-major
+  names = [p.name for p in points] + [n for n, _ in left_out]
+  shared = sorted({n for n in names if names.count(n) > 1})
+  if shared:  # a model name that makes another point's name: 'D1K' + '-a-b' vs ...
+    raise SweepError(f"points {shared} would share a workdir; rename the models so that every "
+                     "'<budget>-<model>' is unique.")
   return points, left_out
 
 

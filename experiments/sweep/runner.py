@@ -139,6 +139,9 @@ class Runner:
   def point_dir(self, p) -> str:
     return os.path.join(self.sweep_dir, p.name)
 
+  def log_name(self) -> str:
+    return "log.txt" if self.writer else f"log.host{self.index}.txt"
+
   def save(self):
     if self.writer:
       status_lib.write_records(self.sweep_dir, self.records)
@@ -161,7 +164,7 @@ class Runner:
     record = self.records.setdefault(p.name, {})
     attempt = record.get("attempt", 0) + 1
     argv = [sys.executable, *p.argv(os.path.abspath(d)), *passthrough_flags()]
-    log = open(os.path.join(d, "log.txt" if self.writer else f"log.host{self.index}.txt"), "a")
+    log = open(os.path.join(d, self.log_name()), "a")
     log.write(f"==== attempt {attempt} on {socket.gethostname()} at {status_lib.now()}: {' '.join(argv)}\n")
     log.flush()
     proc = subprocess.Popen(argv, cwd=sweep_plan.REPO, stdout=log, stderr=subprocess.STDOUT,
@@ -179,13 +182,15 @@ class Runner:
     d = self.point_dir(p)
     record = self.records[p.name]
     s = status_lib.summary(d) if status_lib.summary_time(d) >= record["started_ts"] else None
-    if s:
+    if s and s["status"] == "finished" and rc != 0:  # finished means the whole process succeeded
+      state, message = "failed", (f"exit status {rc} after summary.json said finished: "
+                                  + (_last_line(os.path.join(d, self.log_name())) or "no output"))
+    elif s:
       state, message = s["status"], s.get("error") or ""
     elif self.signals:
       state, message = "preempted", f"stopped before training began (exit status {rc})"
     else:
-      state, message = "failed", _last_line(os.path.join(d, "log.txt" if self.writer else
-                                                         f"log.host{self.index}.txt")) or f"exit status {rc}"
+      state, message = "failed", _last_line(os.path.join(d, self.log_name())) or f"exit status {rc}"
     record.update(state=state, ended=status_lib.now(), returncode=rc, message=message)
     self.log(f"end   {p.name}: {state}" + (f" ({message})" if message else "")
              + (f", eval_loss {s['eval_loss']:.4f}" if s and s.get("eval_loss") is not None else ""))
@@ -292,7 +297,8 @@ def main(argv) -> int:
   if extra and index == 0:
     log(f"{len(extra)} point directories are not in the config (left in place, still collected): {', '.join(extra)}")
   wait_for_orphans(sweep_dir, log)
-  todo = [p for p in points if status_lib.should_run(os.path.join(sweep_dir, p.name))]
+  records = status_lib.read_records(sweep_dir)  # every host reads the same file: they decide the same
+  todo = [p for p in points if status_lib.should_run(os.path.join(sweep_dir, p.name), records.get(p.name))]
   if parallel > 1:  # longest first: the shortest makespan of list scheduling
     todo.sort(key=lambda p: p.flops_per_token["flops_exact"] * p.tokens, reverse=True)
   names = [p.name for p in points] + extra

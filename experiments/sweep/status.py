@@ -11,7 +11,8 @@
 
 States: pending (never started), running, preempted (stopped with a checkpoint; or its runner
 died: it resumes), finished, diverged, failed. finished and diverged are final: a relaunch
-skips them. Every other point is run again and lm.main resumes it from its last checkpoint.
+skips them. A process that exits non-zero is never finished, whatever its summary.json says
+(it is failed, and runs again). Every other point is run again and lm.main resumes it from its last checkpoint.
 A point's summary.json (written by lm.main) is the truth about its outcome; status.json adds
 what summary.json cannot say (running, a failure before training started, the attempt count).
 Only the runner that holds sweep.lock (process 0 of a multi-host sweep) writes these files.
@@ -71,15 +72,23 @@ def point_state(point_dir: str, record: dict | None, runner_alive: bool) -> str:
     if s and summary_time(point_dir) >= started:
       return s["status"]  # its runner died; the point itself stopped and said how (SIGTERM: preempted)
     return "preempted"     # killed with its runner: it resumes from its last checkpoint
+  if exited_badly(record):
+    return "failed"
   if s and summary_time(point_dir) >= started:
     return s["status"]
   return record.get("state") or ("preempted" if s else "pending")
 
 
-def should_run(point_dir: str) -> bool:
-  """The relaunch rule, from summary.json alone, so every host of a multi-host sweep agrees."""
+def exited_badly(record: dict | None) -> bool:
+  """The last attempt's process failed (non-zero exit), whatever summary.json says."""
+  return bool(record) and record.get("state") == "failed" and record.get("returncode") not in (0, None)
+
+
+def should_run(point_dir: str, record: dict | None = None) -> bool:
+  """The relaunch rule: from summary.json and the last attempt's record (status.json, which
+  every host of a multi-host sweep reads before any of them starts a point, so all agree)."""
   s = summary(point_dir)
-  return not (s and s.get("status") in FINAL)
+  return exited_badly(record) or not (s and s.get("status") in FINAL)
 
 
 def pid_alive(pid: int) -> bool:
