@@ -55,7 +55,7 @@ def load_results(path: str, params: str = "params_nonembedding", flops: str = "f
   """The runs of a results table as columns N, D, C, loss and budget (a budget id).
 
   A `flops_budget` column (a sweep's nominal budget) groups IsoFLOP runs; without one,
-  runs are grouped by their FLOPs (group_budgets). A budget's C is the geometric mean of
+  runs (and rows whose flops_budget is empty: standalone runs) are grouped by their FLOPs (group_budgets). A budget's C is the geometric mean of
   its runs' `flops` column, so fit with the definition the sweep was budgeted in: at
   CPU scale flops_exact is 1.3x (p10m) to 7x (p50k) flops_6n, so one 6N budget spans
   a wide range of exact FLOPs.
@@ -71,13 +71,16 @@ def load_results(path: str, params: str = "params_nonembedding", flops: str = "f
   runs = pd.DataFrame({"N": table[params], "D": table["tokens"], "C": table[flops], "loss": table[loss]})
   if "flops_budget" in table.columns:
     runs["budget"] = table["flops_budget"]
-  runs = runs.dropna()
+  runs = runs.dropna(subset=["N", "D", "C", "loss"])
   runs = runs[(runs[["N", "D", "C", "loss"]] > 0).all(axis=1)].reset_index(drop=True)
   if len(runs) < 3:
     raise FitError(f"{path}: {len(runs)} usable runs (status={status!r}, positive {params}, tokens, "
                    f"{flops}, {loss}); a fit needs at least 3.")
   if "budget" not in runs:
     runs["budget"] = group_budgets(runs["C"].to_numpy())
+  elif runs["budget"].isna().any():  # standalone runs collected beside sweep points: grouped by their FLOPs
+    free = runs["budget"].isna()
+    runs.loc[free, "budget"] = group_budgets(runs.loc[free, "C"].to_numpy())
   return runs
 
 

@@ -147,6 +147,35 @@ def test_point_states_from_summary_and_record(tmp_path):
   assert [status_lib.should_run(d) for d, _ in cases.values()] == [True, False, False, True, True]
 
 
+def test_collect_tabulates_any_folder_of_runs_for_a_fit(tmp_path):
+  """Standalone workdirs at any depth (not a sweep) -> one row each, with device-seconds, and a
+  table lm.scaling groups into budgets by FLOPs; a run's own subdirectories are not searched."""
+  from lm import scaling
+  runs = {}
+  for c in (1e12, 1e13, 1e14):
+    for n in (1e4, 3e4, 1e5):
+      d = tmp_path / f"budget{c:.0e}" / f"n{n:.0e}"
+      d.mkdir(parents=True)
+      tokens = c / (6 * n)
+      row = {k: None for k in SCHEMA} | {"run_id": d.name, "status": "finished", "params_nonembedding": n,
+                                         "tokens": tokens, "flops_6n": c, "flops_exact": c,
+                                         "eval_loss": 1.7 + 400 / n**0.35 + 400 / tokens**0.3,
+                                         "wall_s": 10.0, "device_count": 4, "device_kind": "cpu"}
+      (d / "summary.json").write_text(json.dumps(row))
+      runs[str(d.relative_to(tmp_path))] = row
+  (tmp_path / "budget1e+12" / "n1e+04" / "checkpoints").mkdir()  # a stray summary inside a run: not a run
+  (tmp_path / "budget1e+12" / "n1e+04" / "checkpoints" / "summary.json").write_text("{}")
+  result = subprocess.run([sys.executable, "-m", "experiments.collect", f"--sweep_dir={tmp_path}"], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True)  # the old name, as issue 14 ran it
+  assert result.returncode == 0, result.stderr
+  assert f"wrote {tmp_path}/results.csv: 9 runs (finished 9)" in result.stdout
+  t = table(tmp_path)
+  assert sorted(t["point"]) == sorted(runs) and (t["state"] == "finished").all()
+  assert (t["device_s"] == 40.0).all() and t["sweep"].isna().all() and t["attempts"].isna().all()
+  fit_input = scaling.load_results(str(tmp_path / "results.csv"), flops="flops_exact")
+  assert len(fit_input) == 9 and sorted(fit_input.groupby("budget").size()) == [3, 3, 3]
+
+
 # ---- the runner ----
 
 def test_a_non_zero_exit_is_never_recorded_finished(tmp_path):

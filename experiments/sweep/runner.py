@@ -162,6 +162,8 @@ class Runner:
     d = self.point_dir(p)
     os.makedirs(d, exist_ok=True)
     record = self.records.setdefault(p.name, {})
+    if record.get("state") == "running":  # its runner died: the attempt ended when the point last wrote
+      status_lib.close_attempt(record, d, status_lib.last_sign_of_life(d, record["started_ts"]))
     attempt = record.get("attempt", 0) + 1
     argv = [sys.executable, *p.argv(os.path.abspath(d)), *passthrough_flags()]
     log = open(os.path.join(d, self.log_name()), "a")
@@ -191,6 +193,7 @@ class Runner:
       state, message = "preempted", f"stopped before training began (exit status {rc})"
     else:
       state, message = "failed", _last_line(os.path.join(d, self.log_name())) or f"exit status {rc}"
+    status_lib.close_attempt(record, d, time.time())
     record.update(state=state, ended=status_lib.now(), returncode=rc, message=message)
     self.log(f"end   {p.name}: {state}" + (f" ({message})" if message else "")
              + (f", eval_loss {s['eval_loss']:.4f}" if s and s.get("eval_loss") is not None else ""))

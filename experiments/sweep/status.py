@@ -2,7 +2,8 @@
 
     SWEEP_DIR/
       sweep.json            the sweep config and each launch (time, host, command)
-      status.json           the runner's record per point: state, attempt, pid, host, start, end, message
+      status.json           the runner's record per point: state, attempt, pid, host, start, end, message,
+                            and its cost so far (wall_s_spent, device_s_spent: close_attempt)
       sweep.lock            held (flock) by the live runner; names its pid, host and start time
       results.csv           the results table (experiments/sweep/collect.py), rewritten as points end
       <point>/point.json    what the point computes (config + overrides) and its plan
@@ -89,6 +90,33 @@ def should_run(point_dir: str, record: dict | None = None) -> bool:
   every host of a multi-host sweep reads before any of them starts a point, so all agree)."""
   s = summary(point_dir)
   return exited_badly(record) or not (s and s.get("status") in FINAL)
+
+
+def close_attempt(record: dict, point_dir: str, ended_ts: float) -> None:
+  """Add the attempt that began at record['started_ts'] to the point's cost: wall_s_spent (its
+  process's lifetime) and device_s_spent (lifetime x devices). The devices are those its
+  summary.json names if it wrote one, else the last known (record['devices']: a scheduler's
+  allocation, or an earlier attempt's); an attempt with none known adds no device-seconds."""
+  started = record.get("started_ts")
+  if started is None or record.get("closed_ts") == started:
+    return  # not started, or counted already
+  s = summary(point_dir)
+  if s and summary_time(point_dir) >= started and s.get("device_count"):
+    record["devices"], record["device_kind"] = s["device_count"], s.get("device_kind")
+  duration = max(0.0, ended_ts - started)
+  record["wall_s_spent"] = record.get("wall_s_spent", 0.0) + duration
+  if record.get("devices"):
+    record["device_s_spent"] = record.get("device_s_spent", 0.0) + duration * record["devices"]
+  record["ended_ts"], record["closed_ts"] = ended_ts, started
+
+
+def last_sign_of_life(point_dir: str, started: float) -> float:
+  """When an attempt whose runner died (no end recorded) last wrote anything: its log or summary."""
+  times = [started]
+  for name in os.listdir(point_dir) if os.path.isdir(point_dir) else []:
+    if name.startswith("log") or name in ("summary.json", "metrics.jsonl"):
+      times.append(os.path.getmtime(os.path.join(point_dir, name)))
+  return max(times)
 
 
 def pid_alive(pid: int) -> bool:
