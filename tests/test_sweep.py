@@ -178,6 +178,37 @@ def test_collect_tabulates_any_folder_of_runs_for_a_fit(tmp_path):
 
 # ---- the runner ----
 
+def test_parallel_points_get_disjoint_shares_of_the_cores(tmp_path, monkeypatch):
+  """--parallel: each running point's affinity mask is a share no running point holds; lm keys
+  its measured peak (hence MFU) by that mask. Fake points report their mask and stay up a while."""
+  from experiments.sweep import runner as runner_lib
+  assert runner_lib.core_shares(list(range(8)), 3) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+  assert runner_lib.core_shares([0, 1], 4) is None and runner_lib.core_shares([0, 1], 1) is None
+  monkeypatch.setattr(runner_lib, "passthrough_flags", lambda: [])
+  monkeypatch.setattr(runner_lib, "POLL_S", 0.01)
+  report = ("import json, os, sys, time; t = time.time(); time.sleep(0.3); "
+            "json.dump({'status': 'finished', 'cores': sorted(os.sched_getaffinity(0)), 'start': t, "
+            "'end': time.time()}, open(os.path.join(sys.argv[1], 'summary.json'), 'w'))")
+  points = [sweep_plan.Point(f"p{i}", "m", "c", {}, 1.0, 1.0, "flops_exact", 1, 1, 1, 1, {"flops_exact": 1.0}, 0)
+            for i in range(5)]
+  for p in points:
+    p.argv = lambda workdir: ["-c", report, workdir]
+  cores = sorted(os.sched_getaffinity(0))
+  shares = runner_lib.core_shares(cores, 2)
+  runner = runner_lib.Runner(str(tmp_path), points, 2, 0, log=lambda text: None, shares=shares)
+  runner.run(points)
+  got = [json.loads((tmp_path / p.name / "summary.json").read_text()) for p in points]
+  assert all(g["cores"] in shares for g in got)
+  for a in got:  # points that overlapped in time held different shares
+    assert all(a["cores"] != b["cores"] for b in got if b is not a and b["start"] < a["end"] and a["start"] < b["end"])
+  main_thread = os.sched_getaffinity(0)
+  try:
+    os.sched_setaffinity(0, shares[0])
+    assert flops_lib.device_key().endswith(f" x{len(shares[0])}")
+  finally:
+    os.sched_setaffinity(0, main_thread)
+  assert flops_lib.device_key().endswith(f" x{len(cores)}")
+
 def test_a_non_zero_exit_is_never_recorded_finished(tmp_path):
   """A process that exits 1 after a summary.json saying finished (another process's, when two
   points shared a workdir) is failed: in the record, the table, the relaunch and the exit status."""

@@ -8,6 +8,9 @@ or an IsoFLOP set (for each FLOP budget C, every model with D = C / flops-per-to
 can be overridden like lm.main's: --config.budgets="(1e12, 3e12)". Each point runs as a separate
 process (a crash or divergence of one cannot take down the others), one at a time or --parallel
 at once, with its output in SWEEP_DIR/<point>/log.txt; results.csv is rewritten as points end.
+With --parallel=N each running point is pinned to its own 1/N of the host's cores (its affinity
+mask; --nopin_cores to share them): XLA:CPU sizes its thread pool by the mask, and lm measures
+its peak FLOP/s, hence its MFU, on the cores it was given (lm/flops.py:device_key).
 
 Relaunch = the same command. Finished and diverged points are skipped; every other point (never
 started, preempted, failed, or killed together with an earlier runner) runs again, and lm.main
@@ -54,6 +57,9 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan (N, D, C, steps, 
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Points run at once on this host (1 on a multi-host sweep).")
 _STATUS = flags.DEFINE_bool("status", False, "Print each point's state and exit.")
 _PROBE = flags.DEFINE_bool("probe", True, "Dry run: time a few train steps of each model shape.")
+_PIN = flags.DEFINE_bool("pin_cores", True, "With --parallel > 1: give each running point its own share of this "
+                         "host's cores (its affinity mask), which XLA:CPU sizes its thread pool by and lm measures "
+                         "its peak and MFU against.")
 flags.mark_flags_as_required(["sweep_dir"])
 
 POLL_S = 0.2
@@ -97,9 +103,24 @@ def passthrough_flags() -> list[str]:
   return [f"--{name}={value}" for name, value in distributed.process_flags().items() if value is not None]
 
 
-def _die_with_parent(parent: int):
-  """In the child before exec: SIGTERM when the runner dies, even by SIGKILL (Linux)."""
+def core_shares(cores: list[int], parallel: int) -> list[list[int]] | None:
+  """`parallel` disjoint, contiguous shares of `cores` (the first ones one larger when they do not
+  divide), or None when there are fewer cores than points (they then share all of them)."""
+  if parallel <= 1 or len(cores) < parallel:
+    return None
+  size, extra = divmod(len(cores), parallel)
+  bounds = [i * size + min(i, extra) for i in range(parallel + 1)]
+  return [cores[bounds[i]:bounds[i + 1]] for i in range(parallel)]
+
+
+def _in_child(parent: int, cores: list[int] | None):
+  """In the child before exec: its share of the cores, and SIGTERM when the runner dies, even by
+  SIGKILL (Linux). XLA:CPU sizes its Eigen pool by the affinity mask (tf_XLAEigen threads: 2 on
+  this 2-core host, 1 under a 1-core mask, measured 2026-12, jax 0.10.2), and the kernel keeps
+  every other thread (grain, numpy) inside it."""
   def hook():
+    if cores:
+      os.sched_setaffinity(0, cores)
     try:
       ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -128,12 +149,14 @@ def wait_for_orphans(sweep_dir: str, log) -> None:
 class Runner:
   """Runs the points that are not final, `parallel` at a time; only the writer records state."""
 
-  def __init__(self, sweep_dir: str, points, parallel: int, index: int, log=print):
+  def __init__(self, sweep_dir: str, points, parallel: int, index: int, log=print, shares=None):
     self.sweep_dir, self.points, self.parallel, self.index = sweep_dir, points, parallel, index
+    self.shares = shares  # core_shares(): one per running point, or None (not pinned)
     self.writer = index == 0
     self.log = log
     self.records = status_lib.read_records(sweep_dir) if self.writer else {}
     self.running: dict[str, tuple[subprocess.Popen, object]] = {}
+    self.cores: dict[str, list[int]] = {}  # the share each running point holds
     self.signals = 0
 
   def point_dir(self, p) -> str:
@@ -166,20 +189,27 @@ class Runner:
       status_lib.close_attempt(record, d, status_lib.last_sign_of_life(d, record["started_ts"]))
     attempt = record.get("attempt", 0) + 1
     argv = [sys.executable, *p.argv(os.path.abspath(d)), *passthrough_flags()]
+    cores = None
+    if self.shares:
+      cores = next(c for c in self.shares if c not in self.cores.values())
+      self.cores[p.name] = cores
     log = open(os.path.join(d, self.log_name()), "a")
     log.write(f"==== attempt {attempt} on {socket.gethostname()} at {status_lib.now()}: {' '.join(argv)}\n")
     log.flush()
     proc = subprocess.Popen(argv, cwd=sweep_plan.REPO, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
-                            preexec_fn=_die_with_parent(os.getpid()))
+                            preexec_fn=_in_child(os.getpid(), cores))
     record.update(state="running", attempt=attempt, pid=proc.pid, host=socket.gethostname(),
-                  started=status_lib.now(), started_ts=time.time(), ended=None, returncode=None, message="")
+                  started=status_lib.now(), started_ts=time.time(), ended=None, returncode=None, message="",
+                  cores=cores)
     self.running[p.name] = (proc, log)
-    self.log(f"start {p.name} (attempt {attempt}, {p.steps} steps, pid {proc.pid})")
+    self.log(f"start {p.name} (attempt {attempt}, {p.steps} steps, pid {proc.pid}"
+             + (f", cores {','.join(map(str, cores))})" if cores else ")"))
     self.save()
 
   def finish(self, p, rc: int):
     proc, log = self.running.pop(p.name)
+    self.cores.pop(p.name, None)
     log.close()
     d = self.point_dir(p)
     record = self.records[p.name]
@@ -309,7 +339,12 @@ def main(argv) -> int:
       + (f"; left out by min/max_steps: {', '.join(n for n, _ in left_out)}" if left_out else ""))
   if index == 0:
     print(status_lib.table(sweep_dir, names, runner_alive=False), flush=True)
-  runner = Runner(sweep_dir, points, parallel, index, log)
+  shares = None
+  if parallel > 1 and _PIN.value and hasattr(os, "sched_setaffinity"):
+    shares = core_shares(sorted(os.sched_getaffinity(0)), parallel)
+    log(f"each running point has its own cores: {' | '.join(','.join(map(str, c)) for c in shares)}" if shares else
+        f"fewer cores ({len(os.sched_getaffinity(0))}) than --parallel={parallel}: the points share them, unpinned")
+  runner = Runner(sweep_dir, points, parallel, index, log, shares)
   try:
     runner.run(todo)
   finally:
