@@ -150,6 +150,11 @@ class Runner:
       return 0, dry_reply
     return self._capture(argv)
 
+  def read(self, argv: list[str], cwd: str | None = None) -> tuple[int, str]:
+    """(exit status, stdout) of a command that only reads (a sweep's plan): run in a dry run too."""
+    print((f"cd {shlex.quote(cwd)} && " if cwd else "") + shlex.join(argv), file=self.out, flush=True)
+    return self._read(argv, cwd)
+
   def write(self, path: Path, text: str):
     """Write a file; a dry run prints the shell that would write it."""
     print(f"cat > {shlex.quote(str(path))} <<'EOF'\n{text}EOF", file=self.out, flush=True)
@@ -161,7 +166,7 @@ class Runner:
     if not self.dry_run:
       time.sleep(seconds)
 
-  # The two places that touch the system: a test's fake runner replaces these.
+  # The places that touch the system: a test's fake runner replaces these.
   def _execute(self, argv, log_path: Path, stream: bool, watch, watch_every: float) -> int:
     with open(log_path, "a") as log:
       log.write(f"$ {shlex.join(argv)}\n")
@@ -193,6 +198,10 @@ class Runner:
         stop.set()
       log.write(f"[exit status {rc}]\n")
       return rc
+
+  def _read(self, argv, cwd) -> tuple[int, str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
+    return proc.returncode, proc.stdout if proc.returncode == 0 else proc.stdout + proc.stderr
 
   def _capture(self, argv) -> tuple[int, str]:
     proc = subprocess.run(argv, capture_output=True, text=True)
