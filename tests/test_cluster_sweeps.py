@@ -1,0 +1,389 @@
+"""Sweeps fanned out over a cluster, one point per job, against fake schedulers on the PATH.
+
+SLURM: tests/fake_slurm.py is sbatch, squeue, sacct, scontrol, scancel and srun; it runs each
+array task's batch script as a local process, at most %N of an array at once, and requeues or
+preempts a task when told. Cloud TPU: a fake gcloud (below) whose queued resources go ACTIVE,
+whose ssh runs the command locally in a per-slice home, and which preempts one slice on a script.
+The fast tests run stand-in points (tests/fake_point.py) and check the launchers: the cap, what
+a relaunch submits, the dry runs' exact scripts and calls, the cost accounting. The slow ones
+train the real tiny points through the real per-point runner and compare the final table with
+an uninterrupted sweep's.
+"""
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments.launch import common
+from experiments.launch import slurm as launch_slurm
+from experiments.launch import slurm_sweep
+from experiments.sweep import plan as sweep_plan
+from tests import fake_slurm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "experiments/sweeps/tiny.py"
+TWELVE = ["--config.models=('d16','d32','d48')", "--config.budgets=(8192,16384,24576,32768)"]
+
+
+def twelve_points():
+  cfg = sweep_plan.load_config(TINY)
+  cfg.models, cfg.budgets = ("d16", "d32", "d48"), (8192, 16384, 24576, 32768)
+  points, _ = sweep_plan.expand(cfg)
+  return cfg, points
+
+
+def sweep_arg(sweep_dir, extra=TWELVE):
+  return "--sweep=" + " ".join([f"--config={TINY}", f"--sweep_dir={sweep_dir}", *[f'"{a}"' for a in extra]])
+
+
+def intervals(log_path):
+  """{point: [(start, end), ...]} from the stand-in points' log."""
+  out, open_ = {}, {}
+  for line in open(log_path).read().splitlines():
+    kind, name, t, *_ = line.split()
+    if kind == "start":
+      open_[name] = float(t)
+    else:
+      out.setdefault(name, []).append((open_.pop(name), float(t)))
+  return out
+
+
+def most_at_once(spans):
+  events = sorted([(s, 1) for ss in spans.values() for s, _ in ss] + [(e, -1) for ss in spans.values() for _, e in ss],
+                  key=lambda x: (x[0], x[1]))
+  now = best = 0
+  for _, step in events:
+    now += step
+    best = max(best, now)
+  return best
+
+
+@pytest.fixture
+def fake_venv(tmp_path):
+  """A venv whose `python` is the stand-in point, and the plan records it copies into point.json."""
+  cfg, points = twelve_points()
+  records = tmp_path / "plan_records.json"
+  records.write_text(json.dumps({p.name: {"sweep": cfg.name, **p.record()} for p in points}))
+  venv = tmp_path / "venv"
+  (venv / "bin").mkdir(parents=True)
+  (venv / "bin" / "activate").write_text(f'export PATH="{venv}/bin:$PATH"\n')
+  (venv / "bin" / "python").write_text(f'#!/bin/bash\nexec {sys.executable} {ROOT}/tests/fake_point.py "$@"\n')
+  (venv / "bin" / "python").chmod(0o755)
+  return venv, records, points
+
+
+@pytest.fixture
+def slurm(tmp_path, monkeypatch, fake_venv):
+  venv, records, points = fake_venv
+  env = fake_slurm.install(str(tmp_path / "bin"), str(tmp_path / "slurm"))
+  env.update(FAKE_POINTS_LOG=str(tmp_path / "points.log"), FAKE_POINT_RECORDS=str(records), FAKE_POINT_S="1")
+  for k, v in env.items():
+    monkeypatch.setenv(k, v)
+  monkeypatch.setattr(launch_slurm, "NODE_LOCAL", ())  # this machine is every node: /tmp is shared
+  monkeypatch.setenv("FAKE_POINT_HOLD", str(tmp_path / "hold"))  # absent unless a test holds the points
+  (tmp_path / "points.log").touch()
+  yield venv, points
+  fake_slurm.stop_daemon()
+
+
+def slurm_argv(tmp_path, venv, *extra):
+  return ["--per_point", "--max_running=4", "--gpus_per_node=8", "--skip_install", f"--venv={venv}",
+          f"--plan_python={sys.executable}", f"--log_dir={tmp_path / 'logs'}", "--poll_s=0.1", *extra]
+
+
+def allocation(slurm_home):
+  """GPU-seconds the fake SLURM allocated (elapsed x GPUs, whole seconds as sacct reports them), per point."""
+  state = json.loads((slurm_home / "state.json").read_text())
+  out = {}
+  for job in state["jobs"].values():
+    for task in job["tasks"].values():
+      point = job["points"][task["task"]]
+      out[point] = out.get(point, 0) + sum(round(a["end"] - a["start"]) * job["gpus"] for a in task["attempts"])
+  return out
+
+
+@pytest.mark.slow
+def test_twelve_points_with_a_cap_of_four_never_run_more_than_four_and_the_cost_adds_up(tmp_path, slurm):
+  venv, points = slurm
+  sweep_dir = tmp_path / "sweep"
+  out = io.StringIO()
+  assert launch_slurm.main(slurm_argv(tmp_path, venv, "--wait", sweep_arg(sweep_dir)), out) == 0, out.getvalue()
+  text = out.getvalue()
+  spans = intervals(tmp_path / "points.log")
+  assert sorted(spans) == sorted(p.name for p in points) and all(len(s) == 1 for s in spans.values())
+  assert most_at_once(spans) == 4
+  assert "#SBATCH --array=0-11%4" in (tmp_path / "logs" / "lm-sweep-1.sbatch").read_text()
+  assert "finished 12" in text
+  # SLURM's side: what sacct says the 12 tasks were allocated, summed by the launcher.
+  allocated = allocation(tmp_path / "slurm")
+  assert f"SLURM allocated {sum(allocated.values()) / 3600:.3g} GPU-hours to 12 task attempt(s)" in text
+  # lm's side: the points' own attempts, summed by --status; each inside its task's allocation.
+  spent = {p.name: json.loads((sweep_dir / p.name / "record.json").read_text())["device_s_spent"] for p in points}
+  assert f"cost: {sum(spent.values()) / 3600:.3g} device-hours spent on 12 points" in text
+  assert all(spent[n] <= allocated[n] + 0.5 for n in spent)  # sacct rounds to whole seconds
+
+
+@pytest.mark.slow
+def test_a_relaunch_submits_only_the_points_neither_finished_nor_in_flight(tmp_path, slurm):
+  venv, points = slurm
+  sweep_dir = tmp_path / "sweep"
+  argv = slurm_argv(tmp_path, venv, "--wait", sweep_arg(sweep_dir))
+  code = ("import sys; from experiments.launch import slurm; slurm.NODE_LOCAL = (); "  # /tmp is shared here
+          "sys.exit(slurm.main(sys.argv[1:]))")
+  launcher = subprocess.Popen([sys.executable, "-c", code, *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+  hold = tmp_path / "hold"
+  deadline = time.time() + 120
+  while (tmp_path / "points.log").read_text().count("end ") < 2:
+    assert launcher.poll() is None and time.time() < deadline, launcher.stdout.read()
+    time.sleep(0.02)
+  hold.touch()  # the points running now, and those started later, stay up until the array is cancelled
+  launcher.send_signal(signal.SIGKILL)  # the jobs it submitted stay in SLURM
+  launcher.communicate()
+  # 1. While the first array is queued or running, a relaunch submits nothing.
+  out = io.StringIO()
+  assert launch_slurm.main(slurm_argv(tmp_path, venv, sweep_arg(sweep_dir)), out) == 0, out.getvalue()
+  assert ", 0 to submit" in out.getvalue()
+  assert (tmp_path / "slurm" / "calls").read_text().count("sbatch ") == 1
+  # 2. The array is cancelled (its running points stop with a checkpoint); a relaunch submits the rest.
+  first = json.loads((tmp_path / "slurm" / "state.json").read_text())["jobs"]
+  subprocess.run(["scancel", next(iter(first))], check=True)
+  fake_slurm.wait_idle()
+  hold.unlink()
+  summaries = {p.name: sweep_dir / p.name / "summary.json" for p in points}
+  finished = {n for n, f in summaries.items() if f.exists() and json.loads(f.read_text())["status"] == "finished"}
+  assert 2 <= len(finished) < 12
+  out = io.StringIO()
+  assert launch_slurm.main(slurm_argv(tmp_path, venv, "--wait", sweep_arg(sweep_dir)), out) == 0, out.getvalue()
+  second = json.loads((sweep_dir / "slurm" / "lm-sweep-2.json").read_text())
+  assert sorted(second["points"]) == sorted({p.name for p in points} - finished)
+  assert "finished 12" in out.getvalue()
+  spans = intervals(tmp_path / "points.log")
+  assert all(len(spans[n]) == 1 for n in finished)  # no finished point ran twice
+  assert most_at_once(spans) <= 4
+
+
+def test_sizing_rule_and_the_cap_split_over_jobs():
+  gib = 2**30
+  assert [slurm_sweep.gpus_for(m * gib, 80) for m in (0.001, 56, 57, 200, 500)] == [1, 1, 2, 4, 16]
+  assert slurm_sweep.gpus_for(500 * gib, 80, fixed=2) == 2
+  points = [{"name": n, "flops": f, "memory_bytes": m * gib} for n, f, m in
+            (("a", 1, 1), ("b", 3, 1), ("c", 2, 100), ("d", 9, 500), ("e", 8, 600))]
+  jobs = slurm_sweep.jobs_for(points, 8, 80, None)
+  assert [(j["kind"], j["gpus_per_node"], j["nodes"], j["points"]) for j in jobs] == [
+      ("array", 1, 1, ["b", "a"]), ("array", 2, 1, ["c"]), ("nodes", 8, 2, ["d", "e"])]
+  assert slurm_sweep.caps(jobs, 3) == [1, 1, 1] and slurm_sweep.caps(jobs, 16) == [2, 1, 1]
+  many = [{"kind": "array", "points": list(range(n))} for n in (10, 1, 3)]
+  assert slurm_sweep.caps(many, 6) == [4, 1, 1] and sum(slurm_sweep.caps(many, 9)) == 9
+
+
+FAKE_PLAN = {"sweep": "iso", "sweep_dir": "/shared/sweeps/iso", "flops_definition": "flops_exact", "left_out": [],
+             "points": [{"name": "C1e18-p100m", "flops": 1e18, "memory_bytes": 2 * 2**30, "run": True},
+                        {"name": "C1e18-p300m", "flops": 1e18, "memory_bytes": 30 * 2**30, "run": True},
+                        {"name": "C1e18-p50m", "flops": 1e18, "memory_bytes": 1 * 2**30, "run": False},
+                        {"name": "C1e20-p7b", "flops": 1e20, "memory_bytes": 700 * 2**30, "run": True}]}
+
+
+def test_slurm_per_point_dry_run_prints_every_script_and_command(tmp_path, monkeypatch):
+  monkeypatch.setattr(common, "REPO", tmp_path / "repo")
+  (tmp_path / "repo" / "experiments" / "sweeps").mkdir(parents=True)
+  (tmp_path / "repo" / "experiments" / "sweeps" / "isoflop.py").write_text("")
+  planner = tmp_path / "plan.sh"
+  planner.write_text(f"#!/bin/bash\ncat <<'EOF'\n{json.dumps(FAKE_PLAN)}\nEOF\n")
+  planner.chmod(0o755)
+  argv = ["--per_point", "--max_running=16", "--gpus_per_node=8", "--time=4:00:00", "--partition=gpu",
+          "--skip_install", "--venv=/shared/venvs/lm", f"--plan_python={planner}", "--log_dir=/shared/logs",
+          "--shared_fs=/shared", "--dry_run", "--sweep=--config=experiments/sweeps/isoflop.py "
+          "--sweep_dir=/shared/sweeps/iso"]
+  out = io.StringIO()
+  assert launch_slurm.main(argv, out) == 0
+  text = out.getvalue().replace(str(tmp_path / "repo"), "<REPO>").replace(str(planner), "<PLAN>")
+  text = re.sub(r'"submitted": "[0-9T:-]+"', '"submitted": "<TIME>"', text)
+  assert not os.path.exists("/shared")  # a dry run writes nothing
+  assert text == SLURM_PER_POINT_DRY_RUN
+
+
+SLURM_PER_POINT_DRY_RUN = """\
+# sweep on SLURM, one job per point: at most 16 at once, up to 8 GPU(s) a node; jobs lm-iso-<n>; scripts and logs in /shared/logs
+# write the batch scripts
+mkdir -p /shared/logs
+# the sweep's points and their states (only reads; run in a dry run too)
+cd <REPO> && <PLAN> -m experiments.sweep --config=experiments/sweeps/isoflop.py --sweep_dir=/shared/sweeps/iso --plan_json
+# 4 points: 1 final (skipped), 0 queued or running in SLURM (left alone), 3 to submit
+# job lm-iso-1: an array of 2 point(s), 1 GPU(s) each, at most 2 at once
+cat > /shared/sweeps/iso/slurm/lm-iso-1.json <<'EOF'
+{
+ "kind": "array",
+ "gpus_per_node": 1,
+ "nodes": 1,
+ "points": [
+  "C1e18-p100m",
+  "C1e18-p300m"
+ ],
+ "cap": 2,
+ "job_name": "lm-iso-1",
+ "submitted": "<TIME>"
+}
+EOF
+cat > /shared/logs/lm-iso-1.sbatch <<'EOF'
+#!/bin/bash
+# A job array of lm: one point of a sweep per task, written by experiments/launch/slurm.py --per_point.
+# Task i runs points[i] alone (experiments.sweep --point), at most 2 at once (%2);
+# each point's state is in its directory of the sweep_dir, whatever ran it. Submit it again with
+# sbatch /shared/logs/lm-iso-1.sbatch: finished points are skipped.
+#
+# The sweep_dir must be on a filesystem that every node sees, and so must this checkout and its venv.
+#
+# --requeue: a preempted job (or one whose node failed) goes back to the queue and resumes from its
+# checkpoint. --open-mode=append: it keeps one log across restarts. --signal: see on_time_limit.
+#SBATCH --job-name=lm-iso-1
+#SBATCH --array=0-1%2
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=1
+#SBATCH --time=4:00:00
+#SBATCH --partition=gpu
+#SBATCH --output=/shared/logs/%x-%A_%a.out
+#SBATCH --open-mode=append
+#SBATCH --requeue
+#SBATCH --signal=B:USR1@300
+
+cd <REPO>
+source /shared/venvs/lm/bin/activate
+# jax.distributed gives each SLURM task one GPU (number SLURM_LOCALID) unless told which;
+# this task drives all 1.
+export JAX_LOCAL_DEVICE_IDS=0
+
+export LM_SWEEP_DEVICES=1  # the allocation, for the point's record
+points=(C1e18-p100m C1e18-p300m)
+point="${points[$SLURM_ARRAY_TASK_ID]}"
+
+echo "[launch_slurm] array task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}: point $point, start $((${SLURM_RESTART_COUNT:-0} + 1)), nodes $SLURM_JOB_NODELIST, $(date)"
+
+# 300 s before the time limit SLURM sends this script USR1 (--signal). SIGTERM goes to the job steps:
+# lm saves a checkpoint at the next step and exits with status 'preempted'; then the job requeues
+# itself and its next start resumes from that checkpoint (at most 5 times: --max_restarts).
+requeue=0
+on_time_limit() {
+  echo "[launch_slurm] time limit in 300 s: SIGTERM to lm, then requeue"
+  requeue=1
+  scancel --signal=TERM "$SLURM_JOB_ID"
+}
+# Preemption or scancel: SLURM sends SIGTERM to every process of the job. Stay alive while lm saves its
+# checkpoint; SLURM itself requeues a preempted job, and a cancelled one stays cancelled.
+on_term() {
+  echo "[launch_slurm] SIGTERM: waiting for lm to save a checkpoint"
+}
+trap on_time_limit USR1
+trap on_term TERM
+
+# In the background: bash runs a trap only between commands, so it waits with `wait`, which a signal
+# interrupts; it keeps waiting until srun has exited, then takes srun's exit status.
+srun --kill-on-bad-exit=1 python -m experiments.sweep --config=experiments/sweeps/isoflop.py --sweep_dir=/shared/sweeps/iso --point="$point" &
+srun_pid=$!
+while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid"; done
+wait "$srun_pid"; status=$?
+echo "[launch_slurm] srun exit status $status, $(date)"
+
+if [ "$requeue" = 1 ]; then
+  if [ "${SLURM_RESTART_COUNT:-0}" -lt 5 ]; then
+    scontrol requeue "$SLURM_JOB_ID"
+  else
+    echo "[launch_slurm] not requeued: 5 restarts used; submit the script again to continue"
+  fi
+fi
+exit "$status"
+EOF
+sbatch --parsable /shared/logs/lm-iso-1.sbatch
+# job JOBID: logs in /shared/logs/lm-iso-1-*.out
+# job lm-iso-2: 1 point(s) that need 2 nodes, one after another
+cat > /shared/sweeps/iso/slurm/lm-iso-2.json <<'EOF'
+{
+ "kind": "nodes",
+ "gpus_per_node": 8,
+ "nodes": 2,
+ "points": [
+  "C1e20-p7b"
+ ],
+ "cap": 1,
+ "job_name": "lm-iso-2",
+ "submitted": "<TIME>"
+}
+EOF
+cat > /shared/logs/lm-iso-2.sbatch <<'EOF'
+#!/bin/bash
+# A sweep of lm on SLURM, written by experiments/launch/slurm.py. Submit it again with: sbatch /shared/logs/lm-iso-2.sbatch
+#
+# One task per node: each task is one JAX process that drives all of its node's GPUs; jax.distributed
+# finds the others from what srun sets for each task (SLURM_JOB_ID, SLURM_NTASKS, SLURM_PROCID,
+# SLURM_LOCALID, SLURM_STEP_NODELIST). The workdir must be on a filesystem that every node sees
+# (orbax writes each host's shards into the same checkpoint directory; process 0 writes
+# metrics.jsonl, summary.json and config.json), and so must this checkout and its venv.
+#
+# --requeue: a preempted job (or one whose node failed) goes back to the queue and resumes from its
+# checkpoint. --open-mode=append: it keeps one log across restarts. --signal: see on_time_limit.
+#SBATCH --job-name=lm-iso-2
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --time=4:00:00
+#SBATCH --partition=gpu
+#SBATCH --output=/shared/logs/%x-%j.out
+#SBATCH --open-mode=append
+#SBATCH --requeue
+#SBATCH --signal=B:USR1@300
+
+cd <REPO>
+source /shared/venvs/lm/bin/activate
+# jax.distributed gives each SLURM task one GPU (number SLURM_LOCALID) unless told which;
+# this task drives all 8.
+export JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7
+export LM_SWEEP_DEVICES=16
+
+echo "[launch_slurm] job $SLURM_JOB_ID, start $((${SLURM_RESTART_COUNT:-0} + 1)), nodes $SLURM_JOB_NODELIST, $(date)"
+
+# 300 s before the time limit SLURM sends this script USR1 (--signal). SIGTERM goes to the job steps:
+# lm saves a checkpoint at the next step and exits with status 'preempted'; then the job requeues
+# itself and its next start resumes from that checkpoint (at most 5 times: --max_restarts).
+requeue=0
+on_time_limit() {
+  echo "[launch_slurm] time limit in 300 s: SIGTERM to lm, then requeue"
+  requeue=1
+  scancel --signal=TERM "$SLURM_JOB_ID"
+}
+# Preemption or scancel: SLURM sends SIGTERM to every process of the job. Stay alive while lm saves its
+# checkpoint; SLURM itself requeues a preempted job, and a cancelled one stays cancelled.
+on_term() {
+  echo "[launch_slurm] SIGTERM: waiting for lm to save a checkpoint"
+}
+trap on_time_limit USR1
+trap on_term TERM
+
+# In the background: bash runs a trap only between commands, so it waits with `wait`, which a signal
+# interrupts; it keeps waiting until srun has exited, then takes srun's exit status.
+srun --kill-on-bad-exit=1 python -m experiments.sweep --config=experiments/sweeps/isoflop.py --sweep_dir=/shared/sweeps/iso --points=C1e20-p7b &
+srun_pid=$!
+while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid"; done
+wait "$srun_pid"; status=$?
+echo "[launch_slurm] srun exit status $status, $(date)"
+
+if [ "$requeue" = 1 ]; then
+  if [ "${SLURM_RESTART_COUNT:-0}" -lt 5 ]; then
+    scontrol requeue "$SLURM_JOB_ID"
+  else
+    echo "[launch_slurm] not requeued: 5 restarts used; submit the script again to continue"
+  fi
+fi
+exit "$status"
+EOF
+sbatch --parsable /shared/logs/lm-iso-2.sbatch
+# job JOBID: logs in /shared/logs/lm-iso-2-*.out
+# follow it with: squeue --user=root --name=lm-iso-1,lm-iso-2; the points: <PLAN> -m experiments.sweep --status --sweep_dir=/shared/sweeps/iso
+"""
