@@ -1,7 +1,7 @@
 """A stand-in for `python -m experiments.sweep ... --point=NAME` in the fast launcher tests: it
 writes what a point run on its own writes (point.json, record.json, summary.json) after
-FAKE_POINT_S seconds (and not while the file $FAKE_POINT_HOLD exists), or a 'preempted' summary
-and exit status 75 on SIGTERM, and appends
+FAKE_POINT_S seconds (a point started while the file $FAKE_POINT_HOLD exists: never), or a
+'preempted' summary and exit status 75 on SIGTERM, and appends
 'start NAME T' and 'end NAME T STATE' to $FAKE_POINTS_LOG so a test can count the points that
 ran at once. The real per-point runner is tested with real training in tests/test_cluster_sweeps.py."""
 
@@ -34,14 +34,14 @@ def main() -> int:
   record.update(state="running", attempt=record.get("attempt", 0) + 1, started_ts=start, heartbeat_ts=start,
                 devices=devices, slurm_job=os.environ.get("SLURM_JOB_ID"), tpu_slice=os.environ.get("LM_SWEEP_SLICE"))
   json.dump(record, open(record_path, "w"))
-  log = open(os.environ["FAKE_POINTS_LOG"], "a")
-  log.write(f"start {name} {start}\n")
-  log.flush()
   stopped = []
   signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))
   deadline = start + float(os.environ.get("FAKE_POINT_S", "1"))
-  hold = os.environ.get("FAKE_POINT_HOLD", "/nonexistent")  # while this file exists, points do not end
-  while (time.time() < deadline or os.path.exists(hold)) and not stopped:
+  held = os.path.exists(os.environ.get("FAKE_POINT_HOLD", "/nonexistent"))  # then it ends only on SIGTERM
+  log = open(os.environ["FAKE_POINTS_LOG"], "a")
+  log.write(f"start {name} {start}\n" + (f"held {name} {start}\n" if held else ""))
+  log.flush()
+  while (time.time() < deadline or held) and not stopped:
     time.sleep(0.02)
   state = "preempted" if stopped else "finished"
   end = time.time()

@@ -24,7 +24,10 @@ import pytest
 from experiments.launch import common
 from experiments.launch import slurm as launch_slurm
 from experiments.launch import slurm_sweep
+from experiments.launch import tpu as launch_tpu
+from experiments.launch import tpu_pool
 from experiments.sweep import plan as sweep_plan
+from tests import fake_gcloud
 from tests import fake_slurm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,6 +51,8 @@ def intervals(log_path):
   out, open_ = {}, {}
   for line in open(log_path).read().splitlines():
     kind, name, t, *_ = line.split()
+    if kind == "held":
+      continue
     if kind == "start":
       open_[name] = float(t)
     else:
@@ -182,6 +187,141 @@ def test_sizing_rule_and_the_cap_split_over_jobs():
   assert slurm_sweep.caps(jobs, 3) == [1, 1, 1] and slurm_sweep.caps(jobs, 16) == [2, 1, 1]
   many = [{"kind": "array", "points": list(range(n))} for n in (10, 1, 3)]
   assert slurm_sweep.caps(many, 6) == [4, 1, 1] and sum(slurm_sweep.caps(many, 9)) == 9
+
+
+# ---- Cloud TPU: a pool of slices ----
+
+@pytest.fixture
+def gcloud(tmp_path, monkeypatch, fake_venv):
+  venv, records, points = fake_venv
+  env = fake_gcloud.install(str(tmp_path / "bin"), str(tmp_path / "gcloud"), str(venv))
+  env.update(FAKE_POINTS_LOG=str(tmp_path / "points.log"), FAKE_POINT_RECORDS=str(records), FAKE_POINT_S="1",
+             FAKE_POINT_HOLD=str(tmp_path / "hold"))
+  for k, v in env.items():
+    monkeypatch.setenv(k, v)
+  (tmp_path / "points.log").touch()
+  yield points
+  fake_gcloud.cleanup()
+
+
+def pool_argv(tmp_path, sweep_dir, slices=4, extra=TWELVE):
+  return ["--per_point", f"--max_slices={slices}", "--zone=z", "--accelerator_type=v5litepod-8", "--spot",
+          f"--shared_dir={tmp_path}", f"--plan_python={sys.executable}", f"--log_dir={tmp_path / 'launch'}",
+          "--poll_s=0.05", sweep_arg(sweep_dir, extra)]
+
+
+def gcloud_calls(tmp_path, verb):
+  return [line.split()[-1] for line in (tmp_path / "gcloud" / "calls").read_text().splitlines()
+          if line.startswith(verb + " ")]
+
+
+def slices_up(tmp_path):
+  return json.loads((tmp_path / "gcloud" / "state.json").read_text())["resources"]
+
+
+def finished_points(sweep_dir, points):
+  files = {p.name: sweep_dir / p.name / "summary.json" for p in points}
+  return {n for n, f in files.items() if f.exists() and json.loads(f.read_text())["status"] == "finished"}
+
+
+@pytest.mark.slow
+def test_a_pool_of_four_slices_runs_twelve_points_four_at_a_time_and_deletes_every_slice(tmp_path, gcloud):
+  points = gcloud
+  sweep_dir = tmp_path / "sweep"
+  out = io.StringIO()
+  assert launch_tpu.main(pool_argv(tmp_path, sweep_dir), out) == 0, out.getvalue()
+  spans = intervals(tmp_path / "points.log")
+  assert sorted(spans) == sorted(p.name for p in points) and all(len(s) == 1 for s in spans.values())
+  assert most_at_once(spans) == 4
+  assert len(gcloud_calls(tmp_path, "create")) == 4 and len(gcloud_calls(tmp_path, "setup")) == 4  # slices reused
+  assert sorted(gcloud_calls(tmp_path, "delete")) == sorted(gcloud_calls(tmp_path, "create")) and not slices_up(tmp_path)
+  # The cost: every slice's chips from ACTIVE to deleted, of which its runs; within the fake's own record of
+  # each slice's life (created to deleted).
+  ledger = json.loads((tmp_path / "launch" / "pool.json").read_text())
+  billed = sum(s["deleted_ts"] - s["active_ts"] for s in ledger["slices"].values())  # v5litepod-1: 1 chip
+  running = sum(r["end"] - r["start"] for r in ledger["runs"])
+  lives = sum(h["deleted"] - h["created"] for h in json.loads((tmp_path / "gcloud" / "state.json").read_text())
+              ["history"])
+  assert running <= billed <= lives
+  assert (f"cost: 4 slice(s), {billed / 3600:.3g} chip-hours from ACTIVE to deleted (what Cloud TPU bills), "
+          f"{running / 3600:.3g} of them running points") in out.getvalue()
+  assert "finished 12" in out.getvalue()
+
+
+def pool_process(tmp_path, sweep_dir):
+  code = "import sys; from experiments.launch import tpu; sys.exit(tpu.main(sys.argv[1:]))"
+  return subprocess.Popen([sys.executable, "-c", code, *pool_argv(tmp_path, sweep_dir)], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def hold_points_once_some_finished(tmp_path, proc):
+  """Wait for two points to end, then hold the rest (and those that start next) until told otherwise."""
+  deadline = time.time() + 120
+  while (tmp_path / "points.log").read_text().count("end ") < 2:
+    assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+    time.sleep(0.02)
+  (tmp_path / "hold").touch()
+  while len(gcloud_calls(tmp_path, "run")) < 6:  # the next points have started on their slices
+    assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+    time.sleep(0.02)
+
+
+def settle(tmp_path, every_run_starts: bool, timeout=60):
+  """Until every point that started has ended or is held (only SIGTERM ends it), and with
+  every_run_starts (no one stops the runs) every run the slices were given has started its point."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    kinds = [line.split()[:2] for line in (tmp_path / "points.log").read_text().splitlines()]
+    starts = [n for k, n in kinds if k == "start"]
+    if ((len(starts) >= len(gcloud_calls(tmp_path, "run")) or not every_run_starts)
+        and all(["end", n] in kinds or ["held", n] in kinds for n in starts)):
+      time.sleep(0.5)  # and nothing new after a while: the launcher is gone
+      if [line.split()[:2] for line in (tmp_path / "points.log").read_text().splitlines()] == kinds:
+        return
+    time.sleep(0.05)
+  raise TimeoutError("the points did not settle")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl-c", "sigkill"])
+def test_a_stopped_or_killed_pool_leaves_no_slice_and_a_relaunch_runs_only_the_unfinished(tmp_path, gcloud, how):
+  points = gcloud
+  sweep_dir = tmp_path / "sweep"
+  proc = pool_process(tmp_path, sweep_dir)
+  hold_points_once_some_finished(tmp_path, proc)
+  proc.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
+  text, _ = proc.communicate(timeout=120)
+  if how == "ctrl-c":  # the running points stopped, every slice deleted
+    assert proc.returncode == 130 and not slices_up(tmp_path), text
+    assert "interrupted: the running points are told to stop, then every slice is deleted" in text
+  else:  # a launcher killed outright leaves its slices up; its ledger names them
+    assert len(slices_up(tmp_path)) == 4
+  settle(tmp_path, every_run_starts=how == "sigkill")
+  (tmp_path / "hold").unlink()
+  finished = finished_points(sweep_dir, points)
+  assert 2 <= len(finished) < 12
+  started_before = len(gcloud_calls(tmp_path, "run"))
+  out = io.StringIO()
+  assert launch_tpu.main(pool_argv(tmp_path, sweep_dir), out) == 0, out.getvalue()
+  if how == "sigkill":
+    assert "4 slice(s) left up by an earlier launch of this pool: delete them first" in out.getvalue()
+  rerun = [line.split()[1] for line in (tmp_path / "gcloud" / "calls").read_text().splitlines()
+           if line.startswith("run ")][started_before:]  # 'run POINT SLICE'
+  assert sorted(rerun) == sorted({p.name for p in points} - finished)  # each unfinished point once, no other
+  assert finished_points(sweep_dir, points) == {p.name for p in points} and not slices_up(tmp_path)
+  spans = intervals(tmp_path / "points.log")
+  assert all(len(spans[n]) == 1 for n in finished)
+
+
+def test_slice_types_follow_the_points_memory():
+  gib = 2**30
+  assert tpu_pool.slice_for(1 * gib, "v5litepod-8") == ("v5litepod-1", 1)
+  assert tpu_pool.slice_for(12 * gib, "v5litepod-8") == ("v5litepod-4", 4)  # 11.2 GiB usable a v5e chip
+  assert tpu_pool.slice_for(60 * gib, "v5litepod-8") == ("v5litepod-8", 8)
+  assert tpu_pool.slice_for(60 * gib, "v5p-32") == ("v5p-8", 4)  # v5p-8: 4 chips of 95 GiB
+  assert tpu_pool.slice_for(1 * gib, "v6e-8", fixed=True) == ("v6e-8", 8)
+  with pytest.raises(common.LaunchError, match="needs 200 GiB of HBM, more than v5litepod-8 holds"):
+    tpu_pool.slice_for(200 * gib, "v5litepod-8")
 
 
 FAKE_PLAN = {"sweep": "iso", "sweep_dir": "/shared/sweeps/iso", "flops_definition": "flops_exact", "left_out": [],

@@ -119,6 +119,15 @@ class Runner:
     self.dry_run = dry_run
     self.log_dir = Path(log_dir)
     self.out = out or sys.stdout
+    self._running: set[subprocess.Popen] = set()  # commands of every thread (a pool of slices), for stop_all
+    self._lock = threading.Lock()
+
+  def stop_all(self, which=lambda argv: True):
+    """SIGTERM to every command running now, in any thread, whose argv `which` accepts (Ctrl-C of a pool)."""
+    with self._lock:
+      for proc in list(self._running):
+        if which(proc.args):
+          _stop(proc)
 
   def say(self, text: str):
     """A comment: what happens next, or why."""
@@ -174,6 +183,8 @@ class Runner:
       # would otherwise hold the output pipe open until their connections time out).
       proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                               start_new_session=True)
+      with self._lock:
+        self._running.add(proc)
       stop = threading.Event()
       if watch is not None:
         def watcher():
@@ -196,6 +207,8 @@ class Runner:
         raise
       finally:
         stop.set()
+        with self._lock:
+          self._running.discard(proc)
       log.write(f"[exit status {rc}]\n")
       return rc
 
