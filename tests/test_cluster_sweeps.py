@@ -527,3 +527,87 @@ sbatch --parsable /shared/logs/lm-iso-2.sbatch
 # job JOBID: logs in /shared/logs/lm-iso-2-*.out
 # follow it with: squeue --user=root --name=lm-iso-1,lm-iso-2; the points: <PLAN> -m experiments.sweep --status --sweep_dir=/shared/sweeps/iso
 """
+
+
+# ---- real training: a requeued task, a preempted slice ----
+
+COMPARED = ["point", "status", "steps", "train_loss", "eval_loss", "eval_bpb"]
+ONE_DEVICE = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # every point on one CPU device, as the reference
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  from tests.helpers import shared_data_dir
+  return shared_data_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+  """tiny:grid (two points of 128 steps) run by the local runner without interruption."""
+  import pandas as pd
+  sweep_dir = tmp_path_factory.mktemp("reference") / "sweep"
+  result = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--config={TINY}", f"--sweep_dir={sweep_dir}",
+                           f"--config.overrides.data.data_dir={data_dir}", "--parallel=2"], cwd=ROOT,
+                          env={**os.environ, **ONE_DEVICE}, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return pd.read_csv(sweep_dir / "results.csv")[COMPARED]
+
+
+def equal_to_reference(sweep_dir, reference):
+  import pandas as pd
+  from experiments.sweep import collect
+  got = collect.collect(str(sweep_dir))[COMPARED]
+  pd.testing.assert_frame_equal(got.reset_index(drop=True), reference.reset_index(drop=True), check_exact=True,
+                                check_dtype=False)  # bitwise: lm resumes exactly
+
+
+PREEMPTED_POINT = "D32.768K-d32"
+
+
+@pytest.mark.slow
+def test_a_requeued_array_task_resumes_its_point_and_the_table_equals_an_uninterrupted_one(
+    tmp_path, monkeypatch, reference, data_dir):
+  sweep_dir = tmp_path / "sweep"
+  env = fake_slurm.install(str(tmp_path / "bin"), str(tmp_path / "slurm"))
+  preempt = [{"point": PREEMPTED_POINT, "when": str(sweep_dir / PREEMPTED_POINT / "checkpoints" / "32")}]
+  for k, v in {**env, **ONE_DEVICE, "FAKE_SLURM_PREEMPT": json.dumps(preempt)}.items():
+    monkeypatch.setenv(k, v)
+  monkeypatch.setattr(launch_slurm, "NODE_LOCAL", ())
+  argv = ["--per_point", "--max_running=2", "--gpus_per_node=1", "--skip_install", f"--venv={sys.prefix}",
+          f"--plan_python={sys.executable}", f"--log_dir={tmp_path / 'logs'}", "--poll_s=0.2", "--wait",
+          sweep_arg(sweep_dir, [f"--config.overrides.data.data_dir={data_dir}"])]
+  out = io.StringIO()
+  try:
+    assert launch_slurm.main(argv, out) == 0, out.getvalue()
+  finally:
+    fake_slurm.stop_daemon()
+  calls = (tmp_path / "slurm" / "calls").read_text()
+  assert "restart 1" in calls  # the preempted task ran again
+  record = json.loads((sweep_dir / PREEMPTED_POINT / "record.json").read_text())
+  assert record["attempt"] == 2 and record["slurm_restart"] == 1 and record["state"] == "finished"
+  assert "Resumed from the checkpoint" in (sweep_dir / PREEMPTED_POINT / "log.txt").read_text()
+  equal_to_reference(sweep_dir, reference)
+  assert "finished 2" in out.getvalue()
+
+
+@pytest.mark.slow
+def test_a_preempted_slice_point_resumes_on_the_next_slice_and_the_table_equals_an_uninterrupted_one(
+    tmp_path, monkeypatch, reference, data_dir):
+  sweep_dir = tmp_path / "sweep"
+  env = fake_gcloud.install(str(tmp_path / "bin"), str(tmp_path / "gcloud"), sys.prefix)
+  preempt = [{"point": PREEMPTED_POINT, "when": str(sweep_dir / PREEMPTED_POINT / "checkpoints" / "32")}]
+  for k, v in {**env, **ONE_DEVICE, "FAKE_GCLOUD_PREEMPT": json.dumps(preempt)}.items():
+    monkeypatch.setenv(k, v)
+  out = io.StringIO()
+  try:
+    rc = launch_tpu.main(pool_argv(tmp_path, sweep_dir, slices=2,
+                                   extra=[f"--config.overrides.data.data_dir={data_dir}"]), out)
+  finally:
+    fake_gcloud.cleanup()
+  assert rc == 0, out.getvalue()
+  assert gcloud_calls(tmp_path, "preempt") and len(gcloud_calls(tmp_path, "create")) == 3 and not slices_up(tmp_path)
+  assert f"{PREEMPTED_POINT}: its slice was preempted or lost: restart 1 of 5, from its checkpoint" in out.getvalue()
+  record = json.loads((sweep_dir / PREEMPTED_POINT / "record.json").read_text())
+  assert record["attempt"] == 2 and record["state"] == "finished" and record["tpu_slice"].endswith("-2")
+  assert "Resumed from the checkpoint" in (sweep_dir / PREEMPTED_POINT / "log.txt").read_text()
+  equal_to_reference(sweep_dir, reference)
