@@ -185,6 +185,10 @@ def test_sizing_rule_and_the_cap_split_over_jobs():
   assert [(j["kind"], j["gpus_per_node"], j["nodes"], j["points"]) for j in jobs] == [
       ("array", 1, 1, ["b", "a"]), ("array", 2, 1, ["c"]), ("nodes", 8, 2, ["d", "e"])]
   assert slurm_sweep.caps(jobs, 3) == [1, 1, 1] and slurm_sweep.caps(jobs, 16) == [2, 1, 1]
+  lines = ("1000_0|lm-x-1|COMPLETED|100|billing=2,cpu=8,gres/gpu=2,gres/gpu:h100=2,node=1\n"
+           "1000_0.batch|batch|COMPLETED|100|cpu=8,mem=64G,node=1\n"
+           "1000_1|lm-x-1|PREEMPTED|30|billing=2,cpu=8,gres/gpu:h100=2,node=1\n1000_1|lm-x-1|COMPLETED|70|gres/gpu=2\n")
+  assert slurm_sweep.allocated(lines) == (400, 3)  # GPU-seconds of the allocations, requeued attempts included
   many = [{"kind": "array", "points": list(range(n))} for n in (10, 1, 3)]
   assert slurm_sweep.caps(many, 6) == [4, 1, 1] and sum(slurm_sweep.caps(many, 9)) == 9
 
@@ -348,6 +352,108 @@ def test_slurm_per_point_dry_run_prints_every_script_and_command(tmp_path, monke
   text = re.sub(r'"submitted": "[0-9T:-]+"', '"submitted": "<TIME>"', text)
   assert not os.path.exists("/shared")  # a dry run writes nothing
   assert text == SLURM_PER_POINT_DRY_RUN
+
+
+def test_tpu_pool_dry_run_prints_every_gcloud_call(tmp_path, monkeypatch):
+  monkeypatch.setattr(common, "REPO", tmp_path / "repo")
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "repo" / "experiments" / "sweeps").mkdir(parents=True)
+  (tmp_path / "repo" / "experiments" / "sweeps" / "isoflop.py").write_text("")
+  plan = {**FAKE_PLAN, "sweep_dir": "/mnt/nfs/sweeps/iso"}
+  plan["points"] = [{**p, "memory_bytes": {"C1e20-p7b": 60 * 2**30, "C1e18-p300m": 30 * 2**30}.get(
+      p["name"], p["memory_bytes"]), "name": p["name"].replace("C1e20-p7b", "C1e19-p1b")} for p in plan["points"]]
+  planner = tmp_path / "plan.sh"
+  planner.write_text(f"#!/bin/bash\ncat <<'EOF'\n{json.dumps(plan)}\nEOF\n")
+  planner.chmod(0o755)
+  argv = ["--per_point", "--max_slices=2", "--zone=us-west4-a", "--accelerator_type=v5litepod-8", "--spot",
+          "--shared_dir=/mnt/nfs", f"--plan_python={planner}", "--log_dir=logs/iso", "--dry_run",
+          "--sweep=--config=experiments/sweeps/isoflop.py --sweep_dir=/mnt/nfs/sweeps/iso"]
+  out = io.StringIO()
+  assert launch_tpu.main(argv, out) == 0
+  text = out.getvalue().replace(str(tmp_path / "repo"), "<REPO>").replace(str(planner), "<PLAN>")
+  assert not (tmp_path / "logs").exists()  # a dry run writes nothing, the ledger included
+  assert text == TPU_POOL_DRY_RUN
+
+
+TPU_POOL_DRY_RUN = r"""
+# sweep on a pool of at most 2 Cloud TPU slice(s) of up to v5litepod-8 (spot), lm-iso-<k>-<n>, in us-west4-a, runtime v2-alpha-tpuv5-lite; logs in logs/iso
+# pack the working tree of <REPO> (tracked and untracked files, not ignored ones) into logs/iso/code.tar.gz
+# the sweep's points (only reads; run in a dry run too)
+cd <REPO> && <PLAN> -m experiments.sweep --config=experiments/sweeps/isoflop.py --sweep_dir=/mnt/nfs/sweeps/iso --plan_json
+# 4 points: 1 final (skipped), 3 to run: C1e19-p1b on v5litepod-8, C1e18-p100m on v5litepod-1, C1e18-p300m on v5litepod-4
+# at most 2 slice(s) at once, each taking the next pending point as it frees; below, the points dealt round-robin
+# [lm-iso-0-1] create a v5litepod-8 slice (spot)
+gcloud compute tpus queued-resources create lm-iso-0-1 --node-id=lm-iso-0-1 --zone=us-west4-a --accelerator-type=v5litepod-8 --runtime-version=v2-alpha-tpuv5-lite --spot
+# wait until it is ACTIVE (polled every 30 s)
+gcloud compute tpus queued-resources describe lm-iso-0-1 --zone=us-west4-a '--format=value(state.state)'
+gcloud compute tpus tpu-vm scp logs/iso/code.tar.gz lm-iso-0-1:lm-code.tar.gz --worker=all --zone=us-west4-a --quiet
+gcloud compute tpus tpu-vm ssh lm-iso-0-1 --worker=all --zone=us-west4-a --quiet '--command=set -e
+if [ -f ~/lm-run.pid ] && kill -TERM "$(cat ~/lm-run.pid)" 2>/dev/null; then
+  while kill -0 "$(cat ~/lm-run.pid)" 2>/dev/null; do sleep 5; done
+fi
+rm -rf ~/lm && mkdir -p ~/lm && tar -xzf ~/lm-code.tar.gz -C ~/lm
+python3 -m venv ~/lm-venv 2>/dev/null || { sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv && python3 -m venv --clear ~/lm-venv; }
+. ~/lm-venv/bin/activate && cd ~/lm
+pip install -q -U pip && pip install -q -e .
+pip install -U "jax[tpu]"
+test -d /mnt/nfs || { printf '"'"'%s is not mounted on %s\n'"'"' /mnt/nfs "$(hostname)" >&2; exit 1; }'
+# [lm-iso-0-1] run C1e19-p1b
+gcloud compute tpus tpu-vm ssh lm-iso-0-1 --worker=all --zone=us-west4-a --quiet '--command=echo $$ > ~/lm-run.pid
+. ~/lm-venv/bin/activate && cd ~/lm
+export LM_SWEEP_SLICE=lm-iso-0-1
+export LM_SWEEP_DEVICES=8
+exec python -m experiments.sweep --config=experiments/sweeps/isoflop.py --sweep_dir=/mnt/nfs/sweeps/iso --point=C1e19-p1b'
+# [lm-iso-0-1] delete the slice
+gcloud compute tpus queued-resources delete lm-iso-0-1 --zone=us-west4-a --force --quiet
+# [lm-iso-0-2] create a v5litepod-4 slice (spot)
+gcloud compute tpus queued-resources create lm-iso-0-2 --node-id=lm-iso-0-2 --zone=us-west4-a --accelerator-type=v5litepod-4 --runtime-version=v2-alpha-tpuv5-lite --spot
+# wait until it is ACTIVE (polled every 30 s)
+gcloud compute tpus queued-resources describe lm-iso-0-2 --zone=us-west4-a '--format=value(state.state)'
+gcloud compute tpus tpu-vm scp logs/iso/code.tar.gz lm-iso-0-2:lm-code.tar.gz --worker=all --zone=us-west4-a --quiet
+gcloud compute tpus tpu-vm ssh lm-iso-0-2 --worker=all --zone=us-west4-a --quiet '--command=set -e
+if [ -f ~/lm-run.pid ] && kill -TERM "$(cat ~/lm-run.pid)" 2>/dev/null; then
+  while kill -0 "$(cat ~/lm-run.pid)" 2>/dev/null; do sleep 5; done
+fi
+rm -rf ~/lm && mkdir -p ~/lm && tar -xzf ~/lm-code.tar.gz -C ~/lm
+python3 -m venv ~/lm-venv 2>/dev/null || { sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv && python3 -m venv --clear ~/lm-venv; }
+. ~/lm-venv/bin/activate && cd ~/lm
+pip install -q -U pip && pip install -q -e .
+pip install -U "jax[tpu]"
+test -d /mnt/nfs || { printf '"'"'%s is not mounted on %s\n'"'"' /mnt/nfs "$(hostname)" >&2; exit 1; }'
+# [lm-iso-0-2] run C1e18-p300m
+gcloud compute tpus tpu-vm ssh lm-iso-0-2 --worker=all --zone=us-west4-a --quiet '--command=echo $$ > ~/lm-run.pid
+. ~/lm-venv/bin/activate && cd ~/lm
+export LM_SWEEP_SLICE=lm-iso-0-2
+export LM_SWEEP_DEVICES=4
+exec python -m experiments.sweep --config=experiments/sweeps/isoflop.py --sweep_dir=/mnt/nfs/sweeps/iso --point=C1e18-p300m'
+# if a slice is preempted: delete it, create another, and resume its point there from its checkpoint (at most 5 times a point: --max_restarts)
+# [lm-iso-0-2] delete the slice
+gcloud compute tpus queued-resources delete lm-iso-0-2 --zone=us-west4-a --force --quiet
+# [lm-iso-1-1] create a v5litepod-1 slice (spot)
+gcloud compute tpus queued-resources create lm-iso-1-1 --node-id=lm-iso-1-1 --zone=us-west4-a --accelerator-type=v5litepod-1 --runtime-version=v2-alpha-tpuv5-lite --spot
+# wait until it is ACTIVE (polled every 30 s)
+gcloud compute tpus queued-resources describe lm-iso-1-1 --zone=us-west4-a '--format=value(state.state)'
+gcloud compute tpus tpu-vm scp logs/iso/code.tar.gz lm-iso-1-1:lm-code.tar.gz --worker=all --zone=us-west4-a --quiet
+gcloud compute tpus tpu-vm ssh lm-iso-1-1 --worker=all --zone=us-west4-a --quiet '--command=set -e
+if [ -f ~/lm-run.pid ] && kill -TERM "$(cat ~/lm-run.pid)" 2>/dev/null; then
+  while kill -0 "$(cat ~/lm-run.pid)" 2>/dev/null; do sleep 5; done
+fi
+rm -rf ~/lm && mkdir -p ~/lm && tar -xzf ~/lm-code.tar.gz -C ~/lm
+python3 -m venv ~/lm-venv 2>/dev/null || { sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv && python3 -m venv --clear ~/lm-venv; }
+. ~/lm-venv/bin/activate && cd ~/lm
+pip install -q -U pip && pip install -q -e .
+pip install -U "jax[tpu]"
+test -d /mnt/nfs || { printf '"'"'%s is not mounted on %s\n'"'"' /mnt/nfs "$(hostname)" >&2; exit 1; }'
+# [lm-iso-1-1] run C1e18-p100m
+gcloud compute tpus tpu-vm ssh lm-iso-1-1 --worker=all --zone=us-west4-a --quiet '--command=echo $$ > ~/lm-run.pid
+. ~/lm-venv/bin/activate && cd ~/lm
+export LM_SWEEP_SLICE=lm-iso-1-1
+export LM_SWEEP_DEVICES=1
+exec python -m experiments.sweep --config=experiments/sweeps/isoflop.py --sweep_dir=/mnt/nfs/sweeps/iso --point=C1e18-p100m'
+# if a slice is preempted: delete it, create another, and resume its point there from its checkpoint (at most 5 times a point: --max_restarts)
+# [lm-iso-1-1] delete the slice
+gcloud compute tpus queued-resources delete lm-iso-1-1 --zone=us-west4-a --force --quiet
+""".lstrip("\n")
 
 
 SLURM_PER_POINT_DRY_RUN = """\

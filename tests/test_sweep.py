@@ -230,8 +230,9 @@ def test_a_non_zero_exit_is_never_recorded_finished(tmp_path):
   assert status_lib.should_run(str(d), record)
 
 @pytest.mark.slow
-def test_dry_run_prints_the_plan_with_measured_estimates(data_dir):
-  result = run(sweep_cmd("/nonexistent/sweep", data_dir, "isoflop", "--dry_run", "--parallel=2",
+def test_dry_run_prints_the_plan_with_measured_estimates(data_dir, tmp_path):
+  sweep_dir = tmp_path / "sweep"
+  result = run(sweep_cmd(sweep_dir, data_dir, "isoflop", "--dry_run", "--parallel=2",
                          "--config.models=('d16',)", "--config.min_steps=150"))
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout
@@ -240,7 +241,12 @@ def test_dry_run_prints_the_plan_with_measured_estimates(data_dir):
     assert column in out
   assert "C6e9-d16" in out and "left out: C3e9-d16 (129 steps" in out
   assert "1 points, 1 to run" in out and "with --parallel=2" in out
-  assert not os.path.exists("/nonexistent/sweep")
+  assert os.listdir(sweep_dir) == ["estimate.json"]  # the only file a dry run writes: what the sweep compares with
+  estimate = json.loads((sweep_dir / "estimate.json").read_text())
+  assert list(estimate["points"]) == ["C6e9-d16"] and estimate["devices"] == 1
+  point = estimate["points"]["C6e9-d16"]
+  assert point["device_s"] == point["total_s"] * 1 > 0
+  assert f"estimated device-hours: {point['device_s'] / 3600:.3g} (1 device(s) a point" in out
 
 
 @pytest.fixture(scope="module")
