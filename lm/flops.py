@@ -329,7 +329,9 @@ def _default_device():
 
 
 def device_key(device=None) -> str:
-  """What a measured peak is cached under: the device kind, and for CPUs the model and cores."""
+  """What a measured peak is cached under: the device kind, and for CPUs the model and the
+  cores this process may run on (its affinity mask), so a process pinned to a share of the
+  host (a sweep's --parallel points) measures, caches and computes its MFU against that share."""
   device = device or _default_device()
   if device.platform != "cpu":
     return device.device_kind
@@ -339,7 +341,8 @@ def device_key(device=None) -> str:
       model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
   except (OSError, StopIteration):
     pass
-  return f"cpu: {model} x{os.cpu_count()}"
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return f"cpu: {model} x{cores}"
 
 
 def default_matmul_size(device) -> int:

@@ -138,13 +138,16 @@ def load_results(source, params: str = DEFAULT_PARAMS, flops: str = DEFAULT_FLOP
   for key in REPLICATE_KEYS[2:] + ("seed",):
     if key in table.columns:
       runs[f"_{key}"] = table[key]
-  runs = runs.dropna(subset=["N", "D", "C", "loss"] + (["budget"] if "budget" in runs else []))
+  runs = runs.dropna(subset=["N", "D", "C", "loss"])  # an empty budget: a standalone run, grouped below
   runs = runs[(runs[["N", "D", "C", "loss"]] > 0).all(axis=1)].reset_index(drop=True)
   if len(runs) < 3:
     raise FitError(f"{where}: {len(runs)} usable runs (status={status!r}, positive {params}, tokens, {flops}, "
                    f"{loss}); a fit needs at least 3.")
   if "budget" not in runs:
     runs["budget"] = group_budgets(runs["C"].to_numpy())
+  elif runs["budget"].isna().any():  # standalone runs collected beside sweep points: grouped by their FLOPs
+    free = runs["budget"].isna()
+    runs.loc[free, "budget"] = group_budgets(runs.loc[free, "C"].to_numpy())
   if "_seed" in runs:
     keys = ["N", "D"] + [c for c in runs.columns if c.startswith("_") and c != "_seed"]
     groups = runs.groupby(keys, dropna=False)

@@ -65,6 +65,50 @@ def test_slurm_dry_run_of_a_sweep(repo):
   assert dry_run(launch_slurm, argv, repo) == SLURM_SWEEP
 
 
+# ---- values that reach a script are quoted or refused (issue 14) ----
+
+def test_a_shared_dir_with_shell_syntax_is_a_path_not_a_command(repo, tmp_path):
+  shared = f"/mnt/nfs$(touch {tmp_path}/pwned)"
+  args = launch_tpu.parse_args(["--zone=z", "--accelerator_type=v6e-8", f"--shared_dir={shared}",
+                                f"--sweep=--config=configs/tiny.py '--sweep_dir={shared}/iso'"])
+  setup = launch_tpu.plan(args)[3]
+  check = setup.splitlines()[-1]  # the line that checks the mount, run here as on a worker
+  result = subprocess.run(["bash", "-c", check], capture_output=True, text=True, cwd=tmp_path)
+  assert not (tmp_path / "pwned").exists()
+  assert result.returncode == 1 and result.stderr.startswith(f"{shared} is not mounted on ")
+
+
+def test_a_job_name_with_a_line_break_is_refused(repo, capsys):
+  argv = ["--nodes=1", "--gpus_per_node=1", "--job_name=x\nrm -rf ~", "--dry_run",
+          "--run=--config=configs/tiny.py --workdir=/s/x"]
+  out = io.StringIO()
+  assert launch_slurm.main(argv, out) == 2 and out.getvalue() == ""
+  err = capsys.readouterr().err
+  assert "--job_name='x\\nrm -rf ~': use letters, digits" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flag", ["--partition", "--log_dir", "--sbatch_arg"])
+def test_a_line_break_in_any_value_of_an_sbatch_line_is_refused(repo, capsys, flag):
+  argv = ["--nodes=1", "--gpus_per_node=1", f"{flag}=/ok\n#SBATCH --nodes=64", "--dry_run",
+          "--run=--config=configs/tiny.py --workdir=/s/x"]
+  assert launch_slurm.main(argv, io.StringIO()) == 2
+  assert "contains a line break" in capsys.readouterr().err
+
+
+def test_sbatch_reads_every_value_as_it_was_given(repo):
+  """A log dir with a space, a '#' and a quote: sbatch's own parsing of the #SBATCH lines
+  (tests/fake_slurm.py ports it) gives back exactly the values passed."""
+  from tests.fake_slurm import sbatch_options
+  log_dir = str(repo / 'logs of "run" #1')
+  args = launch_slurm.parse_args(["--nodes=1", "--gpus_per_node=1", f"--log_dir={log_dir}", "--partition=gpu,long",
+                                  "--sbatch_arg=--comment=two words", "--run=--config=configs/tiny.py --workdir=/s/x"])
+  script = launch_slurm.plan(args)[4]
+  options = sbatch_options(script)
+  assert f"--output={log_dir}/%x-%j.out" in options and "--partition=gpu,long" in options
+  assert "--comment=two words" in options and "--requeue" in options
+  assert options[-1] == "--comment=two words"  # nothing after it was swallowed
+
+
 TPU_BASE = ["--zone=z", "--accelerator_type=v6e-8", "--bucket=gs://b", "--dry_run"]
 SLURM_BASE = ["--nodes=2", "--gpus_per_node=8", "--dry_run"]
 
@@ -432,7 +476,7 @@ python3 -m venv ~/lm-venv 2>/dev/null || { sudo apt-get update -qq && sudo apt-g
 . ~/lm-venv/bin/activate && cd ~/lm
 pip install -q -U pip && pip install -q -e .
 pip install -U "jax[tpu]"
-test -d /mnt/nfs || { echo "/mnt/nfs is not mounted on $(hostname)" >&2; exit 1; }'
+test -d /mnt/nfs || { printf '"'"'%s is not mounted on %s\\n'"'"' /mnt/nfs "$(hostname)" >&2; exit 1; }'
 # run on every worker (output here and in logs/iso/run-0.log)
 gcloud compute tpus tpu-vm ssh iso-v6e --worker=all --zone=europe-west4-a --quiet '--command=echo $$ > ~/lm-run.pid
 . ~/lm-venv/bin/activate && cd ~/lm

@@ -119,6 +119,15 @@ class Runner:
     self.dry_run = dry_run
     self.log_dir = Path(log_dir)
     self.out = out or sys.stdout
+    self._running: set[subprocess.Popen] = set()  # commands of every thread (a pool of slices), for stop_all
+    self._lock = threading.Lock()
+
+  def stop_all(self, which=lambda argv: True):
+    """SIGTERM to every command running now, in any thread, whose argv `which` accepts (Ctrl-C of a pool)."""
+    with self._lock:
+      for proc in list(self._running):
+        if which(proc.args):
+          _stop(proc)
 
   def say(self, text: str):
     """A comment: what happens next, or why."""
@@ -150,6 +159,11 @@ class Runner:
       return 0, dry_reply
     return self._capture(argv)
 
+  def read(self, argv: list[str], cwd: str | None = None) -> tuple[int, str]:
+    """(exit status, stdout) of a command that only reads (a sweep's plan): run in a dry run too."""
+    print((f"cd {shlex.quote(cwd)} && " if cwd else "") + shlex.join(argv), file=self.out, flush=True)
+    return self._read(argv, cwd)
+
   def write(self, path: Path, text: str):
     """Write a file; a dry run prints the shell that would write it."""
     print(f"cat > {shlex.quote(str(path))} <<'EOF'\n{text}EOF", file=self.out, flush=True)
@@ -161,7 +175,7 @@ class Runner:
     if not self.dry_run:
       time.sleep(seconds)
 
-  # The two places that touch the system: a test's fake runner replaces these.
+  # The places that touch the system: a test's fake runner replaces these.
   def _execute(self, argv, log_path: Path, stream: bool, watch, watch_every: float) -> int:
     with open(log_path, "a") as log:
       log.write(f"$ {shlex.join(argv)}\n")
@@ -169,6 +183,8 @@ class Runner:
       # would otherwise hold the output pipe open until their connections time out).
       proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                               start_new_session=True)
+      with self._lock:
+        self._running.add(proc)
       stop = threading.Event()
       if watch is not None:
         def watcher():
@@ -191,8 +207,14 @@ class Runner:
         raise
       finally:
         stop.set()
+        with self._lock:
+          self._running.discard(proc)
       log.write(f"[exit status {rc}]\n")
       return rc
+
+  def _read(self, argv, cwd) -> tuple[int, str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
+    return proc.returncode, proc.stdout if proc.returncode == 0 else proc.stdout + proc.stderr
 
   def _capture(self, argv) -> tuple[int, str]:
     proc = subprocess.run(argv, capture_output=True, text=True)

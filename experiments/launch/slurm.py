@@ -22,6 +22,10 @@ Preemption and time limits: the job is requeued when it is preempted or its node
 status 'preempted') and requeues itself, at most --max_restarts times. The log is appended to
 (--open-mode=append), so a job keeps one log across its restarts. Every start resumes from the
 latest checkpoint; a sweep skips its finished points.
+
+Every value that reaches the script is quoted (shlex in shell lines, sbatch's own quoting in
+#SBATCH lines: sbatch_option) or refused (a line break anywhere; --job_name outside
+[A-Za-z0-9_.-]). --setup lines and --extra_install are shell commands by design.
 """
 
 from __future__ import annotations
@@ -29,100 +33,20 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shlex
 import sys
 from pathlib import Path
 
 from experiments.launch import common
+from experiments.launch import slurm_sweep
 from experiments.launch.common import LaunchError
+from experiments.launch.slurm_script import JOB_NAME, batch_script, check_line, install_command
 
 NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm")  # never shared between nodes
-
-
-def batch_script(job: common.Job, *, job_name: str, nodes: int, gpus_per_node: int, time: str | None,
-                 partition: str | None, account: str | None, qos: str | None, cpus_per_task: int | None,
-                 mem: str | None, sbatch_args: list[str], log_dir: str, repo: str, venv: str,
-                 setup: list[str], env: dict[str, str], signal_s: int, max_restarts: int, path: str) -> str:
-  sbatch = [f"--job-name={job_name}", f"--nodes={nodes}", "--ntasks-per-node=1", f"--gpus-per-node={gpus_per_node}"]
-  sbatch += [f"--{k}={v}" for k, v in (("cpus-per-task", cpus_per_task), ("mem", mem), ("time", time),
-                                      ("partition", partition), ("account", account), ("qos", qos)) if v]
-  sbatch += [f"--output={log_dir}/%x-%j.out", "--open-mode=append", "--requeue", f"--signal=B:USR1@{signal_s}"]
-  sbatch += sbatch_args
-  devices = ",".join(str(i) for i in range(gpus_per_node))
-  return "\n".join([
-      "#!/bin/bash",
-      f"# A {job.kind} of lm on SLURM, written by experiments/launch/slurm.py. Submit it again with: sbatch {path}",
-      "#",
-      "# One task per node: each task is one JAX process that drives all of its node's GPUs; jax.distributed",
-      "# finds the others from what srun sets for each task (SLURM_JOB_ID, SLURM_NTASKS, SLURM_PROCID,",
-      "# SLURM_LOCALID, SLURM_STEP_NODELIST). The workdir must be on a filesystem that every node sees",
-      "# (orbax writes each host's shards into the same checkpoint directory; process 0 writes",
-      "# metrics.jsonl, summary.json and config.json), and so must this checkout and its venv.",
-      "#",
-      "# --requeue: a preempted job (or one whose node failed) goes back to the queue and resumes from its",
-      "# checkpoint. --open-mode=append: it keeps one log across restarts. --signal: see on_time_limit.",
-      *[f"#SBATCH {a}" for a in sbatch],
-      "",
-      f"cd {shlex.quote(repo)}",
-      *setup,
-      f"source {shlex.quote(venv)}/bin/activate",
-      "# jax.distributed gives each SLURM task one GPU (number SLURM_LOCALID) unless told which;",
-      f"# this task drives all {gpus_per_node}.",
-      f"export JAX_LOCAL_DEVICE_IDS={devices}",
-      *common.export_lines(env),
-      "",
-      'echo "[launch_slurm] job $SLURM_JOB_ID, start $((${SLURM_RESTART_COUNT:-0} + 1)), '
-      'nodes $SLURM_JOB_NODELIST, $(date)"',
-      "",
-      f"# {signal_s} s before the time limit SLURM sends this script USR1 (--signal). SIGTERM goes to the job steps:",
-      "# lm saves a checkpoint at the next step and exits with status 'preempted'; then the job requeues",
-      f"# itself and its next start resumes from that checkpoint (at most {max_restarts} times: --max_restarts).",
-      "requeue=0",
-      "on_time_limit() {",
-      f'  echo "[launch_slurm] time limit in {signal_s} s: SIGTERM to lm, then requeue"',
-      "  requeue=1",
-      '  scancel --signal=TERM "$SLURM_JOB_ID"',
-      "}",
-      "# Preemption or scancel: SLURM sends SIGTERM to every process of the job. Stay alive while lm saves its",
-      "# checkpoint; SLURM itself requeues a preempted job, and a cancelled one stays cancelled.",
-      "on_term() {",
-      '  echo "[launch_slurm] SIGTERM: waiting for lm to save a checkpoint"',
-      "}",
-      "trap on_time_limit USR1",
-      "trap on_term TERM",
-      "",
-      "# In the background: bash runs a trap only between commands, so it waits with `wait`, which a signal",
-      "# interrupts; it keeps waiting until srun has exited, then takes srun's exit status.",
-      f"srun --kill-on-bad-exit=1 {job.command} &",
-      "srun_pid=$!",
-      'while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid"; done',
-      'wait "$srun_pid"; status=$?',
-      'echo "[launch_slurm] srun exit status $status, $(date)"',
-      "",
-      'if [ "$requeue" = 1 ]; then',
-      f'  if [ "${{SLURM_RESTART_COUNT:-0}}" -lt {max_restarts} ]; then',
-      '    scontrol requeue "$SLURM_JOB_ID"',
-      "  else",
-      f'    echo "[launch_slurm] not requeued: {max_restarts} restarts used; submit the script again to continue"',
-      "  fi",
-      "fi",
-      'exit "$status"',
-      "",
-  ])
-
-
-def install_command(repo: str, venv: str, extra_install: str) -> list[str]:
-  v, r = shlex.quote(venv), shlex.quote(repo)
-  steps = [f"[ -x {v}/bin/python ] || python3 -m venv {v}", f". {v}/bin/activate && cd {r} && pip install -e ."]
-  if extra_install:
-    steps[-1] += f" && {extra_install}"
-  return ["bash", "-c", "; ".join(steps)]
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog="python -m experiments.launch.slurm", description=__doc__.split("\n")[0],
                               epilog="Full description: the docstring of experiments/launch/slurm.py.")
-  p.add_argument("--nodes", type=int, required=True, help="Hosts; one JAX process (SLURM task) on each.")
+  p.add_argument("--nodes", type=int, help="Hosts; one JAX process (SLURM task) on each (with --per_point: "
+                 "each job's own, by the size of its points).")
   p.add_argument("--gpus_per_node", type=int, required=True, help="GPUs each host contributes.")
   p.add_argument("--time", help="Time limit, e.g. 24:00:00 (default: the partition's).")
   p.add_argument("--partition")
@@ -148,6 +72,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--log_dir", help="Batch script and job logs, on the shared filesystem "
                  "(default: <checkout>/slurm_logs).")
   p.add_argument("--dry_run", action="store_true", help="Print the commands and the script, run none.")
+  per = p.add_argument_group("one job per point (--sweep only): experiments/launch/slurm_sweep.py")
+  per.add_argument("--per_point", action="store_true", help="A job array whose task i runs point i alone.")
+  per.add_argument("--max_running", type=int, default=8, help="At most this many points at once, over all of "
+                   "the sweep's jobs (the arrays' %%N; default: %(default)s).")
+  per.add_argument("--gpus_per_point", type=int, help="GPUs of every point (default: by each point's memory).")
+  per.add_argument("--gpu_memory_gb", type=float, default=80, help="Memory of one GPU, for the sizing rule "
+                   "(default: %(default)s).")
+  per.add_argument("--wait", action="store_true", help="Stay until no job of the sweep is queued or running, then "
+                   "print the points' table, their cost and SLURM's allocation.")
+  per.add_argument("--poll_s", type=float, default=60, help="Seconds between squeue polls with --wait.")
+  per.add_argument("--plan_python", help="The python that plans the sweep here (default: the venv's).")
   common.add_job_flags(p)
   flags, rest = common.split_argv(argv)
   args = p.parse_args(flags)
@@ -160,7 +95,16 @@ def plan(args: argparse.Namespace, repo: Path | None = None):
   repo = repo or common.REPO
   job = common.parse_job(args.run, args.sweep, args.rest, repo)
   env = common.parse_env(args.env)
-  if args.nodes < 1 or args.gpus_per_node < 1:
+  if args.per_point:
+    if job.kind != "sweep":
+      raise LaunchError("--per_point runs the points of a sweep: give --sweep='<sweep args>'.")
+    if args.nodes is not None:
+      raise LaunchError("--per_point sizes each job by its points; drop --nodes (--gpus_per_point fixes the GPUs).")
+    if args.max_running < 1 or (args.gpus_per_point or 1) < 1 or args.poll_s <= 0:
+      raise LaunchError("--max_running and --gpus_per_point must be at least 1, --poll_s > 0.")
+  elif args.nodes is None:
+    raise LaunchError("--nodes is required (except with --per_point).")
+  if (args.nodes is not None and args.nodes < 1) or args.gpus_per_node < 1:
     raise LaunchError("--nodes and --gpus_per_node must be at least 1.")
   if args.signal_s < 1 or args.max_restarts < 0:
     raise LaunchError("--signal_s must be >= 1 and --max_restarts >= 0.")
@@ -174,15 +118,23 @@ def plan(args: argparse.Namespace, repo: Path | None = None):
   if args.shared_fs and not any(common.is_under(out, d) for d in args.shared_fs):
     raise LaunchError(f"{flag}={job.output_dir} ({out}) is not under the shared filesystem "
                       f"({', '.join(args.shared_fs)}); every node must see it.")
+  if args.job_name is not None and not JOB_NAME.fullmatch(args.job_name):
+    raise LaunchError(f"--job_name={args.job_name!r}: use letters, digits, '_', '.' and '-' (it names the script "
+                      "file and the log, %x).")
+  for flag, value in (("--partition", args.partition), ("--account", args.account), ("--qos", args.qos),
+                      ("--mem", args.mem), ("--log_dir", args.log_dir), ("--venv", args.venv), ("the checkout", str(repo)),
+                      *(("--sbatch_arg", a) for a in args.sbatch_arg)):
+    check_line(value, flag)
   name = args.job_name or "lm-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.basename(out))
   log_dir = os.path.abspath(args.log_dir or os.path.join(repo, "slurm_logs"))
   venv = os.path.abspath(args.venv or os.path.join(repo, ".venv"))
   path = os.path.join(log_dir, f"{name}.sbatch")
-  script = batch_script(job, job_name=name, nodes=args.nodes, gpus_per_node=args.gpus_per_node, time=args.time,
-                        partition=args.partition, account=args.account, qos=args.qos,
-                        cpus_per_task=args.cpus_per_task, mem=args.mem, sbatch_args=args.sbatch_arg,
-                        log_dir=log_dir, repo=str(repo), venv=venv, setup=args.setup, env=env,
-                        signal_s=args.signal_s, max_restarts=args.max_restarts, path=path)
+  args.settings = dict(time=args.time, partition=args.partition, account=args.account, qos=args.qos,
+                       cpus_per_task=args.cpus_per_task, mem=args.mem, sbatch_args=args.sbatch_arg, log_dir=log_dir,
+                       repo=str(repo), venv=venv, setup=args.setup, env=env, signal_s=args.signal_s,
+                       max_restarts=args.max_restarts)
+  script = None if args.per_point else batch_script(job, job_name=name, nodes=args.nodes,
+                                                    gpus_per_node=args.gpus_per_node, path=path, **args.settings)
   install = None if args.skip_install else install_command(str(repo), venv, args.extra_install)
   return job, name, log_dir, path, script, install
 
@@ -195,15 +147,21 @@ def main(argv: list[str], out=None) -> int:
     print(f"launch_slurm: {e}", file=sys.stderr)
     return 2
   runner = common.Runner(args.dry_run, log_dir, out)
-  runner.say(f"{job.kind} on SLURM: {args.nodes} node(s) x {args.gpus_per_node} GPU(s), job {name}; "
-             f"script and logs in {log_dir}")
+  if args.per_point:
+    runner.say(f"sweep on SLURM, one job per point: at most {args.max_running} at once, up to "
+               f"{args.gpus_per_node} GPU(s) a node; jobs {name}-<n>; scripts and logs in {log_dir}")
+  else:
+    runner.say(f"{job.kind} on SLURM: {args.nodes} node(s) x {args.gpus_per_node} GPU(s), job {name}; "
+               f"script and logs in {log_dir}")
   if install:
     runner.say("install lm into the venv, here: compute nodes often have no internet")
     if runner.run(install, "install", stream=True) != 0:
       return 1
-  runner.say("write the batch script")
+  runner.say("write the batch script" + ("s" if args.per_point else ""))
   if runner.run(["mkdir", "-p", log_dir], "mkdir") != 0:
     return 1
+  if args.per_point:
+    return slurm_sweep.launch(args, job, runner, args.settings, name, common.REPO)
   runner.write(Path(path), script)
   runner.say("submit it")
   rc, job_id = runner.poll(["sbatch", "--parsable", path], first=True, dry_reply="JOBID")

@@ -25,6 +25,9 @@ runs, and after it ends, since lm exits 0 when SIGTERM makes it checkpoint and s
 queued resource, creates it again, ships, installs and runs the same command: lm resumes from its
 latest checkpoint, a sweep skips finished points. At most --max_restarts times. A lost ssh connection
 (exit status 255) with the slice still ACTIVE reruns on the same slice; any other failure stops.
+
+Every value that reaches a worker's shell is quoted with shlex (paths, --env values, the
+command) or validated (--bucket, --name); --extra_install is a shell command by design.
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ import sys
 from pathlib import Path
 
 from experiments.launch import common
+from experiments.launch import tpu_pool
 from experiments.launch.common import LaunchError
+from experiments.launch.tpu_slice import (LOST, REMOTE_TAR, SSH_LOST, Tpu, run_script, setup_script, still_active,
+                                          wait_active)
 
 # Accelerator type -> default runtime (software) version, from the Cloud TPU runtime table:
 # v6e v2-alpha-tpuv6e, v5p v2-alpha-tpuv5, v5e v2-alpha-tpuv5-lite, v4 and older tpu-ubuntu2204-base.
@@ -45,131 +51,6 @@ RUNTIMES = {"v6e": "v2-alpha-tpuv6e", "v5p": "v2-alpha-tpuv5", "v5litepod": "v2-
             "v4": "tpu-ubuntu2204-base", "v3": "tpu-ubuntu2204-base", "v2": "tpu-ubuntu2204-base"}
 ACCELERATOR = re.compile(r"^(v6e|v5p|v5litepod|v4|v3|v2)-(\d+)$")
 NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-
-ACTIVE = "ACTIVE"
-LOST = {"SUSPENDING", "SUSPENDED", "FAILED", "PREEMPTED", "DELETING"}  # the capacity is gone: re-create
-# Still on its way: CREATING, ACCEPTED, WAITING_FOR_RESOURCES, PROVISIONING.
-SSH_LOST = 255  # ssh's own exit status: the connection failed, not the command
-
-REMOTE_TAR = "lm-code.tar.gz"  # in each worker's home directory
-
-
-class Tpu:
-  """The gcloud command lines for one queued resource holding one TPU VM slice (node id = name)."""
-
-  def __init__(self, name, zone, project, accelerator_type, runtime_version, provisioning, create_args=()):
-    self.name, self.zone, self.project = name, zone, project
-    self.accelerator_type, self.runtime_version = accelerator_type, runtime_version
-    self.provisioning, self.create_args = provisioning, list(create_args)
-
-  def _where(self) -> list[str]:
-    return [f"--zone={self.zone}"] + ([f"--project={self.project}"] if self.project else [])
-
-  def create(self) -> list[str]:
-    tier = {"spot": ["--spot"], "reserved": ["--reserved"], "on-demand": []}[self.provisioning]
-    return ["gcloud", "compute", "tpus", "queued-resources", "create", self.name, f"--node-id={self.name}",
-            *self._where(), f"--accelerator-type={self.accelerator_type}",
-            f"--runtime-version={self.runtime_version}", *tier, *self.create_args]
-
-  def describe(self) -> list[str]:
-    return ["gcloud", "compute", "tpus", "queued-resources", "describe", self.name, *self._where(),
-            "--format=value(state.state)"]
-
-  def delete(self) -> list[str]:
-    # --force deletes the TPU VMs first; without it an ACTIVE queued resource is not deleted.
-    return ["gcloud", "compute", "tpus", "queued-resources", "delete", self.name, *self._where(), "--force", "--quiet"]
-
-  def scp(self, local: str, remote: str) -> list[str]:
-    return ["gcloud", "compute", "tpus", "tpu-vm", "scp", local, f"{self.name}:{remote}", "--worker=all",
-            *self._where(), "--quiet"]
-
-  def ssh(self, command: str) -> list[str]:
-    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", self.name, "--worker=all", *self._where(), "--quiet",
-            f"--command={command}"]
-
-  def state(self, runner: common.Runner, first: bool = False) -> str:
-    rc, out = runner.poll(self.describe(), first, dry_reply=ACTIVE)
-    return out if rc == 0 else ""  # "" = unknown (gcloud failed, or the queued resource is gone)
-
-
-def gcsfuse_lines(bucket: str, mount_point: str) -> list[str]:
-  name, mp = bucket[len("gs://"):], shlex.quote(mount_point)
-  repo = 'gcsfuse-$(lsb_release -c -s)'
-  return [
-      "command -v gcsfuse >/dev/null || {",
-      f'  echo "deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt {repo} main"'
-      " | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null",
-      "  curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg"
-      " | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null",
-      "  sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse",
-      "}",
-      f'sudo mkdir -p {mp} && sudo chown "$(id -u):$(id -g)" {mp}',
-      # Orbax finishes a checkpoint by renaming its temporary directory: gcsfuse renames
-      # directories only with --rename-dir-limit (atomic and fast on a hierarchical-namespace bucket).
-      f"mountpoint -q {mp} || gcsfuse --implicit-dirs --rename-dir-limit=200000 {name} {mp}",
-  ]
-
-
-def setup_script(extra_install: str, bucket: str | None, mount_point: str | None, shared_dir: str | None) -> str:
-  lines = [
-      "set -e",
-      # A rerun after a lost connection: stop the old command first (SIGTERM: lm checkpoints).
-      'if [ -f ~/lm-run.pid ] && kill -TERM "$(cat ~/lm-run.pid)" 2>/dev/null; then',
-      '  while kill -0 "$(cat ~/lm-run.pid)" 2>/dev/null; do sleep 5; done',
-      "fi",
-      f"rm -rf ~/lm && mkdir -p ~/lm && tar -xzf ~/{REMOTE_TAR} -C ~/lm",
-      "python3 -m venv ~/lm-venv 2>/dev/null || { sudo apt-get update -qq && "
-      "sudo apt-get install -y -qq python3-venv && python3 -m venv --clear ~/lm-venv; }",
-      ". ~/lm-venv/bin/activate && cd ~/lm",
-      "pip install -q -U pip && pip install -q -e .",
-  ]
-  if extra_install:
-    lines.append(extra_install)
-  if bucket:
-    lines += gcsfuse_lines(bucket, mount_point)
-  if shared_dir:
-    d = shlex.quote(shared_dir)
-    lines.append(f'test -d {d} || {{ echo "{shared_dir} is not mounted on $(hostname)" >&2; exit 1; }}')
-  return "\n".join(lines)
-
-
-def run_script(job: common.Job, env: dict[str, str]) -> str:
-  return "\n".join(["echo $$ > ~/lm-run.pid", ". ~/lm-venv/bin/activate && cd ~/lm", *common.export_lines(env),
-                    f"exec {job.command}"])
-
-
-def wait_active(tpu: Tpu, runner: common.Runner, poll_s: float) -> bool:
-  """True once ACTIVE; False if the request failed or the capacity went away."""
-  runner.say(f"wait until it is ACTIVE (polled every {poll_s:g} s)")
-  last, unknown, first = None, 0, True
-  while True:
-    state = tpu.state(runner, first)
-    first = False
-    if state != last and not runner.dry_run:
-      runner.say(f"{tpu.name}: {state or 'state unknown'}")
-    last = state
-    if state == ACTIVE:
-      return True
-    if state in LOST:
-      return False
-    unknown = unknown + 1 if not state else 0
-    if unknown >= 10:  # gone (deleted by hand?) or gcloud keeps failing
-      return False
-    runner.sleep(poll_s)
-
-
-def still_active(tpu: Tpu, runner: common.Runner, poll_s: float, settle_s: float) -> bool:
-  """Whether the slice stays ACTIVE for settle_s: a preempted VM may end the command (lm checkpoints
-  on SIGTERM and exits 0) a little before the queued resource leaves ACTIVE."""
-  runner.say(f"finished or preempted? the queued resource must stay ACTIVE for {settle_s:g} s")
-  checks = round(settle_s / poll_s)
-  for i in range(checks + 1):
-    if tpu.state(runner, first=(i == 0)) in LOST:
-      return False
-    if i < checks:
-      runner.sleep(poll_s)
-  return True
-
 
 def launch(tpu: Tpu, runner: common.Runner, code: str, setup: str, run: str, max_restarts: int, keep: bool,
            poll_s: float = 30, settle_s: float = 120) -> int:
@@ -255,6 +136,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                  help="How long the slice must stay ACTIVE after the command ends to count as finished.")
   p.add_argument("--log_dir", help="Local logs and the code tarball (default: launch_logs/<name>).")
   p.add_argument("--dry_run", action="store_true", help="Print every command, run none.")
+  per = p.add_argument_group("a pool of slices, one point at a time on each (--sweep only): tpu_pool.py")
+  per.add_argument("--per_point", action="store_true", help="Run the sweep's points on a pool of slices.")
+  per.add_argument("--max_slices", type=int, default=4, help="At most this many slices (points) at once "
+                   "(default: %(default)s).")
+  per.add_argument("--fixed_size", action="store_true", help="Every point on --accelerator_type (default: the "
+                   "smallest slice of its generation that holds the point, up to --accelerator_type).")
+  per.add_argument("--plan_python", default=sys.executable, help="The python that plans the sweep here, with lm "
+                   "installed (default: this one).")
   common.add_job_flags(p)
   flags, rest = common.split_argv(argv)
   args = p.parse_args(flags)
@@ -274,6 +163,9 @@ def plan(args: argparse.Namespace):
     raise LaunchError(f"--bucket={args.bucket}: expected gs://BUCKET (the bucket only; put paths in the workdir).")
   if args.max_restarts < 0 or args.poll_s <= 0 or args.settle_s < 0:
     raise LaunchError("--max_restarts and --settle_s must be >= 0, --poll_s > 0.")
+  if args.per_point and (job.kind != "sweep" or args.keep or args.max_slices < 1):
+    raise LaunchError("--per_point runs the points of a sweep (--sweep='<sweep args>') on --max_slices >= 1 "
+                      "slices, and deletes them all at the end (no --keep).")
   shared = args.shared_dir or args.mount_point or f"/mnt/{args.bucket[len('gs://'):]}"
   flag = "--workdir" if job.kind == "run" else "--sweep_dir"
   if not os.path.isabs(shared):
@@ -301,8 +193,13 @@ def main(argv: list[str], out=None) -> int:
     print(f"launch_tpu: {e}", file=sys.stderr)
     return 2
   runner = common.Runner(args.dry_run, log_dir, out)
-  runner.say(f"{job.kind} on Cloud TPU {tpu.accelerator_type} ({tpu.provisioning}) {tpu.name} in {tpu.zone}, "
-             f"runtime {tpu.runtime_version}; logs in {log_dir}")
+  if args.per_point:
+    runner.say(f"sweep on a pool of at most {args.max_slices} Cloud TPU slice(s) of up to {tpu.accelerator_type} "
+               f"({tpu.provisioning}), {tpu.name}-<k>-<n>, in {tpu.zone}, runtime {tpu.runtime_version}; "
+               f"logs in {log_dir}")
+  else:
+    runner.say(f"{job.kind} on Cloud TPU {tpu.accelerator_type} ({tpu.provisioning}) {tpu.name} in {tpu.zone}, "
+               f"runtime {tpu.runtime_version}; logs in {log_dir}")
   code = str(log_dir / "code.tar.gz")
   if args.git_ref:
     # --output is relative to the repository after -C: give it the absolute path.
@@ -313,6 +210,12 @@ def main(argv: list[str], out=None) -> int:
     rc = 0 if args.dry_run else common.pack_tree(common.REPO, Path(code), exclude=[log_dir])
   if rc:
     return rc
+  if args.per_point:
+    try:
+      return tpu_pool.launch(args, tpu, job, env, setup, runner, code, run_script, common.REPO)
+    except LaunchError as e:
+      print(f"launch_tpu: {e}", file=sys.stderr)
+      return 2
   return launch(tpu, runner, code, setup, run, args.max_restarts, args.keep, args.poll_s, args.settle_s)
 
 

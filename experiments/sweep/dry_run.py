@@ -4,7 +4,7 @@ For each distinct shape (model, sequence, batch, optimizer), the probe builds th
 and the jitted train step exactly as lm.train does, on random tokens, and times:
   compile_s  the first step (tracing + XLA compilation)
   step_s     the median of the next steps, run until PROBE_S seconds or PROBE_STEPS steps
-Then a point's estimate is
+Then a point's estimate is (recorded in SWEEP_DIR/estimate.json, with the devices the probe ran on)
   PROCESS_S + compile_s x 2 (the eval step compiles too) + steps x step_s
   + evals x eval_steps x step_s / 3 (an eval batch is a forward pass, ~1/3 of a train step)
 The probe takes a few seconds per shape on a CPU (p20m: ~6 s a step); a shape whose step
@@ -17,6 +17,7 @@ import math
 import os
 import time
 
+from experiments.sweep import cost
 from experiments.sweep import status as status_lib
 from experiments.sweep.plan import model_config
 
@@ -66,7 +67,8 @@ def probe(cfg, vocab_size: int) -> dict:
       state, metrics = step(state, data)
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - t0)
-  return {"compile_s": compile_s, "step_s": float(np.median(times)), "steps_timed": len(times)}
+  return {"compile_s": compile_s, "step_s": float(np.median(times)), "steps_timed": len(times),
+          "devices": int(mesh.devices.size), "device_kind": jax.devices()[0].device_kind}
 
 
 def expected_step_s(point) -> float:
@@ -93,13 +95,25 @@ def estimate(points, measure: bool = True, log=print) -> dict[str, dict]:
             f"({cache[key]['steps_timed']} timed; {time.perf_counter() - t0:.1f} s)")
     measured = cache.get(key)
     if measured is None:
-      out[p.name] = {"step_s": None, "compile_s": None, "total_s": None}
+      out[p.name] = {"step_s": None, "compile_s": None, "total_s": None, "devices": None}
       continue
     evals = math.ceil(p.steps / p.cfg.train.eval_every)
     total = (PROCESS_S + 2 * measured["compile_s"] + p.steps * measured["step_s"]
              + evals * p.cfg.train.eval_steps * measured["step_s"] / 3)
     out[p.name] = {**measured, "total_s": total}
   return out
+
+
+def record_estimate(sweep_dir: str, times: dict[str, dict]) -> str:
+  """estimate.json in the sweep directory (created if need be): what the sweep's end compares with."""
+  measured = [t for t in times.values() if t["total_s"] is not None]
+  if not measured:
+    return "no estimate recorded"
+  try:
+    path = cost.write_estimate(sweep_dir, times, measured[0]["devices"], measured[0]["device_kind"])
+  except OSError as e:
+    return f"estimate not recorded ({e})"
+  return f"recorded in {path} (the sweep compares what it spends with it)"
 
 
 def makespan(seconds: list[float], workers: int) -> float:
@@ -126,6 +140,7 @@ def report(cfg, points, left_out, sweep_dir: str | None, parallel: int = 1, meas
   from configs.ladder import human
   definition = points[0].flops_definition if points else cfg.get("flops_definition", "flops_exact")
   times = estimate(points, measure)
+  recorded = record_estimate(sweep_dir, times) if sweep_dir else None
   states = status_lib.states(sweep_dir, [p.name for p in points]) if sweep_dir and os.path.isdir(sweep_dir) else {}
   rows = [("point", "N", "N_total", "D", f"C ({definition})", "steps", "D/N", "memory", "step", "est. time",
            "state")]
@@ -148,6 +163,10 @@ def report(cfg, points, left_out, sweep_dir: str | None, parallel: int = 1, meas
   if not known:
     lines.append(f"{head}; time not estimated" + ("" if measure else " (--noprobe)"))
     return "\n".join(lines)
+  devices = next(t["devices"] for t in times.values() if t["devices"])
+  device_s = sum(times[p.name]["total_s"] * devices for p in todo if times[p.name]["total_s"])
+  lines.append(f"estimated device-hours: {device_s / 3600:.3g} ({devices} device(s) a point, as probed here); "
+               f"{recorded}")
   note = "" if len(known) == len(est) else f" ({len(est) - len(known)} points not timed, not counted)"
   lines.append(f"{head}; estimated time {_duration(sum(known))} one at a time{note}")
   if parallel > 1:

@@ -13,7 +13,8 @@ A sweep is a Python file whose get_config(arg=None) returns a ConfigDict with fi
   kind              'isoflop': budgets are training FLOPs C; each model trains D = C / flops-per-token
                     'grid':    budgets are training tokens D; every model x every D
   budgets           tuple of C (isoflop) or D (grid)
-  flops_definition  what C counts: 'flops_exact' (default) or 'flops_6n' (docs/conventions.md, Parameters and FLOPs).
+  flops_definition  what C counts: 'flops_exact' (default), 'flops_executed' (the fits' default compute
+                    axis: what runs) or 'flops_6n' (docs/conventions.md, Parameters and FLOPs).
                     At CPU scale flops_exact is 1.3x (p10m) to 7x (p50k) flops_6n, so a sweep
                     budgets in one definition and its fits use the same one.
   min_steps, max_steps  isoflop points with fewer / more steps are left out (listed by the dry run)
@@ -25,7 +26,11 @@ A sweep is a Python file whose get_config(arg=None) returns a ConfigDict with fi
                     values are not passed (placeholders a command line may fill:
                     --config.overrides.data.data_dir=DIR)
 
-Point names are '<budget>-<model>': C3e12-p1m (isoflop), D2M-p1m (grid). Steps:
+Point names are '<budget>-<model>': C3e12-p1m (isoflop), D2M-p1m (grid), with the budget written
+exactly (D32.768K, C3.2768e4: never rounded, so two budgets never share a name or a workdir);
+a sweep that lists a budget or a model twice is refused. (Until 2026-12 labels were rounded to 3
+digits, D32.8K for 32,768: a sweep directory from then has other point names; rename its point
+directories to the new names to keep their runs.) Steps:
   isoflop  steps = round(C / (flops_per_token x batch_size x seq_len))
   grid     steps = round(D / (batch_size x seq_len))
 """
@@ -33,6 +38,7 @@ Point names are '<budget>-<model>': C3e12-p1m (isoflop), D2M-p1m (grid). Steps:
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import importlib.util
 import math
 import os
@@ -42,7 +48,7 @@ from ml_collections import ConfigDict
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ("isoflop", "grid")
-DEFINITIONS = ("flops_exact", "flops_6n")
+DEFINITIONS = ("flops_exact", "flops_executed", "flops_6n")
 BYTE_VOCAB = 3 + 256  # lm.data.tokenizers.ByteTokenizer: pad, bos, eos + 256 bytes
 # Overrides that name where things are, not what a point computes: a relaunch may change them.
 NOT_IDENTITY = ("data.data_dir", "logging.")
@@ -156,12 +162,15 @@ def model_config(cfg):
 # ---- expansion ----
 
 def budget_label(kind: str, budget: float) -> str:
-  """C3e12, C2.5e+13 -> C2.5e13; grid token budgets D2M, D512K (from configs.ladder.human)."""
+  """The budget, exactly: FLOPs C3e12, C2.5e13, C3.2768e4; tokens D2M, D512K, D32.768K, D1.6384M."""
+  value = decimal.Decimal(repr(float(budget)) if isinstance(budget, float) else str(budget)).normalize()
   if kind == "grid":
-    from configs.ladder import human
-    return "D" + human(budget)
-  mantissa, exponent = f"{budget:.3g}".split("e") if "e" in f"{budget:.3g}" else (f"{budget:.3g}", "0")
-  return f"C{mantissa}e{int(exponent)}"
+    for unit, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3), ("", 1)):
+      if abs(value) >= scale or not unit:
+        return f"D{(value / scale).normalize():f}{unit}"
+  _, digits, exponent = value.as_tuple()
+  mantissa = str(digits[0]) + ("." + "".join(map(str, digits[1:])) if len(digits) > 1 else "")
+  return f"C{mantissa}e{len(digits) - 1 + exponent}"
 
 
 def validate(s: ConfigDict) -> None:
@@ -176,6 +185,10 @@ def validate(s: ConfigDict) -> None:
     raise SweepError(f"budgets={tuple(s.budgets)} must be positive.")
   if len(set(s.models)) != len(s.models):
     raise SweepError(f"models={tuple(s.models)} names a model twice.")
+  twice = sorted({b for b in s.budgets if list(s.budgets).count(b) > 1})
+  if twice:
+    raise SweepError(f"budgets={tuple(s.budgets)} lists {', '.join(f'{b:g}' for b in twice)} twice; two points "
+                     "would share one workdir. List each budget once.")
   per_budget = s.get("budget_models")
   if per_budget:
     if len(per_budget) != len(s.budgets):
@@ -213,7 +226,7 @@ def expand(s: ConfigDict) -> tuple[list[Point], list[tuple[str, str]]]:
       raise SweepError(f"models {twin!r} and {model!r} are the same config; a name not in `shapes` is passed to "
                        f"{s.config} as ':{model}', which may ignore it.")
     seq, batch = base.data.seq_len, base.train.batch_size
-    per_token = {"flops_exact": flops_lib.flops_exact(mcfg, seq), "flops_6n": flops_lib.flops_6n(mcfg)}
+    per_token = {d: flops_lib.flops_per_token(mcfg, seq, d) for d in DEFINITIONS}
     counts = flops_lib.param_counts(mcfg)
     memory = flops_lib.train_memory(mcfg, seq, batch // base.optim.grad_accum_steps).total
     for i, budget in enumerate(s.budgets):
@@ -239,6 +252,11 @@ def expand(s: ConfigDict) -> tuple[list[Point], list[tuple[str, str]]]:
                           params_nonembedding=counts.nonembedding, flops_per_token=per_token,
                           memory_bytes=memory, cfg=cfg))
   points.sort(key=lambda p: s.budgets.index(p.budget) if p.budget in s.budgets else 0)  # budget-major
+  names = [p.name for p in points] + [n for n, _ in left_out]
+  shared = sorted({n for n in names if names.count(n) > 1})
+  if shared:  # a model name that makes another point's name: 'D1K' + '-a-b' vs ...
+    raise SweepError(f"points {shared} would share a workdir; rename the models so that every "
+                     "'<budget>-<model>' is unique.")
   return points, left_out
 
 

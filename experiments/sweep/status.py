@@ -2,31 +2,46 @@
 
     SWEEP_DIR/
       sweep.json            the sweep config and each launch (time, host, command)
-      status.json           the runner's record per point: state, attempt, pid, host, start, end, message
+      status.json           the runner's record per point: state, attempt, pid, host, start, end, message,
+                            and its cost so far (wall_s_spent, device_s_spent: experiments/sweep/cost.py)
       sweep.lock            held (flock) by the live runner; names its pid, host and start time
       results.csv           the results table (experiments/sweep/collect.py), rewritten as points end
+      estimate.json         the dry run's estimate of every point (experiments/sweep/cost.py)
       <point>/point.json    what the point computes (config + overrides) and its plan
+      <point>/record.json   the record of a point run on its own (--point: a SLURM array task, a TPU
+                            slice of a pool), with a heartbeat while it runs
+      <point>/point.lock    held (flock) by whoever runs the point: one runner per point
       <point>/...           the point's lm.main workdir: config.json, metrics.jsonl, checkpoints/, summary.json
       <point>/log.txt       the point's output, appended over attempts (log.host<i>.txt on other hosts)
 
 States: pending (never started), running, preempted (stopped with a checkpoint; or its runner
 died: it resumes), finished, diverged, failed. finished and diverged are final: a relaunch
-skips them. Every other point is run again and lm.main resumes it from its last checkpoint.
+skips them. A process that exits non-zero is never finished, whatever its summary.json says
+(it is failed, and runs again). Every other point is run again and lm.main resumes it from its last checkpoint.
 A point's summary.json (written by lm.main) is the truth about its outcome; status.json adds
 what summary.json cannot say (running, a failure before training started, the attempt count).
-Only the runner that holds sweep.lock (process 0 of a multi-host sweep) writes these files.
+Only the runner that holds sweep.lock (process 0 of a multi-host sweep) writes the sweep-level
+files; a point run on its own (--point) writes only its record.json, and results.csv under
+results.lock. A point's record is the newer of status.json's and its record.json (by start), so
+--status and collect read the same whatever ran the points. A running record.json is alive while
+its heartbeat is younger than STALE_S; a running status.json record while sweep.lock is held.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
 import os
 import socket
+import time
 
 STATES = ("pending", "running", "preempted", "finished", "diverged", "failed")
 FINAL = ("finished", "diverged")
+RECORD = "record.json"
+HEARTBEAT_S = 30.0          # a point run on its own rewrites its record.json this often
+STALE_S = 4 * HEARTBEAT_S   # ... and is taken for dead (its task or slice gone) after this long without
 
 
 def now() -> str:
@@ -66,20 +81,32 @@ def point_state(point_dir: str, record: dict | None, runner_alive: bool) -> str:
   record = record or {}
   started = record.get("started_ts", 0.0)
   if record.get("state") == "running":
-    if runner_alive:
+    if heartbeat_alive(record) if "heartbeat_ts" in record else runner_alive:
       return "running"
     if s and summary_time(point_dir) >= started:
       return s["status"]  # its runner died; the point itself stopped and said how (SIGTERM: preempted)
     return "preempted"     # killed with its runner: it resumes from its last checkpoint
+  if exited_badly(record):
+    return "failed"
   if s and summary_time(point_dir) >= started:
     return s["status"]
   return record.get("state") or ("preempted" if s else "pending")
 
 
-def should_run(point_dir: str) -> bool:
-  """The relaunch rule, from summary.json alone, so every host of a multi-host sweep agrees."""
+def heartbeat_alive(record: dict) -> bool:
+  return time.time() - record.get("heartbeat_ts", 0.0) < STALE_S
+
+
+def exited_badly(record: dict | None) -> bool:
+  """The last attempt's process failed (non-zero exit), whatever summary.json says."""
+  return bool(record) and record.get("state") == "failed" and record.get("returncode") not in (0, None)
+
+
+def should_run(point_dir: str, record: dict | None = None) -> bool:
+  """The relaunch rule: from summary.json and the last attempt's record (status.json, which
+  every host of a multi-host sweep reads before any of them starts a point, so all agree)."""
   s = summary(point_dir)
-  return not (s and s.get("status") in FINAL)
+  return exited_badly(record) or not (s and s.get("status") in FINAL)
 
 
 def pid_alive(pid: int) -> bool:
@@ -126,8 +153,8 @@ class Lock:
   drops it when its holder dies, however it dies, so a lock left behind is never stale.
   On a filesystem without locks (gcsfuse) the runner goes on without one, and says so."""
 
-  def __init__(self, sweep_dir: str):
-    self.path = os.path.join(sweep_dir, "sweep.lock")
+  def __init__(self, directory: str, name: str = "sweep.lock"):
+    self.path = os.path.join(directory, name)
     self._f = None
     self.unsupported = None  # the OSError of a filesystem that cannot lock
 
@@ -183,7 +210,29 @@ def status_path(sweep_dir: str) -> str:
 
 
 def read_records(sweep_dir: str) -> dict[str, dict]:
-  return (read_json(status_path(sweep_dir)) or {}).get("points", {})
+  """point -> its last attempt's record: status.json's or the point's record.json, the later started."""
+  records = (read_json(status_path(sweep_dir)) or {}).get("points", {})
+  for name in point_dirs(sweep_dir):
+    own = read_json(os.path.join(sweep_dir, name, RECORD))
+    if own and own.get("started_ts", 0.0) >= records.get(name, {}).get("started_ts", 0.0):
+      records[name] = own
+  return records
+
+
+def write_point_record(point_dir: str, record: dict) -> None:
+  write_json(os.path.join(point_dir, RECORD), record)
+
+
+@contextlib.contextmanager
+def results_lock(sweep_dir: str):
+  """Serialises rewrites of results.csv by runners of single points on many hosts: each takes
+  the lock after its point's summary.json is written, so the last to take it sees every point."""
+  with open(os.path.join(sweep_dir, "results.lock"), "a") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX)
+    except OSError:  # no locks on this filesystem (gcsfuse): `collect` rebuilds the table any time
+      pass
+    yield
 
 
 def write_records(sweep_dir: str, records: dict[str, dict]) -> None:
