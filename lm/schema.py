@@ -38,6 +38,7 @@ def defaults() -> ConfigDict:
   """The base config: every field a user may set with --config.<section>.<field>=..."""
   cfg = ConfigDict()
   cfg.experiment = "base"
+  cfg.recipe = ""               # the hyperparameter recipe that set optim.* (lm/recipe.py), '' if none
   cfg.model = _model_section()
 
   # ---- data: corpus, tokenizer, packing (lm/data/) ----
