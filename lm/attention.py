@@ -1,5 +1,7 @@
 """Causal self-attention: softmax(Q K^T / sqrt(d_k)) V, with RoPE and grouped-query heads.
 
+Under model.parameterization='mup' the logit scale is µP's sqrt(K0)/K instead (lm/parameterization.py).
+
 Shapes in names: B batch, L query length, S key length, D d_model, H query heads,
 G kv heads, R = H // G query heads per kv head, K head dim.
 Masks are boolean [B, 1, L, S]: True where a query may attend to a key.
@@ -15,6 +17,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from lm import kv_cache
+from lm import parameterization as param_lib
 from lm.ops import dense
 
 ATTENTIONS = ("reference", "xla", "cudnn")  # attend(): the einsum, or jax.nn.dot_product_attention's
@@ -80,29 +83,32 @@ def causal_segment_mask(segment_ids_BL: jax.Array) -> jax.Array:
   return (causal_LL[None] & same_doc_BLL)[:, None]
 
 
-def reference_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS):
-  """The textbook einsum. The logits and softmax are float32 whatever the compute dtype."""
+def reference_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, scale: float | None = None):
+  """The textbook einsum. The logits and softmax are float32 whatever the compute dtype.
+
+  scale: the logits' multiplier; None is 1/sqrt(head_dim) (µP's is in lm/parameterization.py).
+  """
   b, l, h, k = q_BLHK.shape
   g = k_BSGK.shape[2]
   q_BLGRK = q_BLHK.reshape(b, l, g, h // g, k)
-  logits_BGRLS = jnp.einsum("BLGRK,BSGK->BGRLS", q_BLGRK, k_BSGK,
-                            preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(k))
+  logits_BGRLS = jnp.einsum("BLGRK,BSGK->BGRLS", q_BLGRK, k_BSGK, preferred_element_type=jnp.float32)
+  logits_BGRLS = logits_BGRLS / jnp.sqrt(jnp.float32(k)) if scale is None else logits_BGRLS * jnp.float32(scale)
   logits_BGRLS = jnp.where(mask_B1LS[:, :, None], logits_BGRLS, jnp.finfo(jnp.float32).min)
   probs_BGRLS = jax.nn.softmax(logits_BGRLS, axis=-1).astype(v_BSGK.dtype)
   out_BLGRK = jnp.einsum("BGRLS,BSGK->BLGRK", probs_BGRLS, v_BSGK)
   return out_BLGRK.reshape(b, l, h, k)
 
 
-def fused_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, implementation: str):
+def fused_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, implementation: str, scale: float | None = None):
   """jax.nn.dot_product_attention: XLA's fused path, or cuDNN flash attention on GPU."""
-  return jax.nn.dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask=mask_B1LS,
+  return jax.nn.dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask=mask_B1LS, scale=scale,
                                       implementation=implementation)
 
 
-def attend(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, implementation: str):
+def attend(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, implementation: str, scale: float | None = None):
   if implementation == "reference":
-    return reference_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS)
-  return fused_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, implementation)
+    return reference_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, scale)
+  return fused_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, implementation, scale)
 
 
 class Attention(nn.Module):
@@ -124,7 +130,7 @@ class Attention(nn.Module):
   def __call__(self, x_BLD, segment_ids_BL, positions_BL):
     cfg = self.cfg
     d, h, g, k = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    std, out_std = cfg.init_std, cfg.init_std / (2 * cfg.n_layers) ** 0.5
+    std, out_std = param_lib.init_std(cfg), param_lib.init_std(cfg, residual_output=True)
     wq_DHK = self._proj("q", (d, h, k), ("embed", "heads", "head_dim"), std)
     wk_DGK = self._proj("k", (d, g, k), ("embed", "kv_heads", "head_dim"), std)
     wv_DGK = self._proj("v", (d, g, k), ("embed", "kv_heads", "head_dim"), std)
@@ -149,10 +155,11 @@ class Attention(nn.Module):
     v_BLGK = nn.with_logical_constraint(v_BLGK, ("batch", "length", "kv_heads", "head_dim"))
 
     mask_B1LL = causal_segment_mask(segment_ids_BL)
+    scale = param_lib.attention_scale(cfg)  # None: 1/sqrt(K)
     if self.decode:
-      out_BLHK = kv_cache.attend_with_cache(self, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, mask_B1LL)
+      out_BLHK = kv_cache.attend_with_cache(self, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, mask_B1LL, scale)
     else:
-      out_BLHK = attend(q_BLHK, k_BLGK, v_BLGK, mask_B1LL, cfg.attention)
+      out_BLHK = attend(q_BLHK, k_BLGK, v_BLGK, mask_B1LL, cfg.attention, scale)
     out_BLHK = nn.with_logical_constraint(out_BLHK, ("batch", "length", "heads", "head_dim"))
     y_BLD = dense("BLHK,HKD->BLD", out_BLHK, wo_HKD, matmul=cfg.matmul)
     if cfg.use_bias:

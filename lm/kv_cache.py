@@ -29,18 +29,23 @@ K_CACHE_AXES = ("batch", "kv_heads", "head_dim", "length")   # keys [B, G, K, S]
 V_CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")   # values [B, G, S, K]
 
 
-def cached_attention(q_BLHK, k_BGKS, v_BGSK, mask_B1LS, k_BLGK, v_BLGK, mask_B1LL):
+def cached_attention(q_BLHK, k_BGKS, v_BGSK, mask_B1LS, k_BLGK, v_BLGK, mask_B1LL, scale: float | None = None):
   """reference_attention over [cache slots, new keys]: one softmax, without concatenating the cache.
 
   Returns the output and the new keys [B, G, K, L] and values [B, G, L, K] in the cache's
   layout, made to depend on the output (+ 0 * a slice of it, sharded like them): XLA:CPU
   updates a loop-carried buffer in place only if the write depends on the reads; without
   it each cache array was copied twice per layer per step (an optimization_barrier did
-  not help: it is gone before copy insertion).
+  not help: it is gone before copy insertion). scale: the logits' multiplier as in
+  attention.reference_attention (None: 1/sqrt(K)).
   """
   b, l, h, k = q_BLHK.shape
   g, s = k_BGKS.shape[1], k_BGKS.shape[3]
-  q_BGRLK = q_BLHK.reshape(b, l, g, h // g, k).transpose(0, 2, 3, 1, 4) / jnp.sqrt(jnp.float32(k)).astype(q_BLHK.dtype)
+  q_BGRLK = q_BLHK.reshape(b, l, g, h // g, k).transpose(0, 2, 3, 1, 4)
+  if scale is None:
+    q_BGRLK = q_BGRLK / jnp.sqrt(jnp.float32(k)).astype(q_BLHK.dtype)
+  else:
+    q_BGRLK = q_BGRLK * jnp.asarray(scale, q_BLHK.dtype)
   old_BGRLS = jnp.einsum("BGRLK,BGKS->BGRLS", q_BGRLK, k_BGKS, preferred_element_type=jnp.float32)
   new_BGRLL = jnp.einsum("BGRLK,BMGK->BGRLM", q_BGRLK, k_BLGK, preferred_element_type=jnp.float32)
   logits_BGRLT = jnp.concatenate([old_BGRLS, new_BGRLL], axis=-1)           # T = S + L
@@ -55,7 +60,7 @@ def cached_attention(q_BLHK, k_BGKS, v_BGSK, mask_B1LS, k_BLGK, v_BLGK, mask_B1L
   return out_BGRLK.transpose(0, 3, 1, 2, 4).reshape(b, l, h, k), k_BGKL, v_BGLK
 
 
-def attend_with_cache(layer: nn.Module, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, mask_B1LL):
+def attend_with_cache(layer: nn.Module, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, mask_B1LL, scale=None):
   """Attend over `layer`'s cached slots and the L new keys, then append the new keys to the cache.
 
   The cache variables are declared on `layer` (the calling Attention module, inside its
@@ -79,7 +84,7 @@ def attend_with_cache(layer: nn.Module, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, 
   # Slots written before this call (s < i) of the query's own segment.
   old_B1LS = ((jnp.arange(slots) < i)[None, None, :] & (segment_ids_BL[:, :, None] == seg_BS[:, None, :]))[:, None]
   out_BLHK, k_BGKL, v_BGLK = cached_attention(q_BLHK, k_cache.value, v_cache.value, old_B1LS,
-                                              k_BLGK, v_BLGK, mask_B1LL)
+                                              k_BLGK, v_BLGK, mask_B1LL, scale)
   if not initialized:
     return out_BLHK
   # One slot index for the whole batch (prompts are left-padded to a common length), so

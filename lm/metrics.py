@@ -284,7 +284,13 @@ def summary_row(f: RunFacts, status: str, steps_done: int, train_loss: float | N
       "tokenizer": cfg.data.tokenizer, "dataset": cfg.data.dataset, "schedule": cfg.optim.schedule,
       "params_embedding": f.counts.embedding, "peak_flops_measured": f.peak_measured,
       "peak_flops_spec": f.peak_spec, "mfu_spec": f.mfu(tokens_per_s, f.peak_spec) if f.peak_spec else None,
+      # The hyperparameters a recipe (lm/recipe.py) or the command line set, as used.
+      "recipe": cfg.recipe or None, "optimizer": cfg.optim.name, "warmup_steps": cfg.optim.warmup_steps,
+      "b2": cfg.optim.b2, "weight_decay": cfg.optim.weight_decay, "parameterization": m.parameterization,
+      "base_width": m.base_width, "base_depth": m.base_depth,
   }
+  if cfg.optim.name == "muon":
+    row["muon_lr"] = cfg.optim.muon_lr
   if "eval_exact_match" in last_eval:  # supervised fine-tuning (lm/evaluation.py)
     row["eval_exact_match"] = last_eval["eval_exact_match"]
   row.update({k: v for k, v in last_eval.items() if k.startswith("task_")})  # lm/tasks.py: a column each

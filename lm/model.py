@@ -16,9 +16,11 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from lm import parameterization as param_lib
 from lm.attention import ATTENTIONS, ROPE_SCALINGS, Attention
 from lm.errors import ConfigError
 from lm.ops import MATMULS, dense, dots_saveable
+from lm.parameterization import PARAMETERIZATIONS
 
 # The choices of each option live beside the code that dispatches on them.
 POSITIONS = ("learned", "rope")          # Transformer (the learned table) and Attention (rope)
@@ -68,6 +70,12 @@ class ModelConfig:
   matmul: str = _option("auto", MATMULS)         # weight matmuls' VJP (lm/ops.py); auto: custom_vjp on CPU only
   remat: str = _option("none", REMATS)
   scan_layers: bool = False
+  # Hyperparameter transfer (lm/parameterization.py holds the rules and their sources).
+  parameterization: str = _option("sp", PARAMETERIZATIONS)  # 'mup': µP in width, + depth with base_depth
+  base_width: int | None = None        # mup: the d_model the hyperparameters were tuned at (required)
+  base_head_dim: int | None = None     # mup: head_dim at the base width; None -> head_dim (heads grow instead)
+  base_depth: int | None = None        # mup: n_layers tuned at; None -> no depth scaling
+  depth_alpha: float = 1.0             # mup + base_depth: residual branches x (base_depth/n_layers)^alpha
 
   def __post_init__(self):
     validate(dataclasses.asdict(self))
@@ -114,6 +122,9 @@ def validate(m) -> None:
       value = jnp.dtype(value).name
     if choices and value not in choices:
       raise ConfigError(f"model.{f.name}={value!r} is not one of {choices}; set --config.model.{f.name} to one of them.")
+  problem = param_lib.check(m)
+  if problem:
+    raise ConfigError(problem)
   head_dim = m["head_dim"] or m["d_model"] // m["n_heads"]
   if m["positions"] == "rope" and head_dim % 2:
     raise ConfigError(f"RoPE rotates pairs of channels, so the head dim ({head_dim}) must be even; "
@@ -154,7 +165,7 @@ class Mlp(nn.Module):
   def __call__(self, x_BLD):
     cfg = self.cfg
     d, f = cfg.d_model, cfg.d_ff
-    std, out_std = cfg.init_std, cfg.init_std / (2 * cfg.n_layers) ** 0.5
+    std, out_std = param_lib.init_std(cfg), param_lib.init_std(cfg, residual_output=True)
 
     def weight(name, shape, axes, s):
       return self.param(name, nn.with_logical_partitioning(nn.initializers.normal(s), axes),
@@ -191,11 +202,27 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD, segment_ids_BL, positions_BL):
-    x_BLD = x_BLD + Attention(self.cfg, self.decode, name="attn")(Norm(self.cfg, name="attn_norm")(x_BLD),
-                                                      segment_ids_BL, positions_BL)
-    x_BLD = x_BLD + Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x_BLD))
+    branch = _residual_branch(self.cfg)
+    x_BLD = x_BLD + branch(Attention(self.cfg, self.decode, name="attn")(Norm(self.cfg, name="attn_norm")(x_BLD),
+                                                             segment_ids_BL, positions_BL))
+    x_BLD = x_BLD + branch(Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x_BLD)))
     x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
     return x_BLD, None  # (carry, per-layer output) so the block can run under nn.scan
+
+
+def _residual_branch(cfg: ModelConfig):
+  """A branch output's residual multiplier (depth scaling, lm/parameterization.py); none at 1."""
+  multiplier = param_lib.residual_multiplier(cfg)
+  if multiplier == 1.0:
+    return lambda y: y
+  return lambda y: y * jnp.asarray(multiplier, y.dtype)
+
+
+def _output_multiplier(cfg: ModelConfig, x_BLD):
+  """The final hidden state times µP's 1/m output multiplier (identity at 1): scaling x, not
+  the [B, L, V] logits, is the same product, V/D times cheaper."""
+  multiplier = param_lib.output_multiplier(cfg)
+  return x_BLD if multiplier == 1.0 else x_BLD * jnp.asarray(multiplier, x_BLD.dtype)
 
 
 def remat_policy(cfg: ModelConfig):
@@ -256,7 +283,7 @@ class Transformer(nn.Module):
 
     if last_only:
       x_BLD = x_BLD[:, -1:]  # a 128-token prefill at V 32k, d 768: saves 127 * 2 * 768 * 32k = 6.2 GFLOP
-    x_BLD = Norm(cfg, name="final_norm")(x_BLD)
+    x_BLD = _output_multiplier(cfg, Norm(cfg, name="final_norm")(x_BLD))
     if cfg.tie_embeddings and self.decode:
       # Contract the table's own D axis: with embedding_VD.T, XLA:CPU copied the whole
       # transposed table on every decode step (V x D x 4 bytes read and written per token).

@@ -1,4 +1,5 @@
-"""optax chains from the `optim.` config: AdamW (or Lion), schedules, clipping, decay mask.
+"""optax chains from the `optim.` config: AdamW, Lion or Muon, schedules, clipping, decay mask,
+and the per-tensor multipliers of µP.
 
 Gradient accumulation lives in the train step (micro-batches under lax.scan), so one call
 of the optimizer is one optimizer step and `train.steps` counts optimizer steps.
@@ -11,6 +12,14 @@ recomputes the schedule for the new length, and says so (`schedule_change`):
             stable phase stays at lr longer (what WSD is for); one already decaying jumps
             back towards lr and decays again at the new end.
   constant  nothing changes after warmup.
+
+Under model.parameterization='sp' AdamW and Lion are optax.adamw / optax.lion as they were.
+Under 'mup', and for Muon, the same chain is written out (scale_by_adam, decay, learning
+rate) with each tensor's multipliers applied by name (lm/parameterization.py's table): one
+optimizer whose steps differ per tensor only by constant factors, never a second copy:
+  update = -lr_t * lr_mult * (adam(g; eps') + wd * wd_mult * w)
+Muon (lm/muon.py) takes the hidden matrices at optim.muon_lr (x the depth multiplier) and
+the chain above takes the rest, joined by optax.partition.
 """
 
 from __future__ import annotations
@@ -18,9 +27,11 @@ from __future__ import annotations
 import jax
 import optax
 
+from lm import muon as muon_lib
+from lm import parameterization as param_lib
 from lm.errors import ConfigError
 
-OPTIMIZERS = ("adamw", "lion")
+OPTIMIZERS = ("adamw", "lion", "muon")
 SCHEDULES = ("cosine", "constant", "wsd")
 # Never decayed: norms and biases are 1-D; embeddings are lookups, and decaying them
 # shrinks rare tokens' rows for no benefit (GPT-3 / Chinchilla practice).
@@ -45,23 +56,28 @@ def validate(o, total_steps: int) -> None:
   for field in ("b1", "b2"):  # decay rates of the moment averages
     if not 0 <= o[field] < 1:
       raise ConfigError(f"optim.{field}={o[field]} must lie in [0, 1) (e.g. b1=0.9, b2=0.95).")
-  if o.name == "adamw" and not o.eps > 0:
+  if o.name in ("adamw", "muon") and not o.eps > 0:
     raise ConfigError(f"optim.eps={o.eps} must be positive (AdamW divides by sqrt(v) + eps; e.g. 1e-8).")
   if o.weight_decay < 0:
     raise ConfigError(f"optim.weight_decay={o.weight_decay} must be >= 0 (0 turns it off).")
   if o.clip_norm < 0:
     raise ConfigError(f"optim.clip_norm={o.clip_norm} must be >= 0 (0 turns clipping off).")
+  if o.name == "muon" and not (o.muon_lr > 0 and 0 <= o.muon_beta < 1 and o.muon_ns_steps >= 1):
+    raise ConfigError(f"optim.muon_lr={o.muon_lr}, muon_beta={o.muon_beta}, muon_ns_steps={o.muon_ns_steps}: "
+                      "Muon needs a positive LR, a momentum in [0, 1) and at least one Newton-Schulz step.")
 
 
-def schedule(o, total_steps: int) -> optax.Schedule:
+def schedule(o, total_steps: int, peak: float | None = None) -> optax.Schedule:
   """Learning rate per optimizer step.
 
   cosine:   linear warmup 0 -> lr, then cosine down to lr * min_lr_ratio at total_steps.
   constant: linear warmup, then lr.
   wsd:      warmup, stable at lr, then a linear decay to lr * min_lr_ratio over the last
             decay_fraction of the steps (Hu et al. 2024, "MiniCPM").
+  peak: the rate in place of optim.lr (Muon's optim.muon_lr), same shape.
   """
-  lr, warmup, final = float(o.lr), int(o.warmup_steps), float(o.lr) * float(o.min_lr_ratio)
+  lr = float(o.lr if peak is None else peak)
+  warmup, final = int(o.warmup_steps), lr * float(o.min_lr_ratio)
   if o.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1), final)
   warm = optax.linear_schedule(0.0, lr, max(warmup, 1))
@@ -94,21 +110,71 @@ def decay_mask(params):
   Decided by name, not rank: under scan_layers a norm scale is 2-D (layers, embed) and
   a q bias is 2-D (heads, head_dim) anyway.
   """
-  def decayed(path, leaf):
-    names = [str(getattr(k, "key", getattr(k, "name", ""))) for k in path]
-    last = names[-1] if names else ""
-    no_decay = last in ("scale", "bias") or last.endswith("_bias") or any(n in NO_DECAY_NAMES for n in names)
-    return not no_decay
-  return jax.tree_util.tree_map_with_path(decayed, params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: decayed(param_lib.path_names(path)), params)
 
 
-def make_optimizer(o, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def decayed(names) -> bool:
+  last = names[-1] if names else ""
+  no_decay = last in ("scale", "bias") or last.endswith("_bias") or any(n in NO_DECAY_NAMES for n in names)
+  return not no_decay
+
+
+def make_optimizer(o, total_steps: int, model_cfg=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(optimizer, the LR schedule it logs). model_cfg (a ModelConfig) carries µP's rules;
+  without it, or under 'sp', every tensor gets the same rates."""
   validate(o, total_steps)
   lr = schedule(o, total_steps)
-  if o.name == "adamw":
+  mup = model_cfg is not None and model_cfg.parameterization != "sp"
+  if o.name == "adamw" and not mup:
     opt = optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask)
-  else:
+  elif o.name == "lion" and not mup:
     opt = optax.lion(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
+  else:
+    rules = param_lib.rules(model_cfg) if mup else None
+    opt = per_tensor_chain(o, lr, rules, param_lib.adam_eps(model_cfg, o.eps) if mup else o.eps)
+    if o.name == "muon":
+      depth_lr = param_lib.muon_lr_multiplier(model_cfg) if mup else 1.0
+      muon = optax.chain(muon_lib.scale_by_muon(o.muon_beta, o.muon_ns_steps),
+                         optax.add_decayed_weights(o.weight_decay),  # every Muon tensor is a decayed matrix
+                         optax.scale_by_learning_rate(schedule(o, total_steps, peak=o.muon_lr)),
+                         scale_per_tensor(lambda names: depth_lr))
+      labels = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
+          lambda path, _: "muon" if muon_lib.uses_muon(param_lib.path_names(path)) else "adam", params)
+      opt = optax.partition({"muon": muon, "adam": opt}, labels)
   if o.clip_norm and o.clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(o.clip_norm), opt)
   return opt, lr
+
+
+def per_tensor_chain(o, lr: optax.Schedule, rules: dict | None, eps: float) -> optax.GradientTransformation:
+  """AdamW (Lion for optim.name='lion') written out, each tensor's LR and decay multiplied by
+  its kind's Rule (None: all 1): optax.adamw's three steps with per-tensor factors."""
+  rule = (lambda names: rules[param_lib.kind(names)]) if rules else (lambda names: param_lib.Rule(1.0, 1.0, 1.0))
+  base = (optax.scale_by_lion(b1=o.b1, b2=o.b2) if o.name == "lion"
+          else optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=eps))
+  return optax.chain(
+      base,
+      add_decayed_weights_per_tensor(lambda names: o.weight_decay * rule(names).weight_decay if decayed(names) else 0.0),
+      optax.scale_by_learning_rate(lr),
+      scale_per_tensor(lambda names: rule(names).adam_lr))
+
+
+def scale_per_tensor(factor) -> optax.GradientTransformation:
+  """updates * factor(names) for each tensor, a constant per tensor (1: left untouched)."""
+  def update(updates, state, params=None):
+    del params
+    def scale(path, u):
+      f = factor(param_lib.path_names(path))
+      return u if f == 1.0 else u * jax.numpy.asarray(f, u.dtype)
+    return jax.tree_util.tree_map_with_path(scale, updates), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def add_decayed_weights_per_tensor(rate) -> optax.GradientTransformation:
+  """updates + rate(names) * params for each tensor (0: not decayed), as optax.add_decayed_weights."""
+  def update(updates, state, params):
+    def add(path, u, w):
+      r = rate(param_lib.path_names(path))
+      return u if r == 0.0 else u + r * w
+    return jax.tree_util.tree_map_with_path(add, updates, params), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)

@@ -32,7 +32,7 @@ TRAIN_POSITIVE = ("steps", "batch_size", "eval_every", "eval_steps", "checkpoint
 def _model_section() -> ConfigDict:
   m = ConfigDict()
   for name, default in model_lib.defaults().items():
-    m[name] = placeholder(int) if name == "head_dim" and default is None else default
+    m[name] = placeholder(int) if default is None else default  # head_dim, base_*: optional ints
   return m
 
 
@@ -40,6 +40,7 @@ def defaults() -> ConfigDict:
   """The base config: every field a user may set with --config.<section>.<field>=..."""
   cfg = ConfigDict()
   cfg.experiment = "base"
+  cfg.recipe = ""               # the hyperparameter recipe that set optim.* (lm/recipe.py), '' if none
   cfg.model = _model_section()
 
   # ---- data: corpus, tokenizer, packing (lm/data/) ----
@@ -92,7 +93,7 @@ def defaults() -> ConfigDict:
 
   # ---- optim: optax chain (lm/optim.py) ----
   o = cfg.optim = ConfigDict()
-  o.name = "adamw"              # 'adamw' | 'lion'
+  o.name = "adamw"              # 'adamw' | 'lion' | 'muon' (Muon for hidden matrices, AdamW for the rest)
   o.lr = 3e-3
   o.schedule = "cosine"         # 'cosine' | 'constant' | 'wsd'
   o.warmup_steps = 100
@@ -104,6 +105,9 @@ def defaults() -> ConfigDict:
   o.weight_decay = 0.1
   o.clip_norm = 1.0
   o.grad_accum_steps = 1
+  o.muon_lr = 0.02              # muon: peak LR of the hidden matrices (Jordan 2024); optim.lr is AdamW's for the rest
+  o.muon_beta = 0.95            # muon: Nesterov momentum
+  o.muon_ns_steps = 5           # muon: Newton-Schulz iterations
 
   # ---- mesh: device mesh and logical-axis rules (lm/sharding.py) ----
   x = cfg.mesh = ConfigDict()

@@ -121,9 +121,14 @@ def run_once(fn: Callable, *args, out_shardings=None):
   init compiled in ~5 s at the default level and ~1 s at level 0, and it runs once, so it
   is compiled at level 0. (Random values agree with the default level to ~1 ulp.)
   """
+  return compile_once(fn, *args, out_shardings=out_shardings)(*args)
+
+
+def compile_once(fn: Callable, *args, out_shardings=None):
+  """fn compiled for these arguments' shapes, at XLA's optimisation level 0 on CPU (run_once)."""
   jitted = jax.jit(fn, out_shardings=out_shardings)
   options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
-  return jitted.lower(*args).compile(compiler_options=options)(*args)
+  return jitted.lower(*args).compile(compiler_options=options)
 
 
 def _divisible_spec(path, leaf, sharding: NamedSharding) -> NamedSharding:

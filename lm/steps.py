@@ -94,8 +94,11 @@ class StateSpec:
     abstract_params, param_shardings = sharding.abstract_params(model, mesh, rules)
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     rep = sharding.replicated(mesh)
-    opt_shardings = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, param_shardings,
-                                          transform_non_params=lambda _: rep)
+    # optax.partition (Muon + AdamW) keeps each side's state as a params-shaped tree with
+    # MaskedNode where the other side's tensors are: those stay MaskedNode (no array).
+    masked = lambda v: isinstance(v, optax.MaskedNode)  # noqa: E731
+    opt_shardings = optax.tree_map_params(optimizer, lambda v, s: v if masked(v) else s, abstract_opt,
+                                          param_shardings, transform_non_params=lambda _: rep, is_leaf=masked)
     self.abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
                      "opt_state": abstract_opt}
     self.shardings = {"step": rep, "params": param_shardings, "opt_state": opt_shardings}

@@ -66,7 +66,7 @@ def _train(cfg, workdir: str) -> TrainResult:
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules(cfg.mesh)
   tokenizer = data_lib.build_tokenizer(cfg.data)
   model = Transformer(ModelConfig.from_config(cfg.model, tokenizer.vocab_size))
-  optimizer, lr_schedule = optim.make_optimizer(cfg.optim, t.steps)
+  optimizer, lr_schedule = optim.make_optimizer(cfg.optim, t.steps, model.cfg)
   spec = steps_lib.StateSpec(model, optimizer, mesh, rules)
   facts = metrics_lib.RunFacts.of(cfg, workdir, model.cfg)
   logging.info("model: %s parameters (%s non-embedding); mesh %s", f"{facts.counts.total:,}",

@@ -4,6 +4,11 @@
     export_workdir(WORKDIR, OUT)                   # the latest checkpoint of a run
 
 transformers' AutoModelForCausalLM loads what this writes (tests/test_hf_io.py).
+
+A µP model (model.parameterization='mup') is written as the SP model that computes the same
+logits: its multipliers folded into the weights (lm/parameterization.py:fold_into_sp), so a
+tied µP model is written with an untied head (embedding.T / m). tests/test_mup.py checks
+the re-imported logits equal the µP model's.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import jax
 import numpy as np
 
 from lm import loading
+from lm import parameterization as param_lib
 from lm.errors import HFError
 from lm.hf import files
 from lm.hf.architectures import export_architecture, hf_config
@@ -42,7 +48,8 @@ def export(m, params, tokenizer, out_dir: str, dtype: str = "float32", max_shard
   kind = export_architecture(m)
   host = jax.tree.map(np.asarray, jax.device_get(params))
   host = host["params"] if set(host) == {"params"} else host
-  tensors = TO_HF[kind](unrolled(host, m), m, np_dtype(dtype))
+  m, sp_params = param_lib.fold_into_sp(m, unrolled(host, m))  # 'sp': unchanged
+  tensors = TO_HF[kind](sp_params, m, np_dtype(dtype))
   special = {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id}
   os.makedirs(out_dir, exist_ok=True)
   written = files.write_tensors(out_dir, tensors, max_shard_bytes)

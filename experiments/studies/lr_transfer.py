@@ -1,0 +1,86 @@
+"""Does the optimal learning rate transfer across width? An LR sweep at 4 widths spanning 8x,
+under SP and under µP (model.parameterization), on the embedded State of the Union corpus.
+
+    flock /work/notes/cpu.lock python -m experiments.studies.lr_transfer      # ~40 min, 2 quiet cores
+    python -m experiments.studies.lr_transfer --smoke --out=/tmp/lr_smoke     # a minute: the pipeline
+
+Writes OUT/results.csv (one row per parameterization, width, LR), OUT/optima.csv (the optimal
+LR per width with its interval), OUT/lr_transfer.png (loss against LR per width, one panel
+per parameterization) and OUT/README.md (date, command, machine, load, wall time, tables).
+
+Design (the sizes are what 2 CPU cores train in ~40 minutes; experiments/studies/lr_sweep.py
+trains every LR of a sweep side by side):
+  model   lm's Llama family (RoPE, RMSNorm, SwiGLU), 2 layers, 4 heads (head_dim = width/4,
+          so µP's 1/head_dim attention scale is exercised), d_ff = 3.5 width, tied embeddings
+  widths  32, 64, 128, 256; µP's base width 32 (so at width 32, SP and µP are one model)
+  data    byte tokenizer (vocabulary 259: the body, not the embedding, holds the parameters
+          whose rules differ), sequences of 128, batches of 8: 1,024 tokens a step
+  train   300 steps (307K tokens), warmup 30, cosine to 0.1x, AdamW b2 0.95, decay 0.1,
+          clipping 1.0: lm's defaults, one seed, the same data order at every LR and width
+  LRs     2^-11 ... 2^-4 (8 values, a factor 2 apart)
+  measure eval loss on 8 held-out batches after the last step (after the decay, as Wen et
+          al. 2025 insist), optimum from a parabola in log2(lr) with a +-2 SE interval
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from lm import lr_sweep
+
+WIDTHS = (32, 64, 128, 256)
+LRS = lr_sweep.LRS  # 2^-11 ... 2^-4: 4.9e-4 ... 6.25e-2
+PARAMETERIZATIONS = ("sp", "mup")
+QUIET_MINUTES = 40  # ~78 TFLOP (6N + attention per token x 8 LRs x 307K tokens x 8 models) at ~30 GFLOP/s
+
+
+def run(out: str, widths, lrs, steps: int) -> dict:
+  groups = [{"parameterization": p, "width": w} for p in PARAMETERIZATIONS for w in widths]
+  rows, record = lr_sweep.run_groups(
+      out, groups, lambda g: lr_sweep.transfer_config(g["width"], g["parameterization"], base_width=widths[0], steps=steps),
+      lambda g: lrs)
+  optima = lr_sweep.best_table(rows, ("parameterization", "width"))
+  lr_sweep.write_csv(os.path.join(out, "results.csv"), rows)
+  lr_sweep.write_csv(os.path.join(out, "optima.csv"), optima)
+  lr_sweep.plot(rows, optima, os.path.join(out, "lr_transfer.png"), "parameterization", "width", "LR sweep")
+  shifts = {p: lr_sweep.shift_exponent([o["width"] for o in optima if o["parameterization"] == p],
+                                       [o["lr"] for o in optima if o["parameterization"] == p])
+            for p in PARAMETERIZATIONS}
+  record.update(command=" ".join(["python -m experiments.studies.lr_transfer"] + sys.argv[1:]),
+                shift_exponent=shifts)
+  with open(os.path.join(out, "run.json"), "w") as f:
+    json.dump(record, f, indent=1)
+  text = report(optima, shifts, record)
+  design = __doc__.split("Design (")[1].split("\n", 1)[1]
+  lr_sweep.write_readme(out, "LR transfer across width: SP against µP", design, record,
+                        text + "\n\n![loss against LR](lr_transfer.png)", QUIET_MINUTES)
+  print(text)
+  return record
+
+
+def report(optima, shifts, load) -> str:
+  lines = [lr_sweep.optima_markdown(optima, ("parameterization", "width")), ""]
+  lines += [f"{p}: lr* ~ width^{lr_sweep.fmt(b, '.2f')} (log-log slope of the optimum over the widths)"
+            for p, b in shifts.items()]
+  lines.append(lr_sweep.load_line(load))
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--out", default="experiments/results/lr_transfer")
+  p.add_argument("--smoke", action="store_true", help="2 widths, 3 LRs, 20 steps: checks the pipeline")
+  args = p.parse_args(argv)
+  if args.smoke:
+    run(args.out, (32, 64), LRS[2:5], steps=20)
+  else:
+    run(args.out, WIDTHS, LRS, steps=300)
+
+
+if __name__ == "__main__":
+  from lm.cli import set_xla_flags  # local: entry points set lm's XLA flags
+  set_xla_flags()
+  main()
