@@ -38,7 +38,8 @@ QUIET_MINUTES = 40  # ~78 TFLOP (6N + attention per token x 8 LRs x 307K tokens 
 
 
 def run(out: str, widths, lrs, steps: int) -> dict:
-  groups = [{"parameterization": p, "width": w} for p in PARAMETERIZATIONS for w in widths]
+  # width-major: an interrupted run still has both parameterizations over the widths it reached
+  groups = [{"parameterization": p, "width": w} for w in widths for p in PARAMETERIZATIONS]
   rows, record = lr_sweep.run_groups(
       out, groups, lambda g: lr_sweep.transfer_config(g["width"], g["parameterization"], base_width=widths[0], steps=steps),
       lambda g: lrs)
