@@ -1,18 +1,23 @@
 """Does the optimal learning rate transfer across width? An LR sweep at 4 widths spanning 8x,
 under SP and under µP (model.parameterization), on the embedded State of the Union corpus.
 
-    flock /work/notes/cpu.lock python -m experiments.studies.lr_transfer      # ~40 min, 2 quiet cores
+    flock /work/notes/cpu.lock python -m experiments.studies.lr_transfer      # ~40 min on 2 shared cores
+    python -m experiments.studies.lr_transfer --seed=1 --widths=32,64 --out=experiments/results/lr_transfer/seed1
+    python -m experiments.studies.lr_transfer --compare=experiments/results/lr_transfer,experiments/results/lr_transfer/seed1
     python -m experiments.studies.lr_transfer --smoke --out=/tmp/lr_smoke     # a minute: the pipeline
 
 Writes OUT/results.csv (one row per parameterization, width, LR), OUT/optima.csv (the optimal
 LR per width with its interval), OUT/lr_transfer.png (loss against LR per width, one panel
 per parameterization) and OUT/README.md (date, command, machine, load, wall time, tables).
 
-Design (the sizes are what 2 CPU cores train in ~40 minutes; experiments/studies/lr_sweep.py
+Design (the sizes are what 2 CPU cores train in ~40 minutes; lm/lr_sweep.py
 trains every LR of a sweep side by side):
   model   lm's Llama family (RoPE, RMSNorm, SwiGLU), 2 layers, 4 heads (head_dim = width/4,
           so µP's 1/head_dim attention scale is exercised), d_ff = 3.5 width, tied embeddings
-  widths  32, 64, 128, 256; µP's base width 32 (so at width 32, SP and µP are one model)
+  widths  16, 32, 64, 128; µP's base width 32 (so at width 32, SP and µP are one model; at 16
+          µP's multipliers are the base's x 2). 32-256 was the first design: its width-256
+          sweeps alone took ~75 min a parameterization on the shared cores (load ~7), so the
+          8x span moved down an octave
   data    byte tokenizer (vocabulary 259: the body, not the embedding, holds the parameters
           whose rules differ), sequences of 128, batches of 8: 1,024 tokens a step
   train   300 steps (307K tokens), warmup 30, cosine to 0.1x, AdamW b2 0.95, decay 0.1,
@@ -31,18 +36,24 @@ import sys
 
 from lm import lr_sweep
 
-WIDTHS = (32, 64, 128, 256)
+WIDTHS = (16, 32, 64, 128)
+BASE_WIDTH = 32
 LRS = lr_sweep.LRS  # 2^-11 ... 2^-4: 4.9e-4 ... 6.25e-2
 PARAMETERIZATIONS = ("sp", "mup")
 QUIET_MINUTES = 40  # ~78 TFLOP (6N + attention per token x 8 LRs x 307K tokens x 8 models) at ~30 GFLOP/s
 
 
-def run(out: str, widths, lrs, steps: int) -> dict:
+def config(width: int, parameterization: str, steps: int, seed: int = 0):
+  cfg = lr_sweep.transfer_config(width, parameterization, base_width=BASE_WIDTH, steps=steps)
+  cfg.train.seed = seed  # the initialisation and the data order
+  return cfg
+
+
+def run(out: str, widths, lrs, steps: int, seed: int = 0) -> dict:
   # width-major: an interrupted run still has both parameterizations over the widths it reached
   groups = [{"parameterization": p, "width": w} for w in widths for p in PARAMETERIZATIONS]
   rows, record = lr_sweep.run_groups(
-      out, groups, lambda g: lr_sweep.transfer_config(g["width"], g["parameterization"], base_width=widths[0], steps=steps),
-      lambda g: lrs)
+      out, groups, lambda g: config(g["width"], g["parameterization"], steps, seed), lambda g: lrs)
   optima = lr_sweep.best_table(rows, ("parameterization", "width"))
   lr_sweep.write_csv(os.path.join(out, "results.csv"), rows)
   lr_sweep.write_csv(os.path.join(out, "optima.csv"), optima)
@@ -70,15 +81,40 @@ def report(optima, shifts, load) -> str:
   return "\n".join(lines)
 
 
+def seed_table(dirs) -> str:
+  """The optimum per parameterization and width in each replicate's rows (OUT/rows.jsonl of
+  each dir), and how far two replicates' losses at the same LR lie apart: the noise of a point."""
+  runs = []
+  for d in dirs:
+    with open(os.path.join(d, "rows.jsonl")) as f:
+      runs.append([json.loads(line) for line in f if line.strip()])
+  keys = sorted({(r["parameterization"], r["width"]) for r in runs[1]}, key=lambda k: (k[1], k[0]))
+  lines = ["| parameterization | width | " + " | ".join(f"lr* ({d})" for d in dirs)
+           + " | max abs loss difference at one LR | mean abs difference |", "|---|---|" + "---|" * (len(dirs) + 2)]
+  for p, w in keys:
+    sel = [sorted((r for r in rows if (r["parameterization"], r["width"]) == (p, w)), key=lambda r: r["lr"]) for rows in runs]
+    best = [lr_sweep.optimum([r["lr"] for r in s], [r["eval_loss"] for r in s]) for s in sel]
+    diffs = [abs(a["eval_loss"] - b["eval_loss"]) for a, b in zip(sel[0], sel[1])
+             if a["lr"] == b["lr"] and a["eval_loss"] is not None and b["eval_loss"] is not None]
+    lines.append(f"| {p} | {w} | " + " | ".join(f"{lr_sweep.fmt(b['lr'])} (grid {lr_sweep.fmt(b['best_lr'])})" for b in best)
+                 + f" | {max(diffs):.3f} | {sum(diffs) / len(diffs):.3f} |")
+  return "\n".join(lines)
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--out", default="experiments/results/lr_transfer")
   p.add_argument("--smoke", action="store_true", help="2 widths, 3 LRs, 20 steps: checks the pipeline")
+  p.add_argument("--seed", type=int, default=0, help="a replicate: another initialisation and data order")
+  p.add_argument("--widths", default=",".join(map(str, WIDTHS)), help="comma-separated (a replicate of some)")
+  p.add_argument("--compare", default="", help="comma-separated result dirs: print seed_table() of their rows")
   args = p.parse_args(argv)
-  if args.smoke:
-    run(args.out, (32, 64), LRS[2:5], steps=20)
+  if args.compare:
+    print(seed_table(args.compare.split(",")))
+  elif args.smoke:
+    run(args.out, (BASE_WIDTH, 2 * BASE_WIDTH), LRS[2:5], steps=20)
   else:
-    run(args.out, WIDTHS, LRS, steps=300)
+    run(args.out, tuple(int(w) for w in args.widths.split(",")), LRS, steps=300, seed=args.seed)
 
 
 if __name__ == "__main__":

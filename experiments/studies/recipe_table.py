@@ -1,6 +1,6 @@
 """The ladder's hyperparameters under lm/recipe.py, one row per rung: what get_config sets.
 
-    python -m experiments.studies.recipe_table [--markdown]
+    python -m experiments.studies.recipe_table       # prints the table as Markdown
 
 Columns: N (non-embedding), D (tokens), B (tokens a step), DeepSeek's B_opt for that N and D,
 the LR, warmup steps, Adam beta2, weight decay (and the hidden matrices' µP decay x m), the
