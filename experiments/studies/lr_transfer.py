@@ -3,6 +3,9 @@ under SP and under µP (model.parameterization), on the embedded State of the Un
 
     flock /work/notes/cpu.lock python -m experiments.studies.lr_transfer      # ~40 min on 2 shared cores
     python -m experiments.studies.lr_transfer --seed=1 --widths=32,64 --out=experiments/results/lr_transfer/seed1
+    python -m experiments.studies.lr_transfer --widths=128 --parameterizations=mup --lr_exponents=-3,-2 \
+        --out=experiments/results/lr_transfer/mup128_high    # µP's optimum at 128 lay at the grid's top
+    python -m experiments.studies.lr_transfer --extra_rows=experiments/results/lr_transfer/mup128_high
     python -m experiments.studies.lr_transfer --compare=experiments/results/lr_transfer,experiments/results/lr_transfer/seed1
     python -m experiments.studies.lr_transfer --smoke --out=/tmp/lr_smoke     # a minute: the pipeline
 
@@ -10,14 +13,14 @@ Writes OUT/results.csv (one row per parameterization, width, LR), OUT/optima.csv
 LR per width with its interval), OUT/lr_transfer.png (loss against LR per width, one panel
 per parameterization) and OUT/README.md (date, command, machine, load, wall time, tables).
 
-Design (the sizes are what 2 CPU cores train in ~40 minutes; lm/lr_sweep.py
+Design (the sizes are what 2 shared CPU cores train in ~40 minutes; lm/lr_sweep.py
 trains every LR of a sweep side by side):
   model   lm's Llama family (RoPE, RMSNorm, SwiGLU), 2 layers, 4 heads (head_dim = width/4,
           so µP's 1/head_dim attention scale is exercised), d_ff = 3.5 width, tied embeddings
   widths  16, 32, 64, 128; µP's base width 32 (so at width 32, SP and µP are one model; at 16
-          µP's multipliers are the base's x 2). 32-256 was the first design: its width-256
-          sweeps alone took ~75 min a parameterization on the shared cores (load ~7), so the
-          8x span moved down an octave
+          µP's multipliers are the base's x 2). 32-256 was the first design: a width-256
+          sweep is 31 TFLOP, ~50 min at the ~10 GFLOP/s the width-128 sweeps ran at on the
+          shared cores (load ~8), so the 8x span moved down an octave
   data    byte tokenizer (vocabulary 259: the body, not the embedding, holds the parameters
           whose rules differ), sequences of 128, batches of 8: 1,024 tokens a step
   train   300 steps (307K tokens), warmup 30, cosine to 0.1x, AdamW b2 0.95, decay 0.1,
@@ -40,7 +43,7 @@ WIDTHS = (16, 32, 64, 128)
 BASE_WIDTH = 32
 LRS = lr_sweep.LRS  # 2^-11 ... 2^-4: 4.9e-4 ... 6.25e-2
 PARAMETERIZATIONS = ("sp", "mup")
-QUIET_MINUTES = 40  # ~78 TFLOP (6N + attention per token x 8 LRs x 307K tokens x 8 models) at ~30 GFLOP/s
+QUIET_MINUTES = 40  # ~24 TFLOP (flops_executed x 307K tokens x 8 LRs x 8 sweeps) at ~10 GFLOP/s (width 128, load ~8)
 
 
 def config(width: int, parameterization: str, steps: int, seed: int = 0):
@@ -49,18 +52,27 @@ def config(width: int, parameterization: str, steps: int, seed: int = 0):
   return cfg
 
 
-def run(out: str, widths, lrs, steps: int, seed: int = 0) -> dict:
+def read_rows(out: str) -> list[dict]:
+  with open(os.path.join(out, "rows.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def run(out: str, widths, lrs, steps: int, seed: int = 0, parameterizations=PARAMETERIZATIONS,
+        extra_rows=()) -> dict:
   # width-major: an interrupted run still has both parameterizations over the widths it reached
-  groups = [{"parameterization": p, "width": w} for w in widths for p in PARAMETERIZATIONS]
+  groups = [{"parameterization": p, "width": w} for w in widths for p in parameterizations]
   rows, record = lr_sweep.run_groups(
       out, groups, lambda g: config(g["width"], g["parameterization"], steps, seed), lambda g: lrs)
+  for extra in extra_rows:  # an extension of the grid for some groups (same design and seed), in its own dir
+    rows += [r for r in read_rows(extra) if {"parameterization": r["parameterization"], "width": r["width"]} in groups
+             and r["steps"] == steps]
   optima = lr_sweep.best_table(rows, ("parameterization", "width"))
   lr_sweep.write_csv(os.path.join(out, "results.csv"), rows)
   lr_sweep.write_csv(os.path.join(out, "optima.csv"), optima)
   lr_sweep.plot(rows, optima, os.path.join(out, "lr_transfer.png"), "parameterization", "width", "LR sweep")
   shifts = {p: lr_sweep.shift_exponent([o["width"] for o in optima if o["parameterization"] == p],
                                        [o["lr"] for o in optima if o["parameterization"] == p])
-            for p in PARAMETERIZATIONS}
+            for p in parameterizations}
   record.update(command=" ".join(["python -m experiments.studies.lr_transfer"] + sys.argv[1:]),
                 shift_exponent=shifts)
   with open(os.path.join(out, "run.json"), "w") as f:
@@ -84,10 +96,7 @@ def report(optima, shifts, load) -> str:
 def seed_table(dirs) -> str:
   """The optimum per parameterization and width in each replicate's rows (OUT/rows.jsonl of
   each dir), and how far two replicates' losses at the same LR lie apart: the noise of a point."""
-  runs = []
-  for d in dirs:
-    with open(os.path.join(d, "rows.jsonl")) as f:
-      runs.append([json.loads(line) for line in f if line.strip()])
+  runs = [read_rows(d) for d in dirs]
   keys = sorted({(r["parameterization"], r["width"]) for r in runs[1]}, key=lambda k: (k[1], k[0]))
   lines = ["| parameterization | width | " + " | ".join(f"lr* ({d})" for d in dirs)
            + " | max abs loss difference at one LR | mean abs difference |", "|---|---|" + "---|" * (len(dirs) + 2)]
@@ -107,6 +116,9 @@ def main(argv=None):
   p.add_argument("--smoke", action="store_true", help="2 widths, 3 LRs, 20 steps: checks the pipeline")
   p.add_argument("--seed", type=int, default=0, help="a replicate: another initialisation and data order")
   p.add_argument("--widths", default=",".join(map(str, WIDTHS)), help="comma-separated (a replicate of some)")
+  p.add_argument("--parameterizations", default=",".join(PARAMETERIZATIONS))
+  p.add_argument("--lr_exponents", default="", help="comma-separated e of lr = 2^e (default: LRS, 2^-11 ... 2^-4)")
+  p.add_argument("--extra_rows", default="", help="comma-separated dirs whose rows extend the grid (e.g. mup128_high)")
   p.add_argument("--compare", default="", help="comma-separated result dirs: print seed_table() of their rows")
   args = p.parse_args(argv)
   if args.compare:
@@ -114,7 +126,9 @@ def main(argv=None):
   elif args.smoke:
     run(args.out, (BASE_WIDTH, 2 * BASE_WIDTH), LRS[2:5], steps=20)
   else:
-    run(args.out, tuple(int(w) for w in args.widths.split(",")), LRS, steps=300, seed=args.seed)
+    lrs = tuple(2.0 ** int(e) for e in args.lr_exponents.split(",")) if args.lr_exponents else LRS
+    run(args.out, tuple(int(w) for w in args.widths.split(",")), lrs, steps=300, seed=args.seed,
+        parameterizations=tuple(args.parameterizations.split(",")), extra_rows=[d for d in args.extra_rows.split(",") if d])
 
 
 if __name__ == "__main__":
