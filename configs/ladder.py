@@ -8,7 +8,7 @@ live in lm/ladder.py, which library code uses; this file only turns a rung into 
 On the CPU tier the batch, attention and step count suit 2 cores; on the accelerator tier
 from p1b the layers are scanned and rematerialised and parameters sharded over all devices
 (mesh.fsdp=-1). See lm/ladder.py for the rule and the measurements behind it. Every rung's
-LR, warmup, Adam beta2, weight decay and µP fields come from lm/recipe.py (for the rung's
+LR, warmup, Adam beta2, weight decay and parameterization come from lm/recipe.py (for the rung's
 N, D and batch); a --config field on the command line is applied afterwards and wins.
 """
 
@@ -55,7 +55,8 @@ def get_config(arg=None):
       m.scan_layers, m.remat = True, tier["remat"]
       cfg.mesh.data, cfg.mesh.fsdp = 1, -1
   batch = t.batch_size * cfg.data.seq_len
-  recipe.apply(cfg, recipe.hyperparameters(flops.params_nonembedding(model_config(cfg)), t.steps * batch, batch))
+  recipe.apply(cfg, recipe.hyperparameters(flops.params_nonembedding(model_config(cfg)), t.steps * batch, batch,
+                                           d_model))
   return cfg
 
 

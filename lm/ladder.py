@@ -19,7 +19,7 @@ one rule, from the width d_model alone:
   - head:    embeddings tied below d_model 4096 (Llama-3.2-1B/3B), untied above (8B, 70B).
   - lr:      lr() is the earlier SP rule, 3e-4 x 4096 / d_model, at most 6e-3 (Llama-3-8B's
              3e-4 and 70B's 1.5e-4), kept for the synthetic tables; the configs train
-             under µP with lm/recipe.py's hyperparameters instead (recipe.MODEL_FIELDS).
+             with lm/recipe.py's parameterization (recipe.MODEL_FIELDS) and hyperparameters.
 Two tiers, each with one tokenizer, since losses in nats per token compare only across
 runs that share a vocabulary:
   - CPU (p50k .. p20m): the default State of the Union corpus and its 4096-piece

@@ -1,9 +1,9 @@
 """The ladder's hyperparameter recipe: LR, warmup, Adam beta2 and weight decay (and the batch
 it would choose) as functions of the model size N, the training tokens D and the batch B.
 
-    hp = hyperparameters(n_params=N, tokens=D, batch=B)   # B in tokens a step
-    apply(cfg, hp)            # cfg.recipe, cfg.optim.{lr, warmup_steps, b2, weight_decay}, µP fields
-    MODEL_FIELDS              # the µP fields every rung gets (lm/ladder.py's model_config uses them)
+    hp = hyperparameters(n_params=N, tokens=D, batch=B, d_model=d)   # B in tokens a step
+    apply(cfg, hp)            # cfg.recipe, cfg.optim.{lr, warmup_steps, b2, weight_decay}, model fields
+    MODEL_FIELDS              # the parameterization every rung gets (lm/ladder.py's model_config uses it)
     batch_tokens(N, D)        # DeepSeek's optimal batch, reported beside the tier's batch
 
 configs/ladder.py applies the recipe to every rung; a --config field given on the command
@@ -17,17 +17,23 @@ N is Kaplan's non-embedding count (what the rung names mean), D = steps x B. Rec
 
   | value        | rule                                              | source |
   |--------------|---------------------------------------------------|--------|
-  | parameterization | µP in width from the base rung p50k (d_model 32, head_dim 16); no depth scaling | Yang et al. 2022 (TP5); lm/parameterization.py |
-  | LR           | BASE_LR at every width                            | µP's claim, measured in experiments/results/lr_transfer (see BASE_LR) |
+  | parameterization | PARAMETERIZATION: the one whose optimal LR moved less across 8x in width | measured: experiments/results/lr_transfer (README there) |
+  | LR           | BASE_LR (d_model / 32)^LR_WIDTH_EXPONENT, 4.0e-3 (d / 32)^-0.45 | the same study's SP optima (see BASE_LR); Llama-3-8B's 3e-4 and 70B's 1.5e-4 against this rule's 4.5e-4 and 3.3e-4 |
   | batch        | the tier's (lm/ladder.py); B_opt = 0.292 C^0.3271 tokens, C = 6 N D, is reported | DeepSeek LLM (Bi et al. 2024), sec. 3.1, fitted with AdamW on their data |
   | warmup       | min(N, D / 10) tokens, in steps, at least 1       | Porian et al. 2024, sec. 3.3: warmup of N tokens (Kaplan's fixed 3000 steps are too long for small models); D / 10, lm's earlier default, caps it for rungs trained on fewer tokens than parameters |
   | Adam beta2   | 0.95^(B / 2^19), within [0.95, 0.999]             | the second moment's half-life held at a fixed number of tokens (Marek et al. 2025, "Small batch size training for language models"); 0.95 at 0.5M-token batches (Llama, DeepSeek); Porian et al. 2024, sec. 4: beta2 0.99-0.999 matters at small batches |
   | weight decay | lambda = B / (lr tau D), tau = TAU                | the AdamW timescale tau = B / (lr lambda D), a fraction of the run, held fixed (Wang & Aitchison 2024, "How to set AdamW's weight decay as you scale model and dataset size"); Bergsma et al. 2025 ("Power Lines") find lambda_opt ~ B at fixed N, D and tau_opt falling as a power law in D / N: TAU_TPP_EXPONENT carries that exponent, 0 until it is measured on lm's ladder |
 
-Under µP the hidden matrices' decay is x m on top (lm/parameterization.py), so lr x decay per
-step is the same at every width. What is measured and what is not: the LR rule rests on the
-transfer study's widths 32-256 (8x) on bytes; the accelerator rungs are 16-256x wider than it
-measured, and the LR's dependence on batch (DeepSeek's lr ~ C^-0.125) is not in the recipe.
+Why not µP: in experiments/results/lr_transfer (widths 32-128, 300 steps) µP's loss curves
+agree across widths up to LR 2^-9, as µP intends, but every LR above that stalls on the
+unigram plateau and leaves it at a step that zigzags with the LR, so µP's optimum is not
+identifiable (grid optima 2^-6, 2^-5, 2^-4 at widths 32, 64, 128) and its best loss at width
+128 is 0.47 nats above SP's (2.29 against 1.82). SP's curves at 64 and 128 are convex, with
+optima 2.9e-3 and 2.2e-3 (vertices; grid 2^-8 at both). What is measured
+and what is not: the LR rule rests on that study's widths 16-128 (8x) on bytes, 2 layers,
+300 steps of 1024 tokens; the ladder's rungs are deeper, use a 4096-piece vocabulary, and
+the accelerator rungs are up to 64x wider than it measured; the LR's dependence on batch
+(DeepSeek's lr ~ C^-0.125) and beta2 0.999 at the CPU tier's batch are not measured on lm.
 """
 
 from __future__ import annotations
@@ -36,10 +42,15 @@ import dataclasses
 
 RECIPE = "transfer"
 BASE_WIDTH, BASE_HEAD_DIM = 32, 16   # configs/ladder.py's p50k, the narrowest rung
-MODEL_FIELDS = dict(parameterization="mup", base_width=BASE_WIDTH, base_head_dim=BASE_HEAD_DIM)
-# The µP optimum at the base width 32 of experiments/results/lr_transfer (README there): the
-# parabola's vertex, rounded to the study's grid of powers of 2.
-BASE_LR = 2.0 ** -7
+# From experiments/results/lr_transfer (README there): SP's optimum moved less than µP's.
+PARAMETERIZATION = "sp"
+MODEL_FIELDS = (dict(parameterization="mup", base_width=BASE_WIDTH, base_head_dim=BASE_HEAD_DIM)
+                if PARAMETERIZATION == "mup" else dict(parameterization="sp"))
+# lr* = BASE_LR (d_model / BASE_WIDTH)^LR_WIDTH_EXPONENT through SP's two identifiable optima
+# (vertices 2.94e-3 at width 64, 2.15e-3 at 128): exponent log2(2.15 / 2.94) = -0.45, and
+# BASE_LR = 2.94e-3 x 2^0.45 = 4.0e-3 at 32, where the curve itself is flat from 2^-9 to 2^-4.
+BASE_LR = 4.0e-3
+LR_WIDTH_EXPONENT = -0.45
 REFERENCE_BATCH_TOKENS = 2 ** 19     # beta2 0.95 at this batch
 # tau such that p50k at its ladder setting (1000 steps of 2048 tokens) keeps lm's long-standing
 # decay 0.1: tau = B / (lr lambda D) = 1 / (lr x 0.1 x 1000 steps).
@@ -81,11 +92,17 @@ def weight_decay(lr: float, batch: float, tokens: float, n_params: float) -> flo
   return batch / (lr * tau * tokens)
 
 
-def hyperparameters(n_params: float, tokens: float, batch: float) -> Hyperparameters:
-  """The recipe's values for N non-embedding parameters trained on D tokens in batches of B tokens."""
+def learning_rate(d_model: int) -> float:
+  """BASE_LR (d_model / BASE_WIDTH)^LR_WIDTH_EXPONENT."""
+  return BASE_LR * (d_model / BASE_WIDTH) ** LR_WIDTH_EXPONENT
+
+
+def hyperparameters(n_params: float, tokens: float, batch: float, d_model: int) -> Hyperparameters:
+  """The recipe's values for a model d_model wide with N non-embedding parameters, trained on
+  D tokens in batches of B tokens."""
   if not (n_params > 0 and tokens >= batch > 0):
     raise ValueError(f"recipe.hyperparameters: need N > 0 and D >= B > 0, got N={n_params}, D={tokens}, B={batch}.")
-  lr = BASE_LR
+  lr = learning_rate(d_model)
   return Hyperparameters(recipe=RECIPE, lr=lr, warmup_steps=warmup_steps(n_params, tokens, batch),
                          batch_tokens=int(batch), batch_tokens_opt=batch_tokens(n_params, tokens), b2=beta2(batch),
                          weight_decay=weight_decay(lr, batch, tokens, n_params))

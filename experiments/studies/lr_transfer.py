@@ -13,8 +13,7 @@ Writes OUT/results.csv (one row per parameterization, width, LR), OUT/optima.csv
 LR per width with its interval), OUT/lr_transfer.png (loss against LR per width, one panel
 per parameterization) and OUT/README.md (date, command, machine, load, wall time, tables).
 
-Design (the sizes are what 2 shared CPU cores train in ~40 minutes; lm/lr_sweep.py
-trains every LR of a sweep side by side):
+Design (~40 minutes on 2 shared cores; lm/lr_sweep.py trains a sweep's LRs side by side):
   model   lm's Llama family (RoPE, RMSNorm, SwiGLU), 2 layers, 4 heads (head_dim = width/4,
           so µP's 1/head_dim attention scale is exercised), d_ff = 3.5 width, tied embeddings
   widths  16, 32, 64, 128; µP's base width 32 (so at width 32, SP and µP are one model; at 16
@@ -34,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -77,7 +77,7 @@ def run(out: str, widths, lrs, steps: int, seed: int = 0, parameterizations=PARA
                 shift_exponent=shifts)
   with open(os.path.join(out, "run.json"), "w") as f:
     json.dump(record, f, indent=1)
-  text = report(optima, shifts, record)
+  text = report(optima, shifts, record, rows)
   design = __doc__.split("Design (")[1].split("\n", 1)[1]
   lr_sweep.write_readme(out, "LR transfer across width: SP against µP", design, record,
                         text + "\n\n![loss against LR](lr_transfer.png)", QUIET_MINUTES)
@@ -85,11 +85,34 @@ def run(out: str, widths, lrs, steps: int, seed: int = 0, parameterizations=PARA
   return record
 
 
-def report(optima, shifts, load) -> str:
+PLATEAU_EXIT_LOSS = 2.95  # the runs stall at 3.01-3.03 nats a byte (the unigram loss); below this they left it
+
+
+def plateau_exits(rows) -> str:
+  """The first logged step after 50 whose train loss is below PLATEAU_EXIT_LOSS, per run, with its
+  final eval loss: the step at which a run left the unigram plateau (- : it never reached it)."""
+  lrs = sorted({r["lr"] for r in rows})
+  lines = ["| parameterization | width | " + " | ".join(f"2^{math.log2(lr):.0f}" for lr in lrs) + " |",
+           "|---|---|" + "---|" * len(lrs)]
+  for p, w in sorted({(r["parameterization"], r["width"]) for r in rows}, key=lambda k: (k[0], k[1])):
+    by_lr = {r["lr"]: r for r in rows if (r["parameterization"], r["width"]) == (p, w)}
+    cells = []
+    for lr in lrs:
+      r = by_lr.get(lr)
+      step = next((s for s, loss in r["curve"] if s > 50 and loss < PLATEAU_EXIT_LOSS), None) if r else None
+      cells.append("" if r is None else f"{step or '-'}: {lr_sweep.fmt(r['eval_loss'], '.3f')}")
+    lines.append(f"| {p} | {w} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def report(optima, shifts, load, rows=()) -> str:
   lines = [lr_sweep.optima_markdown(optima, ("parameterization", "width")), ""]
   lines += [f"{p}: lr* ~ width^{lr_sweep.fmt(b, '.2f')} (log-log slope of the optimum over the widths)"
             for p, b in shifts.items()]
   lines.append(lr_sweep.load_line(load))
+  if rows:
+    lines += ["", "Step at which each run's train loss left the unigram plateau (below "
+              f"{PLATEAU_EXIT_LOSS} nats), and its final eval loss:", "", plateau_exits(rows)]
   return "\n".join(lines)
 
 
