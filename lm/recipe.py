@@ -17,7 +17,7 @@ N is Kaplan's non-embedding count (what the rung names mean), D = steps x B. Rec
 
   | value        | rule                                              | source |
   |--------------|---------------------------------------------------|--------|
-  | parameterization | PARAMETERIZATION: the one whose optimal LR moved less across 8x in width | measured: experiments/results/lr_transfer (README there) |
+  | parameterization | PARAMETERIZATION: the one whose optimum was identifiable and moved less (widths 32-128) | measured: experiments/results/lr_transfer (README there) |
   | LR           | BASE_LR (d_model / 32)^LR_WIDTH_EXPONENT, 4.0e-3 (d / 32)^-0.45 | the same study's SP optima (see BASE_LR); Llama-3-8B's 3e-4 and 70B's 1.5e-4 against this rule's 4.5e-4 and 3.3e-4 |
   | batch        | the tier's (lm/ladder.py); B_opt = 0.292 C^0.3271 tokens, C = 6 N D, is reported | DeepSeek LLM (Bi et al. 2024), sec. 3.1, fitted with AdamW on their data |
   | warmup       | min(N, D / 10) tokens, in steps, at least 1       | Porian et al. 2024, sec. 3.3: warmup of N tokens (Kaplan's fixed 3000 steps are too long for small models); D / 10, lm's earlier default, caps it for rungs trained on fewer tokens than parameters |
@@ -29,9 +29,9 @@ agree across widths up to LR 2^-9, as µP intends, but every LR above that stall
 unigram plateau and leaves it at a step that zigzags with the LR, so µP's optimum is not
 identifiable (grid optima 2^-6, 2^-5, 2^-4 at widths 32, 64, 128) and its best loss at width
 128 is 0.47 nats above SP's (2.29 against 1.82). SP's curves at 64 and 128 are convex, with
-optima 2.9e-3 and 2.2e-3 (vertices; grid 2^-8 at both). What is measured
-and what is not: the LR rule rests on that study's widths 16-128 (8x) on bytes, 2 layers,
-300 steps of 1024 tokens; the ladder's rungs are deeper, use a 4096-piece vocabulary, and
+optima 2.9e-3 and 2.2e-3 (vertices; grid 2^-8 at both). What is measured and what is not:
+the LR rule rests on those two optima (widths 64 and 128, one seed; width 16 and a second
+seed were not run) on bytes, 2 layers, 300 steps of 1024 tokens; the ladder's rungs are deeper, use a 4096-piece vocabulary, and
 the accelerator rungs are up to 64x wider than it measured; the LR's dependence on batch
 (DeepSeek's lr ~ C^-0.125) and beta2 0.999 at the CPU tier's batch are not measured on lm.
 """
