@@ -17,8 +17,9 @@ one rule, from the width d_model alone:
   - d_ff:    3.5 d_model for SwiGLU (Llama-3-8B: 14336 = 3.5 x 4096; 70B: 28672), a
              multiple of 256 from d_model 1024.
   - head:    embeddings tied below d_model 4096 (Llama-3.2-1B/3B), untied above (8B, 70B).
-  - lr:      3e-4 x 4096 / d_model, at most 6e-3: Llama-3-8B's 3e-4 and 70B's 1.5e-4,
-             and 1/width below (muP-like for Adam); a starting point for an lr sweep.
+  - lr:      lr() is the earlier SP rule, 3e-4 x 4096 / d_model, at most 6e-3 (Llama-3-8B's
+             3e-4 and 70B's 1.5e-4), kept for the synthetic tables; the configs train
+             with lm/recipe.py's parameterization (recipe.MODEL_FIELDS) and hyperparameters.
 Two tiers, each with one tokenizer, since losses in nats per token compare only across
 runs that share a vocabulary:
   - CPU (p50k .. p20m): the default State of the Union corpus and its 4096-piece
@@ -38,7 +39,7 @@ import math
 
 import jax.numpy as jnp
 
-from lm import flops
+from lm import flops, recipe
 from lm.model import ModelConfig
 
 # name -> d_model; everything else follows from the rule above.
@@ -97,7 +98,7 @@ def model_config(d_model: int, vocab_size: int | None = None, seq_len: int | Non
   t = tier(d_model)
   return ModelConfig(vocab_size=int(vocab_size or t["vocab_size"]), max_seq_len=int(seq_len or t["seq_len"]),
                      **shape(d_model), **ARCHITECTURE, dtype=jnp.dtype(t["dtype"]), attention=t["attention"],
-                     remat=t["remat"], scan_layers=t["scan_layers"])
+                     remat=t["remat"], scan_layers=t["scan_layers"], **recipe.MODEL_FIELDS)
 
 
 def cpu_steps(d_model: int) -> int:

@@ -221,7 +221,8 @@ def machine() -> str:
 def best_table(rows: list[dict], group_keys: tuple[str, ...]) -> list[dict]:
   """The optimum per group (e.g. parameterization x width) from the rows' eval losses."""
   out = []
-  groups = sorted({tuple(r[k] for k in group_keys) for r in rows}, key=lambda g: tuple(str(x) for x in g))
+  groups = sorted({tuple(r[k] for k in group_keys) for r in rows},
+                  key=lambda g: tuple(x if isinstance(x, (int, float)) else str(x) for x in g))  # 16 before 128
   for g in groups:
     sel = sorted((r for r in rows if tuple(r[k] for k in group_keys) == g), key=lambda r: r["lr"])
     best = optimum([r["lr"] for r in sel], [r["eval_loss"] for r in sel])

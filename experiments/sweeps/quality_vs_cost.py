@@ -21,6 +21,8 @@ same-data comparison, not a fit.
 from ml_collections import ConfigDict
 from ml_collections.config_dict import placeholder
 
+from lm import ladder as rule
+
 RUNGS = ("p200k", "p1m", "p2m", "p5m", "p10m")
 TOKENS = 800 * 16 * 128  # 1,638,400
 
@@ -43,6 +45,10 @@ def get_config(arg=None):
   if arg is None:
     s.config = "configs/ladder.py"
     s.models = RUNGS
+    # The committed results predate lm/recipe.py: each rung keeps the settings it trained with
+    # (lm/ladder.py's earlier lr rule, beta2 0.95, decay 0.1, SP).
+    s.shapes = ConfigDict({r: {"arg": r, "optim": {"lr": rule.lr(rule.RUNGS[r])}} for r in RUNGS})
+    s.overrides.update({"recipe": "", "optim": {"b2": 0.95, "weight_decay": 0.1}, "model": {"parameterization": "sp"}})
     s.budgets = (TOKENS,)
   elif arg == "tiny":
     s.config = "configs/tiny.py"
