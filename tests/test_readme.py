@@ -44,7 +44,8 @@ class Skip:
 
 DATA = "--config.data.data_dir={data}"
 QUICK = (DATA, "--config.train.steps=2", "--config.train.eval_every=2", "--config.train.checkpoint_every=2",
-         "--config.train.eval_steps=1", "--config.train.batch_size=8")
+         "--config.train.eval_steps=1", "--config.train.batch_size=8",
+         "--config.optim.warmup_steps=1")  # the ladder's warm-up (10 steps and up) does not fit 2 steps
 SFT_QUICK = QUICK + ("--config.data.sft_eval_examples=2", "--config.data.sft_max_new_tokens=2", "--config.train.samples=0")
 SWEEP_QUICK = ("--config.budgets=(3e9,)", "--config.budget_models=(('p8k','p50k'),)",
                "--config.overrides.data.data_dir={data}")
