@@ -253,7 +253,7 @@ def main(argv) -> int:
   records = status_lib.read_records(sweep_dir)  # every host reads the same files: they decide the same
   todo = [p for p in selected if status_lib.should_run(os.path.join(sweep_dir, p.name), records.get(p.name))]
   if parallel > 1:  # longest first: the shortest makespan of list scheduling
-    todo.sort(key=lambda p: p.flops_per_token["flops_exact"] * p.tokens, reverse=True)
+    todo.sort(key=lambda p: p.flops_per_token["flops_exact"] * p.steps_run * p.tokens_per_step, reverse=True)
   names = [p.name for p in points] + extra
   log(f"{len(selected)} points, {len(selected) - len(todo)} final (skipped), {len(todo)} to run, {parallel} at a "
       "time" + (f"; left out by min/max_steps: {', '.join(n for n, _ in left_out)}" if left_out else ""))
