@@ -157,7 +157,8 @@ def report(cfg, points, left_out, sweep_dir: str | None, parallel: int = 1, meas
   for p in points:
     t = times[p.name]
     rows.append((p.name, human(p.params_nonembedding), human(p.params_total), human(p.tokens), f"{p.flops:.3g}",
-                 f"{p.branch_step}+{p.steps_run}" if p.branch_step else str(p.steps), f"{p.tokens / p.params_nonembedding:.3g}", _bytes(p.memory_bytes),
+                 f"{p.branch_step}+{p.steps_run}" if p.branch_step else str(p.steps),
+                 f"{p.tokens / p.params_nonembedding:.3g}", _bytes(p.memory_bytes),
                  f"{t['step_s'] * 1e3:.0f} ms" if t["step_s"] else "?", _duration(t["total_s"]),
                  states.get(p.name, "pending")))
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -320,8 +320,8 @@ def branched(s: ConfigDict, points: list[Point]) -> list[Point]:
     stable_steps = max(starts.values())
     stable_name = f"stable-{model}"
     # The first point's overrides with its per-point ones (_per_point) replaced: evaluated at its end only.
-    stable_over = {**mine[0].overrides, "train.steps": stable_steps, "optim.schedule": "constant", "optim.warmup_steps": warmup,
-                   "train.checkpoint_steps": tuple(sorted(set(starts.values()))),
+    stable_over = {**mine[0].overrides, "train.steps": stable_steps, "optim.schedule": "constant",
+                   "optim.warmup_steps": warmup, "train.checkpoint_steps": tuple(sorted(set(starts.values()))),
                    "train.eval_every": stable_steps, "train.keep_checkpoints": 1,
                    "train.checkpoint_every": max(1, math.ceil(stable_steps / (s.get("checkpoints") or 4)))}
     stables.append(_with(mine[0], name=stable_name, overrides=stable_over, budget=0.0, steps=stable_steps,
