@@ -26,9 +26,8 @@ timed under that load): 33 points (8 stable runs + 25 branches), 1.76e13 FLOPs s
 2.22e13 for the same 25 points from scratch (0.79x, saves 21%); estimated 80.2 min one at a
 time, 40.4 min at --parallel=2 if the points did not slow each other. ~33 min of the 80 is
 per-process start-up and compilation (33 x 9 s, and two compiles of 18-32 s each under that
-load). Not run yet: the
-estimate is above the 40 minutes this shared machine allows; the committed result stays
-experiments/results/isoflop_cpu/.
+load). Not run yet: the estimate is above the 40 minutes this shared machine allows; the
+committed result stays experiments/results/isoflop_cpu/.
 Not here (issue 13 still asks for them): per-rung tuned LR (every width sits at the rule's cap),
 2 seeds at a few points, and the held-out run at ~3x the largest budget.
 """
