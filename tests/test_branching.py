@@ -4,10 +4,14 @@ from-scratch wsd run of the same schedule, and a branch that is not is refused."
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lm import checkpoint as checkpoint_lib
 from lm import optim
+from lm import schema
 from lm import train as train_lib
 from lm.errors import ConfigError, WorkdirError
 from lm.metrics import read_jsonl
@@ -101,7 +105,6 @@ def test_a_branch_off_its_stable_phase_is_refused_before_it_trains(tmp_path, dat
 
 
 def test_branch_fields_are_checked_on_their_own():
-  from lm import schema
   t = tiny_run_config("/unused", train=dict(steps=10)).train
   for fields, message in ((dict(branch_from="/x"), "set both"), (dict(branch_from="/x", branch_step=10), r"\[1, "),
                           (dict(branch_from="/x", branch_step=4, init_from="/y"), "drop train.init_from"),
@@ -111,3 +114,14 @@ def test_branch_fields_are_checked_on_their_own():
     with pytest.raises(ConfigError, match=message):
       schema.validate_branch(bad)
   json.dumps(t.to_dict())  # the defaults serialise (config.json)
+
+
+def test_checkpoint_steps_are_kept_beside_the_newest_keep_checkpoints(tmp_path):
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), keep=1, preserve=(2, 4))
+  for step in range(1, 7):
+    ckpt.save(step, {"params": {"w": jnp.full((2,), float(step))}}, {"pos": step}, {"step": step}, wait=True)
+  ckpt.close()
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [2, 4, 6]
+  abstract = {"params": {"w": jax.ShapeDtypeStruct((2,), "float32")}}
+  state, data, meta = checkpoint_lib.restore_step(str(tmp_path), 2, abstract)  # another run's, read only
+  assert float(state["params"]["w"][0]) == 2.0 and data == {"pos": 2} and meta["step"] == 2
