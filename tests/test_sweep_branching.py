@@ -65,6 +65,7 @@ def test_branches_start_after_their_stable_run_and_become_the_fit_rows(data_dir,
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert "skip  C3e9-d48: blocked: its stable point stable-d48 is pending" in out.stdout
+  assert "WSD branching: 3 stable runs + 6 cooldown branches spend" in out.stdout  # the whole sweep's plan
   records = json.loads((sweep_dir / "status.json").read_text())["points"]
   for branch in branches:
     stable = "stable-" + branch.split("-")[1]

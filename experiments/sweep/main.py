@@ -272,6 +272,8 @@ def main(argv) -> int:
       runner.save()
       print(status_lib.table(sweep_dir, names, runner_alive=False), flush=True)
       log(cost.line(cost.totals(sweep_dir, [p.name for p in points])))
+      if any(p.role for p in points):
+        log(dry_run.branching_line(points, points[0].flops_definition))
       log(f"results: {os.path.join(sweep_dir, 'results.csv')}")
       lock.release()
   final = status_lib.states(sweep_dir, [p.name for p in selected], runner_alive=False)
