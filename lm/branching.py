@@ -13,8 +13,10 @@ each branch
 starts from that checkpoint (parameters, optimizer state with its step count, and the data
 iterator's position) and trains only the T - s steps of its cooldown. Its workdir then holds a
 run indistinguishable from a from-scratch wsd run of T steps: the same losses (tests/
-test_branching.py: equal to float tolerance on the tiny config), the stable run's metrics.jsonl
-rows up to s copied in, and a summary.json over all T steps. A branch that is preempted resumes
+test_branching.py: bitwise equal train losses on the tiny config), the stable run's
+metrics.jsonl rows up to s copied in, and a summary.json over all T steps (its wall_s and
+tokens/s include the stable run's first s steps, as a resumed run's include the earlier
+sessions'; a sweep's record of the branch counts only the time it ran). A branch that is preempted resumes
 from its own checkpoints; the stable run is read only at its first start.
 
 Refused before anything is built (`check`), each with what to change:
