@@ -77,3 +77,8 @@ def test_branches_start_after_their_stable_run_and_become_the_fit_rows(data_dir,
   assert (table.loc[branches, "steps"] == table.loc[branches, "steps_planned"]).all()
   runs = load_results(str(sweep_dir / "results.csv"))  # the stable rows left out
   assert sorted(runs["D"]) == sorted(table.loc[branches, "tokens"])
+  alone = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--config={BRANCHED}", f"--sweep_dir={sweep_dir}",
+                          f"--config.overrides.data.data_dir={data_dir}", "--point=C3e9-d48"],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+  assert alone.returncode == 75, alone.stdout[-2000:] + alone.stderr[-2000:]  # a scheduler runs it again later
+  assert "C3e9-d48: blocked: its stable point stable-d48 is pending; run its stable point first" in alone.stdout
