@@ -21,7 +21,8 @@ import sys
 from absl import app
 from absl import flags
 
-from lm.cli import parse_flags, set_xla_flags
+from lm.cli import parse_flags, quiet_logs, set_xla_flags
+from lm.errors import ConfigError
 
 _FROM_HF = flags.DEFINE_string("from_hf", None, "A Hugging Face checkpoint directory to import.")
 _TO = flags.DEFINE_string("to", None, "The lm workdir to write (import).")
@@ -38,14 +39,12 @@ _MAX_SHARD_MB = flags.DEFINE_integer("max_shard_mb", None, "Export: split the we
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
-  from lm.cli import quiet_logs
   quiet_logs()
   importing = _FROM_HF.value is not None or _TO.value is not None
   exporting = _FROM.value is not None or _TO_HF.value is not None
   if importing == exporting or (importing and not (_FROM_HF.value and _TO.value)) or (
       exporting and not (_FROM.value and _TO_HF.value)):
     sys.exit("Error: pass --from_hf=HF_DIR --to=WORKDIR (import) or --from=WORKDIR --to_hf=HF_DIR (export).")
-  from lm.errors import ConfigError
   from lm.hf import exporter, importer  # local: after flag parsing (jax starts here)
   try:
     if importing:

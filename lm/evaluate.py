@@ -19,7 +19,8 @@ import sys
 from absl import app
 from absl import flags
 
-from lm.cli import parse_flags, set_xla_flags
+from lm.cli import parse_flags, quiet_logs, set_xla_flags
+from lm.errors import ConfigError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (its latest checkpoint is used).")
 _TEXT = flags.DEFINE_string("text", None, "A plain-text file, or a folder searched for *.txt files (one domain per "
@@ -32,8 +33,6 @@ flags.mark_flags_as_required(["workdir", "text"])
 def main(argv):
   del argv
   from lm import domains, evaluation, loading  # local: after flag parsing (jax starts here)
-  from lm.errors import ConfigError
-  from lm.cli import quiet_logs
   quiet_logs()
   try:
     trained = loading.load(_WORKDIR.value)

@@ -13,7 +13,8 @@ import sys
 from absl import app
 from absl import flags
 
-from lm.cli import parse_flags, set_xla_flags
+from lm.cli import parse_flags, quiet_logs, set_xla_flags
+from lm.errors import ConfigError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run, an imported workdir, or a Hugging Face checkpoint directory.")
 _EXAMPLES = flags.DEFINE_string("examples", None, "JSONL file of {\"prompt\": ..., \"completion\": ...} lines.")
@@ -26,11 +27,9 @@ flags.mark_flags_as_required(["workdir", "examples"])
 
 def main(argv):
   del argv
-  from lm.cli import quiet_logs
   quiet_logs()
   from lm import evaluation, loading  # local: after flag parsing (jax starts here)
-  from lm.errors import ConfigError
-  from lm.data import sft as sft_data
+  from lm.data import sft as sft_data  # local, with the two above: lm.data imports jax
   try:
     pairs = sft_data.read_jsonl(_EXAMPLES.value, field="--examples")[:_MAX_EXAMPLES.value]
     trained = loading.load(_WORKDIR.value)

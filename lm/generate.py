@@ -16,7 +16,8 @@ import sys
 from absl import app
 from absl import flags
 
-from lm.cli import parse_flags, set_xla_flags
+from lm.cli import parse_flags, quiet_logs, set_xla_flags
+from lm.errors import ConfigError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (its latest checkpoint is used).")
 _PROMPT = flags.DEFINE_string("prompt", None, "The text to continue.")
@@ -65,10 +66,8 @@ class _Printer:
 
 def main(argv):
   del argv
-  from lm.cli import quiet_logs
   quiet_logs()
-  from lm import decode, loading
-  from lm.errors import ConfigError
+  from lm import decode, loading  # local: after flag parsing (jax starts here)
   try:
     prompts = read_prompts()
     trained = loading.load(_WORKDIR.value)

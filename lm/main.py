@@ -73,7 +73,7 @@ def _exit_together(code: int) -> None:
   the others (process 0 writing summary.json among them) as soon as one exits non-zero."""
   import jax  # local: started by train above
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
+    from jax.experimental import multihost_utils  # local, like jax above
     multihost_utils.sync_global_devices("lm.main exit")
   sys.exit(code)
 

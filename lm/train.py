@@ -39,9 +39,9 @@ from lm import optim
 from lm import schema
 from lm import sharding
 from lm import steps as steps_lib
+from lm import tasks
 from lm import workdir as workdir_lib
 from lm.errors import WorkdirError
-from lm import tasks
 from lm.model import ModelConfig, Transformer
 
 
