@@ -425,6 +425,7 @@ class RunPeak:
   host_cores: int
   seconds: float                   # what measuring took
   cached_host: float | None = None  # the cached figure for the whole host (peak_flops), if any
+  key: str = ""                    # peak_key(): what it was measured on; a resume elsewhere measures again
 
   @property
   def share(self) -> float:
@@ -439,6 +440,11 @@ class RunPeak:
 
 RUN_PEAK_N_CPU = 1024  # 2.1 GFLOP a matmul: 7 of them take ~0.8 s at load 8 on the 2-core host, and
 # gave 21.9 GFLOP/s there against 18.0-19.0 for 2048 (measured 2026-12, jax 0.10.2): the same figure.
+
+
+def peak_key(dtype="float32", device=None) -> str:
+  """The device (for CPUs: the cores this process may use) and dtype a peak belongs to."""
+  return f"{device_key(device)} | {jnp.dtype(dtype).name}"
 
 
 def measure_run_peak(dtype="float32", device=None, cache_file: str | None = None) -> RunPeak:
@@ -460,7 +466,7 @@ def measure_run_peak(dtype="float32", device=None, cache_file: str | None = None
       cached = entry["flops_per_s"] if entry else None
     except (OSError, ValueError, KeyError):
       cached = None
-  return RunPeak(flops, load, cores, host, time.perf_counter() - t0, cached)
+  return RunPeak(flops, load, cores, host, time.perf_counter() - t0, cached, peak_key(dtype, device))
 
 
 def peak_units(devices) -> int:

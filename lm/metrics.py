@@ -1,6 +1,6 @@
 """What a run leaves behind: metrics.jsonl, TensorBoard events, a progress bar, summary.json.
 
-    facts = RunFacts.of(cfg, workdir, model_cfg)     # what the run is: sizes, FLOPs per token, peaks
+    facts = RunFacts.of(cfg, workdir, model_cfg, meta.get("peak"))  # sizes, FLOPs per token, peaks
     log = TrainLog(workdir, cfg, start_step, facts, resumed=meta)  # what the loop reports, step by step
     row = summary_row(facts, status, ...)            # one row of SCHEMA, written to summary.json
 
@@ -243,10 +243,16 @@ class RunFacts:
   peak_units: int = 1              # device peaks in peak_measured (lm/flops.py:peak_units)
 
   @classmethod
-  def of(cls, cfg, workdir: str, model_cfg) -> "RunFacts":
+  def of(cls, cfg, workdir: str, model_cfg, resumed_peak: dict | None = None) -> "RunFacts":
+    """resumed_peak: the RunPeak a checkpoint's meta carries (`save` in lm/train.py). A resumed
+    run keeps its first session's peak when it runs on the same device and cores, so its MFU
+    and its cumulative tokens/s share one denominator; otherwise the peak is measured now, not
+    read from a cache that may have been timed under another load (~1 s on CPU)."""
     seq_len = cfg.data.seq_len
-    # Measured now, not read from a cache that may have been timed under another load (~1 s on CPU).
-    run = flops_lib.measure_run_peak(cfg.model.dtype)
+    if resumed_peak and resumed_peak.get("key") == flops_lib.peak_key(cfg.model.dtype):
+      run = flops_lib.RunPeak(**resumed_peak)
+    else:
+      run = flops_lib.measure_run_peak(cfg.model.dtype)
     spec = flops_lib.spec_peak_flops(jax.devices()[0].device_kind, cfg.model.dtype)
     units = flops_lib.peak_units(jax.devices())
     return cls(cfg, workdir, model_cfg, flops_lib.param_counts(model_cfg),

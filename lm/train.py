@@ -19,6 +19,7 @@ finished run changes nothing and says so.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import time
@@ -71,13 +72,12 @@ def _train(cfg, workdir: str) -> TrainResult:
   model = Transformer(ModelConfig.from_config(cfg.model, tokenizer.vocab_size))
   optimizer, lr_schedule = optim.make_optimizer(cfg.optim, t.steps, model.cfg)
   spec = steps_lib.StateSpec(model, optimizer, mesh, rules)
-  facts = metrics_lib.RunFacts.of(cfg, workdir, model.cfg)
-  logging.info("model: %s parameters (%s non-embedding); mesh %s", f"{facts.counts.total:,}",
-               f"{facts.counts.nonembedding:,}", sharding.describe(mesh))
-
   ckpt = checkpoint_lib.Checkpointer(workdir, t.keep_checkpoints, preserve=t.checkpoint_steps)
   train_it = data_lib.train_iterator(cfg.data, tokenizer, t.batch_size, t.seed)
   start, state, resumed = restore_or_init(cfg, spec, ckpt, train_it, workdir, changes)
+  facts = metrics_lib.RunFacts.of(cfg, workdir, model.cfg, resumed.get("peak"))  # the MFU peak: measured now, or kept
+  logging.info("model: %s parameters (%s non-embedding); mesh %s", f"{facts.counts.total:,}",
+               f"{facts.counts.nonembedding:,}", sharding.describe(mesh))
   done = metrics_lib.read_summary(workdir)
   if start == t.steps and done and done.get("status") == "finished" and done.get("steps") == t.steps:
     ckpt.close()
@@ -146,6 +146,7 @@ def _train(cfg, workdir: str) -> TrainResult:
   row = metrics_lib.summary_row(facts, status, step, log.train_loss(), last_eval,
                                 wall_s(), log.meter.run_rate(),
                                 error=repr(error) if error else None, baseline=baseline)
+  summary = row  # what the trackers get if summary.json cannot be written (a full disk)
   try:
     summary = metrics_lib.write_summary(workdir, row)
   except OSError as e:  # a full disk: keep the run's own error, if it had one
@@ -197,7 +198,8 @@ def save(ckpt, step: int, state, train_it, facts, wall_s: float, log, wait: bool
   if not checkpoint_lib.all_finite(state["params"]):
     logging.warning("not saving step %d: non-finite parameters", step)
     return
-  meta = {"step": step, "wall_s": wall_s, "tokens": step * facts.tokens_per_step, **log.resume_state()}
+  meta = {"step": step, "wall_s": wall_s, "tokens": step * facts.tokens_per_step, **log.resume_state(),
+          "peak": dataclasses.asdict(facts.peak_run) if facts.peak_run else None}
   ckpt.save(step, state, train_it.get_state(), meta, wait=wait)
 
 

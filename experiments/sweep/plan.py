@@ -50,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import decimal
 import importlib.util
+import json
 import math
 import os
 from typing import Any
@@ -109,8 +110,8 @@ class Point:
 
   def identity(self) -> dict:
     """What a point computes; a relaunch whose identity differs would mix two experiments."""
-    return {"config": self.config, "overrides": {k: v for k, v in self.overrides.items()
-                                                 if not any(k.startswith(p) for p in NOT_IDENTITY)}}
+    overrides = {k: v for k, v in self.overrides.items() if not any(k.startswith(p) for p in NOT_IDENTITY)}
+    return json.loads(json.dumps({"config": self.config, "overrides": overrides}))  # as point.json holds it
 
   def record(self) -> dict:
     """point.json: the identity plus the planned quantities the results table carries."""
