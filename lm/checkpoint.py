@@ -167,14 +167,24 @@ def _refuse_mismatch(workdir: str, step: int, what: str):
 
 
 class Checkpointer:
-  def __init__(self, workdir: str, keep: int):
+  """The workdir's checkpoints: the newest `keep`, and every step of `preserve` (a stable run's
+  branch points, lm/branching.py) however old."""
+
+  def __init__(self, workdir: str, keep: int, preserve=(), read_only: bool = False):
     self.workdir = workdir
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    self.keep = keep
+    self.keep, self.preserve, self.read_only = keep, tuple(int(s) for s in preserve), read_only
     self._open()
 
   def _open(self):
-    options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True)
+    if self.read_only:  # another run's checkpoints (a branch reading its stable run): never written or pruned
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    elif self.preserve:
+      policy = ocp.checkpoint_managers
+      options = ocp.CheckpointManagerOptions(create=True, preservation_policy=policy.AnyPreservationPolicy(
+          [policy.LatestN(self.keep), policy.CustomSteps(list(self.preserve))]))
+    else:
+      options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -198,21 +208,7 @@ class Checkpointer:
     none at all; damaged newer ones are set aside. Raises WorkdirError (see the module docstring)."""
     damaged: list[tuple[int, str]] = []
     for step in sorted(self.manager.all_steps(), reverse=True):
-      step_dir = os.path.join(self.directory, str(step))
-      what = shape_mismatch(step_dir, abstract_state)
-      if what:
-        _refuse_mismatch(self.workdir, step, what)
-      try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore()))
-      except Exception as e:  # noqa: BLE001 - any other failure to read means "damaged"
-        if _permission_denied(e):
-          _refuse_permissions(step_dir, e)
-        damaged.append((step, f"unreadable ({type(e).__name__}: {str(e)[:200]})"))
-        continue
-      problem = verify(restored["state"], restored["data"], restored["meta"])
+      restored, problem = self.restore(step, abstract_state)
       if problem:
         damaged.append((step, problem))
         continue
@@ -225,6 +221,25 @@ class Checkpointer:
           "or deleted, and the run does not start over from step 0 on its own. To start over on purpose, move "
           f"{self.directory} away (or delete it) and rerun, or use a new --workdir.")
     return None
+
+  def restore(self, step: int, abstract_state) -> tuple[dict | None, str | None]:
+    """({'state', 'data', 'meta'}, None) of the checkpoint at `step`, verified, or (None, why it
+    is damaged). Another model's arrays, or no permission to read: WorkdirError."""
+    step_dir = os.path.join(self.directory, str(step))
+    what = shape_mismatch(step_dir, abstract_state)
+    if what:
+      _refuse_mismatch(self.workdir, step, what)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=ocp.args.JsonRestore(),
+          meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001 - any other failure to read means "damaged"
+      if _permission_denied(e):
+        _refuse_permissions(step_dir, e)
+      return None, f"unreadable ({type(e).__name__}: {str(e)[:200]})"
+    problem = verify(restored["state"], restored["data"], restored["meta"])
+    return (None, problem) if problem else (restored, None)
 
   def _set_aside(self, damaged: list[tuple[int, str]], fallback: int) -> None:
     """Moves each damaged checkpoint to checkpoints/unreadable-<step> (-2, -3, ... if taken)."""
@@ -271,6 +286,20 @@ def step_directories(path: str) -> list[str]:
 
 def latest_step_directory(path: str) -> str:
   return step_directories(path)[0]
+
+
+def restore_step(workdir: str, step: int, abstract_state) -> tuple[Any, dict, dict]:
+  """(state, data_state, meta) of another run's checkpoint at `step`, verified, read only
+  (a cooldown branch's start, lm/branching.py); a damaged one is refused, never set aside."""
+  reader = Checkpointer(workdir, keep=1, read_only=True)
+  try:
+    restored, problem = reader.restore(step, abstract_state)
+  finally:
+    reader.close()
+  if problem:
+    raise WorkdirError(f"the checkpoint at step {step} of {workdir} is {problem}; rerun that run from before "
+                       f"step {step} (or delete its checkpoint) to write it again.")
+  return restored["state"], restored["data"], restored["meta"]
 
 
 def load_params(path: str, abstract_params) -> tuple[Any, int]:

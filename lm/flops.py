@@ -328,10 +328,11 @@ def _default_device():
   return jax.devices()[0]
 
 
-def device_key(device=None) -> str:
+def device_key(device=None, cores: int | None = None) -> str:
   """What a measured peak is cached under: the device kind, and for CPUs the model and the
-  cores this process may run on (its affinity mask), so a process pinned to a share of the
-  host (a sweep's --parallel points) measures, caches and computes its MFU against that share."""
+  cores this process may run on (its affinity mask; `cores` to name another count), so a
+  process pinned to a share of the host (a sweep's --parallel points) measures, caches and
+  computes its MFU against that share."""
   device = device or _default_device()
   if device.platform != "cpu":
     return device.device_kind
@@ -341,8 +342,14 @@ def device_key(device=None) -> str:
       model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
   except (OSError, StopIteration):
     pass
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return f"cpu: {model} x{cores}"
+  return f"cpu: {model} x{cores or core_share()[0]}"
+
+
+def core_share() -> tuple[int, int]:
+  """(the cores this process may run on, the host's cores): a sweep point pinned to 1 of 2
+  cores has the share 1/2 of the host."""
+  host = os.cpu_count() or 1
+  return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else host), host
 
 
 def default_matmul_size(device) -> int:
@@ -406,6 +413,60 @@ def peak_flops(dtype="float32", device=None, *, cache_file: str | None = None, r
       json.dump(cache, f, indent=1, sort_keys=True)
     os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
   return cache[key]["flops_per_s"], spec_peak_flops(device.device_kind, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPeak:
+  """The peak a run's MFU divides by, measured as it starts (measure_run_peak), and what it
+  was measured under."""
+  flops_per_s: float               # one device (on CPU: the cores this process may use)
+  load_avg: float | None           # the host's 1-minute load average just before the matmuls
+  cores: int                       # the cores this process may run on (its affinity mask)
+  host_cores: int
+  seconds: float                   # what measuring took
+  cached_host: float | None = None  # the cached figure for the whole host (peak_flops), if any
+  key: str = ""                    # peak_key(): what it was measured on; a resume elsewhere measures again
+
+  @property
+  def share(self) -> float:
+    return self.cores / self.host_cores
+
+  @property
+  def cached_share(self) -> float | None:
+    """The cached whole-host peak times this process's share: what the share is worth on a
+    quiet host, beside the figure measured now under load_avg."""
+    return self.cached_host * self.share if self.cached_host else None
+
+
+RUN_PEAK_N_CPU = 1024  # 2.1 GFLOP a matmul: 7 of them take ~0.8 s at load 8 on the 2-core host, and
+# gave 21.9 GFLOP/s there against 18.0-19.0 for 2048 (measured 2026-12, jax 0.10.2): the same figure.
+
+
+def peak_key(dtype="float32", device=None) -> str:
+  """The device (for CPUs: the cores this process may use) and dtype a peak belongs to."""
+  return f"{device_key(device)} | {jnp.dtype(dtype).name}"
+
+
+def measure_run_peak(dtype="float32", device=None, cache_file: str | None = None) -> RunPeak:
+  """The peak of one device measured now (a run's start: about a second on CPU), with the load
+  it was measured under and this process's share of the host's cores. Never written to the
+  cache: a figure timed under load would become every later run's."""
+  device = device or _default_device()
+  dtype = jnp.dtype(dtype).name
+  cores, host = core_share() if device.platform == "cpu" else (1, 1)
+  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+  t0 = time.perf_counter()
+  flops = measure_peak_flops(dtype, RUN_PEAK_N_CPU if device.platform == "cpu" else None, device)
+  cached = None
+  path = cache_file or default_cache_file()
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        entry = json.load(f).get(f"{device_key(device, cores=host)} | {dtype}")
+      cached = entry["flops_per_s"] if entry else None
+    except (OSError, ValueError, KeyError):
+      cached = None
+  return RunPeak(flops, load, cores, host, time.perf_counter() - t0, cached, peak_key(dtype, device))
 
 
 def peak_units(devices) -> int:

@@ -1,6 +1,6 @@
 """What a run leaves behind: metrics.jsonl, TensorBoard events, a progress bar, summary.json.
 
-    facts = RunFacts.of(cfg, workdir, model_cfg)     # what the run is: sizes, FLOPs per token, peaks
+    facts = RunFacts.of(cfg, workdir, model_cfg, meta.get("peak"))  # sizes, FLOPs per token, peaks
     log = TrainLog(workdir, cfg, start_step, facts, resumed=meta)  # what the loop reports, step by step
     row = summary_row(facts, status, ...)            # one row of SCHEMA, written to summary.json
 
@@ -237,17 +237,39 @@ class RunFacts:
   counts: flops_lib.ParamCounts
   flops_per_token: dict            # {"flops_6n", "flops_exact", "flops_executed"}: FLOPs per trained token
   tokens_per_step: int
-  peak_measured: float | None      # FLOP/s of all the devices used (a matmul timed on them)
+  peak_measured: float | None      # FLOP/s of all the devices used (a matmul timed on them as the run starts)
   peak_spec: float | None          # FLOP/s of all the devices used, from the spec sheet
+  peak_run: flops_lib.RunPeak | None = None  # that measurement: its load average, cores and share
+  peak_units: int = 1              # device peaks in peak_measured (lm/flops.py:peak_units)
 
   @classmethod
-  def of(cls, cfg, workdir: str, model_cfg) -> "RunFacts":
+  def of(cls, cfg, workdir: str, model_cfg, resumed_peak: dict | None = None) -> "RunFacts":
+    """resumed_peak: the RunPeak a checkpoint's meta carries (`save` in lm/train.py). A resumed
+    run keeps its first session's peak when it runs on the same device and cores, so its MFU
+    and its cumulative tokens/s share one denominator; otherwise the peak is measured now, not
+    read from a cache that may have been timed under another load (~1 s on CPU)."""
     seq_len = cfg.data.seq_len
-    measured, spec = flops_lib.peak_flops(cfg.model.dtype)  # per device, cached per device kind + dtype
+    if resumed_peak and resumed_peak.get("key") == flops_lib.peak_key(cfg.model.dtype):
+      run = flops_lib.RunPeak(**resumed_peak)
+    else:
+      run = flops_lib.measure_run_peak(cfg.model.dtype)
+    spec = flops_lib.spec_peak_flops(jax.devices()[0].device_kind, cfg.model.dtype)
+    units = flops_lib.peak_units(jax.devices())
     return cls(cfg, workdir, model_cfg, flops_lib.param_counts(model_cfg),
                {d: flops_lib.flops_per_token(model_cfg, seq_len, d) for d in flops_lib.FLOPS_DEFINITIONS},
-               cfg.train.batch_size * seq_len, measured * flops_lib.peak_units(jax.devices()) if measured else None,
-               spec * len(jax.devices()) if spec else None)
+               cfg.train.batch_size * seq_len, run.flops_per_s * units, spec * len(jax.devices()) if spec else None,
+               run, units)
+
+  def peak_row(self, tokens_per_s: float | None) -> dict:
+    """summary.json's account of the peak: the load it was measured under, the cores and
+    share of the host the run had, and the MFU against the cached quiet figure x that share."""
+    r = self.peak_run
+    if r is None:
+      return {}
+    quiet = r.cached_share * self.peak_units if r.cached_share else None
+    return {"peak_load_avg": r.load_avg, "peak_measure_s": r.seconds, "cores": r.cores, "host_cores": r.host_cores,
+            "core_share": r.share, "peak_flops_cached_share": quiet,
+            "mfu_cached_share": self.mfu(tokens_per_s, quiet) if quiet else None}
 
   def derived(self) -> dict:
     """The sizes config.json records beside the config."""
@@ -284,6 +306,7 @@ def summary_row(f: RunFacts, status: str, steps_done: int, train_loss: float | N
       "tokenizer": cfg.data.tokenizer, "dataset": cfg.data.dataset, "schedule": cfg.optim.schedule,
       "params_embedding": f.counts.embedding, "peak_flops_measured": f.peak_measured,
       "peak_flops_spec": f.peak_spec, "mfu_spec": f.mfu(tokens_per_s, f.peak_spec) if f.peak_spec else None,
+      **f.peak_row(tokens_per_s),
       # The hyperparameters a recipe (lm/recipe.py) or the command line set, as used.
       "recipe": cfg.recipe or None, "optimizer": cfg.optim.name, "warmup_steps": cfg.optim.warmup_steps,
       "b2": cfg.optim.b2, "weight_decay": cfg.optim.weight_decay, "parameterization": m.parameterization,

@@ -33,6 +33,7 @@ from lm.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "lion", "muon")
 SCHEDULES = ("cosine", "constant", "wsd")
+DECAY_SHAPES = ("linear", "1-sqrt")  # wsd's decay: Hu et al. 2024 / Hägele et al. 2024
 # Never decayed: norms and biases are 1-D; embeddings are lookups, and decaying them
 # shrinks rare tokens' rows for no benefit (GPT-3 / Chinchilla practice).
 NO_DECAY_NAMES = ("embedding", "pos_embedding")
@@ -51,6 +52,8 @@ def validate(o, total_steps: int) -> None:
     raise ConfigError(f"optim.min_lr_ratio={o.min_lr_ratio} must lie in [0, 1].")
   if o.schedule == "wsd" and not 0 < o.decay_fraction <= 1:
     raise ConfigError(f"optim.decay_fraction={o.decay_fraction} must lie in (0, 1] for the wsd schedule.")
+  if o.decay_shape not in DECAY_SHAPES:
+    raise ConfigError(f"optim.decay_shape={o.decay_shape!r} is not one of {DECAY_SHAPES}; set --config.optim.decay_shape.")
   if o.grad_accum_steps < 1:
     raise ConfigError(f"optim.grad_accum_steps={o.grad_accum_steps} must be >= 1.")
   for field in ("b1", "b2"):  # decay rates of the moment averages
@@ -72,8 +75,12 @@ def schedule(o, total_steps: int, peak: float | None = None) -> optax.Schedule:
 
   cosine:   linear warmup 0 -> lr, then cosine down to lr * min_lr_ratio at total_steps.
   constant: linear warmup, then lr.
-  wsd:      warmup, stable at lr, then a linear decay to lr * min_lr_ratio over the last
-            decay_fraction of the steps (Hu et al. 2024, "MiniCPM").
+  wsd:      warmup, stable at lr, then a decay to lr * min_lr_ratio over the last
+            decay_fraction of the steps: decay_shape 'linear' (Hu et al. 2024, "MiniCPM") or
+            '1-sqrt', final + (lr - final) x (1 - sqrt(x)) at the fraction x of the decay done
+            (Hägele et al. 2024: it matched cosine at every length where linear fell short).
+            Before its decay starts the curve is 'constant''s, step for step, which is what
+            lets one stable run branch cooldowns at several lengths (train.branch_from).
   peak: the rate in place of optim.lr (Muon's optim.muon_lr), same shape.
   """
   lr = float(o.lr if peak is None else peak)
@@ -85,8 +92,12 @@ def schedule(o, total_steps: int, peak: float | None = None) -> optax.Schedule:
     return optax.join_schedules([warm, optax.constant_schedule(lr)], [warmup])
   decay_steps = max(1, int(round(total_steps * float(o.decay_fraction))))
   stable_end = wsd_decay_start(o, total_steps)
-  return optax.join_schedules(
-      [warm, optax.constant_schedule(lr), optax.linear_schedule(lr, final, decay_steps)], [warmup, stable_end])
+  if o.decay_shape == "1-sqrt":
+    decay = lambda count: final + (lr - final) * (1.0 - jax.numpy.sqrt(  # noqa: E731
+        jax.numpy.clip(count / decay_steps, 0.0, 1.0)))
+  else:
+    decay = optax.linear_schedule(lr, final, decay_steps)
+  return optax.join_schedules([warm, optax.constant_schedule(lr), decay], [warmup, stable_end])
 
 
 def schedule_change(o, old_steps: int, new_steps: int, step: int) -> str:

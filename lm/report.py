@@ -31,13 +31,16 @@ def print_summary(s: dict) -> None:
 
 
 def stale_peak_warning(s: dict) -> str:
-  """MFU above 100% means the cached matmul peak is too low: a peak timed while other work
-  shared the device (only ever an underestimate)."""
+  """MFU above 100% means the matmul peak is too low: a peak timed while other work shared
+  the device (only ever an underestimate)."""
   achieved = s["mfu"] * s["peak_flops_measured"]
   return (f"warning: MFU above 100%: this run computed {achieved / 1e9:,.1f} GFLOP/s (flops_executed), more than the "
-          f"cached peak of {s['peak_flops_measured'] / 1e9:,.1f} GFLOP/s, which was probably measured while other work "
-          f"loaded the machine. Measure it again when the machine is quiet: python -c \"from lm import flops; "
-          f"flops.peak_flops('{s.get('dtype') or 'float32'}', refresh=True)\" (cache: {flops.default_cache_file()})")
+          f"peak of {s['peak_flops_measured'] / 1e9:,.1f} GFLOP/s measured as it started (load average "
+          f"{s.get('peak_load_avg') or float('nan'):.1f}), so other work loaded the machine then; "
+          + (f"against the cached quiet peak x its core share, MFU is {s['mfu_cached_share']:.1%}."
+             if s.get("mfu_cached_share") else
+             f"to have a quiet figure beside it, measure on a quiet machine: python -c \"from lm import flops; "
+             f"flops.peak_flops('{s.get('dtype') or 'float32'}', refresh=True)\" (cache: {flops.default_cache_file()})"))
 
 
 def print_samples(result, prompts, workdir: str, max_new_tokens: int = 48, temperature: float = 0.8,

@@ -116,7 +116,10 @@ def load_results(source, params: str = DEFAULT_PARAMS, flops: str = DEFAULT_FLOP
   `loss` may be any metric column. A table without a flops_executed column gets one from
   its shape columns. A `flops_budget` column (a sweep's nominal budget, in the sweep's
   `flops_definition`) groups IsoFLOP runs; without one, runs are grouped by their C
-  (group_budgets). runs.attrs holds the definitions and the table's vocabulary and
+  (group_budgets). Rows with role 'stable' (a WSD-branching sweep's stable-phase runs,
+  experiments/sweep/plan.py) are left out: each of their lengths is a branch's row, and the
+  stable run itself ends at a constant LR, not where a schedule of its length would.
+  runs.attrs holds the definitions and the table's vocabulary and
   sequence length (the family plans follow).
   """
   check_definitions(params, flops)
@@ -132,6 +135,8 @@ def load_results(source, params: str = DEFAULT_PARAMS, flops: str = DEFAULT_FLOP
     raise FitError(f"{where} has no column(s) {missing}; its columns are {list(table.columns)}.")
   if status and "status" in table.columns:
     table = table[table["status"] == status]
+  if "role" in table.columns:
+    table = table[table["role"] != "stable"]
   runs = pd.DataFrame({"N": table[params], "D": table["tokens"], "C": table[flops], "loss": table[loss]})
   if "flops_budget" in table.columns:
     runs["budget"] = table["flops_budget"]

@@ -79,6 +79,11 @@ def defaults() -> ConfigDict:
   t.keep_checkpoints = 2
   t.log_every = 10
   t.init_from = placeholder(str)  # workdir or checkpoint to take params from
+  # Cooldown branches (lm/branching.py): start from a stable run's checkpoint at branch_step,
+  # with its optimizer state and data position; the stable run saves and keeps checkpoint_steps.
+  t.branch_from = placeholder(str)  # the stable run's workdir
+  t.branch_step = placeholder(int)
+  t.checkpoint_steps = ()       # steps saved (and never deleted) besides every checkpoint_every
   t.z_loss = 0.0
   t.samples = 3                 # sampled continuations printed at the end
   # A train loss above divergence_factor x ln(vocab_size) stops the run as 'diverged', like a
@@ -99,6 +104,7 @@ def defaults() -> ConfigDict:
   o.warmup_steps = 100
   o.min_lr_ratio = 0.1
   o.decay_fraction = 0.2        # wsd: final fraction of steps spent decaying
+  o.decay_shape = "linear"      # wsd: 'linear' | '1-sqrt' (Hägele et al. 2024; lm/optim.py)
   o.b1 = 0.9
   o.b2 = 0.95
   o.eps = 1e-8
@@ -185,6 +191,26 @@ def validate_train(t) -> None:
                       "loss is about ln(vocab_size), so a threshold at or below it would stop every run at once.")
   if t.z_loss < 0:
     raise ConfigError(f"train.z_loss={t.z_loss} must be >= 0.")
+  validate_branch(t)
+
+
+def validate_branch(t) -> None:
+  """train.branch_from / branch_step / checkpoint_steps on their own (lm/branching.py checks the
+  stable run when the branch starts)."""
+  total_steps = int(t.steps)
+  if bool(t.branch_from) != (t.branch_step is not None):
+    raise ConfigError(f"train.branch_from={t.branch_from!r} and train.branch_step={t.branch_step!r}: set both (a "
+                      "stable run's workdir and the step of its checkpoint to branch from) or neither.")
+  if t.branch_from and t.init_from:
+    raise ConfigError(f"train.branch_from={t.branch_from!r} and train.init_from={t.init_from!r}: a branch takes its "
+                      "whole state from the stable run; drop train.init_from.")
+  if t.branch_from and not 0 < int(t.branch_step) < total_steps:
+    raise ConfigError(f"train.branch_step={t.branch_step} must lie in [1, train.steps={total_steps}): a branch "
+                      "trains the steps after it.")
+  bad = [s for s in t.checkpoint_steps if not (isinstance(s, int) and 0 < s <= total_steps)]
+  if bad:
+    raise ConfigError(f"train.checkpoint_steps={tuple(t.checkpoint_steps)}: {bad} are not steps in "
+                      f"[1, train.steps={total_steps}].")
 
 
 def validate_mesh(cfg, n_devices: int, processes: int = 1) -> tuple[int, int, int]:

@@ -19,6 +19,7 @@ finished run changes nothing and says so.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import time
@@ -29,6 +30,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from lm import branching
 from lm import checkpoint as checkpoint_lib
 from lm import data as data_lib
 from lm import evaluation
@@ -63,18 +65,19 @@ def _train(cfg, workdir: str) -> TrainResult:
   # ---- set-up: every check first, then the model, data, state and compiled steps ----
   t = cfg.train
   changes = workdir_lib.check_resume(cfg, workdir)  # refuses a config that does not match the run
+  if t.branch_from and not workdir_lib.checkpoint_steps(workdir):  # a branch's first start (lm/branching.py)
+    branching.check(cfg)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules(cfg.mesh)
   tokenizer = data_lib.build_tokenizer(cfg.data)
   model = Transformer(ModelConfig.from_config(cfg.model, tokenizer.vocab_size))
   optimizer, lr_schedule = optim.make_optimizer(cfg.optim, t.steps, model.cfg)
   spec = steps_lib.StateSpec(model, optimizer, mesh, rules)
-  facts = metrics_lib.RunFacts.of(cfg, workdir, model.cfg)
-  logging.info("model: %s parameters (%s non-embedding); mesh %s", f"{facts.counts.total:,}",
-               f"{facts.counts.nonembedding:,}", sharding.describe(mesh))
-
-  ckpt = checkpoint_lib.Checkpointer(workdir, t.keep_checkpoints)
+  ckpt = checkpoint_lib.Checkpointer(workdir, t.keep_checkpoints, preserve=t.checkpoint_steps)
   train_it = data_lib.train_iterator(cfg.data, tokenizer, t.batch_size, t.seed)
   start, state, resumed = restore_or_init(cfg, spec, ckpt, train_it, workdir, changes)
+  facts = metrics_lib.RunFacts.of(cfg, workdir, model.cfg, resumed.get("peak"))  # the MFU peak: measured now, or kept
+  logging.info("model: %s parameters (%s non-embedding); mesh %s", f"{facts.counts.total:,}",
+               f"{facts.counts.nonembedding:,}", sharding.describe(mesh))
   done = metrics_lib.read_summary(workdir)
   if start == t.steps and done and done.get("status") == "finished" and done.get("steps") == t.steps:
     ckpt.close()
@@ -106,7 +109,7 @@ def _train(cfg, workdir: str) -> TrainResult:
         state, device_metrics = train_step(state, batch)
         step += 1
         evaluating = step % t.eval_every == 0 or step == t.steps
-        saving = step % t.checkpoint_every == 0 or step == t.steps
+        saving = step % t.checkpoint_every == 0 or step == t.steps or step in t.checkpoint_steps
         if not log.step(step, device_metrics, settle=evaluating or saving):  # read one step late
           status = "diverged"
           break
@@ -143,6 +146,7 @@ def _train(cfg, workdir: str) -> TrainResult:
   row = metrics_lib.summary_row(facts, status, step, log.train_loss(), last_eval,
                                 wall_s(), log.meter.run_rate(),
                                 error=repr(error) if error else None, baseline=baseline)
+  summary = row  # what the trackers get if summary.json cannot be written (a full disk)
   try:
     summary = metrics_lib.write_summary(workdir, row)
   except OSError as e:  # a full disk: keep the run's own error, if it had one
@@ -158,7 +162,8 @@ def _train(cfg, workdir: str) -> TrainResult:
 
 def restore_or_init(cfg, spec: steps_lib.StateSpec, ckpt, train_it, workdir: str, changes=()):
   """(start step, state, the restored checkpoint's meta or {}): the newest intact checkpoint of
-  the workdir, or a fresh state (with train.init_from's parameters, if set)."""
+  the workdir, or the stable run's at train.branch_step (a branch's first start), or a fresh
+  state (with train.init_from's parameters, if set)."""
   t = cfg.train
   restored = ckpt.restore_latest(checkpoint_lib.abstract_with_shardings(spec.abstract, spec.shardings))
   if restored is not None:
@@ -174,6 +179,11 @@ def restore_or_init(cfg, spec: steps_lib.StateSpec, ckpt, train_it, workdir: str
               else f"{field} {old!r} -> {new!r}.")
       print(f"Changed on resume: {note}", flush=True)
     return start, state, meta
+  if t.branch_from:
+    start, state, data_state, meta = branching.restore(cfg, checkpoint_lib.abstract_with_shardings(
+        spec.abstract, spec.shardings), workdir)
+    train_it.set_state(data_state)
+    return start, state, meta
   params = None
   if t.init_from:
     abstract = checkpoint_lib.abstract_with_shardings(spec.abstract["params"], spec.shardings["params"])
@@ -188,7 +198,8 @@ def save(ckpt, step: int, state, train_it, facts, wall_s: float, log, wait: bool
   if not checkpoint_lib.all_finite(state["params"]):
     logging.warning("not saving step %d: non-finite parameters", step)
     return
-  meta = {"step": step, "wall_s": wall_s, "tokens": step * facts.tokens_per_step, **log.resume_state()}
+  meta = {"step": step, "wall_s": wall_s, "tokens": step * facts.tokens_per_step, **log.resume_state(),
+          "peak": dataclasses.asdict(facts.peak_run) if facts.peak_run else None}
   ckpt.save(step, state, train_it.get_state(), meta, wait=wait)
 
 

@@ -49,6 +49,8 @@ SAFE_TO_CHANGE = (
     "train.eval_every", "train.eval_steps", "train.checkpoint_every", "train.keep_checkpoints",
     "train.log_every", "train.samples",
     "train.init_from",           # read only when a run starts from step 0
+    "train.branch_from",         # read only when a branch starts (lm/branching.py): where, not what
+    "train.checkpoint_steps",    # which steps are kept, not what they hold
     "data.data_dir",             # where the same prepared data is found
     "data.sft_eval_examples", "data.sft_max_new_tokens",   # how much each SFT evaluation generates
     "model.attention", "model.remat",   # how the same function is computed
@@ -139,7 +141,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
   return out
 
 
-def _safe(field: str) -> bool:
+def is_safe_to_change(field: str) -> bool:
   return any(field == s or (s.endswith(".") and field.startswith(s)) for s in SAFE_TO_CHANGE)
 
 
@@ -166,7 +168,7 @@ def check_resume(cfg, workdir: str) -> list[tuple[str, object, object]]:
     raise WorkdirError(f"{path} cannot be read ({e}), so a relaunch cannot check that this config matches the "
                        "checkpoints; restore the file or use a new --workdir.") from None
   changes = config_changes(saved, cfg)
-  unsafe = [c for c in changes if not _safe(c[0])]
+  unsafe = [c for c in changes if not is_safe_to_change(c[0])]
   if unsafe:
     shown = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, old, new in unsafe)
     raise WorkdirError(

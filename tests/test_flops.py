@@ -28,6 +28,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import re
 
 import flax.linen as nn
@@ -322,6 +323,25 @@ def test_peak_flops_is_measured_once_then_cached(tmp_path, monkeypatch):
   assert len(entries) == 2 and all(k.startswith("cpu: ") for k in entries)
   flops.peak_flops("float32", cache_file=str(cache), n=256, refresh=True)
   assert len(calls) == 3
+
+
+def test_a_runs_peak_is_measured_now_with_its_load_and_its_share_of_the_cores(tmp_path, monkeypatch):
+  """A point pinned to 1 of the host's 2 cores: measured on that core, under the load it had; the
+  cached whole-host figure x 1/2 is recorded beside it, and the cache is never written."""
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1})
+  monkeypatch.setattr(os, "cpu_count", lambda: 2)
+  monkeypatch.setattr(os, "getloadavg", lambda: (3.25, 2.0, 1.0))
+  assert flops.core_share() == (1, 2)
+  cache = tmp_path / "peak.json"
+  host_key = f"{flops.device_key(cores=2)} | float32"
+  cache.write_text(json.dumps({host_key: {"flops_per_s": 90e9}}))
+  before = cache.read_text()
+  peak = flops.measure_run_peak("float32", cache_file=str(cache))
+  assert host_key.endswith("x2 | float32") and flops.device_key().endswith("x1")
+  assert peak.flops_per_s > 1e8 and peak.load_avg == 3.25 and (peak.cores, peak.host_cores) == (1, 2)
+  assert peak.share == 0.5 and peak.cached_share == 45e9  # 90 GFLOP/s x 1/2
+  assert cache.read_text() == before
+  assert flops.measure_run_peak("float32", cache_file=str(tmp_path / "none.json")).cached_share is None
 
 
 def test_mfu_and_peak_units():

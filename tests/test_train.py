@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import optim, report, steps
+from lm import flops, optim, report, steps
 from lm import train as train_lib
 from lm.metrics import read_jsonl
 from lm.model import Transformer, init_params
@@ -70,8 +70,13 @@ def test_run_leaves_its_files_and_a_schema_row(tmp_path, data_dir):
   summary = json.loads((run / "summary.json").read_text())
   assert summary["status"] == "finished" and summary["steps"] == 6
   assert summary["tokens"] == 6 * 8 * 32 and summary["eval_loss"] > 0 and summary["eval_bpb"] > 0
-  for column in ("run_id", "params_total", "flops_6n", "flops_exact", "tokens_per_s", "device_count", "git_commit"):
+  for column in ("run_id", "params_total", "flops_6n", "flops_exact", "tokens_per_s", "device_count", "git_commit",
+                 "peak_load_avg", "peak_measure_s"):
     assert column in summary
+  cores, host = flops.core_share()  # the peak was measured as this run started, on its cores
+  assert (summary["cores"], summary["host_cores"], summary["core_share"]) == (cores, host, cores / host)
+  assert summary["mfu"] == pytest.approx(summary["tokens_per_s"] * summary["flops_executed"] / summary["tokens"]
+                                         / summary["peak_flops_measured"])
   assert summary["device_count"] == 8
   assert json.loads((run / "config.json").read_text())["model"]["d_model"] == 32
   assert sorted(os.listdir(run / "checkpoints")) == ["3", "6"]
@@ -175,13 +180,16 @@ def test_init_from_takes_another_runs_parameters_but_not_its_optimizer(tmp_path,
   assert summary["steps"] == 1 and checkpoint.read_meta(str(tmp_path / "tuned"))["step"] == 1
 
 
-def test_an_mfu_above_one_warns_that_the_cached_peak_is_stale(capsys):
+def test_an_mfu_above_one_warns_that_the_peak_was_measured_under_load(capsys):
   summary = {"status": "finished", "steps": 10, "tokens": 40960, "wall_s": 5.0, "tokens_per_s": 8192.0,
-             "mfu": 1.895, "peak_flops_measured": 65.7e9, "dtype": "bfloat16", "eval_loss": None}
+             "mfu": 1.895, "peak_flops_measured": 65.7e9, "dtype": "bfloat16", "eval_loss": None,
+             "peak_load_avg": 7.46}
   report.print_summary(summary)
   out = capsys.readouterr().out
   assert "MFU 189.5%" in out and "MFU above 100%" in out
   assert "124.5 GFLOP/s" in out and "65.7 GFLOP/s" in out  # achieved = 1.895 x 65.7
-  assert "flops.peak_flops('bfloat16', refresh=True)" in out
+  assert "load average 7.5" in out and "flops.peak_flops('bfloat16', refresh=True)" in out
+  report.print_summary({**summary, "mfu_cached_share": 0.622})
+  assert "against the cached quiet peak x its core share, MFU is 62.2%" in capsys.readouterr().out
   report.print_summary({**summary, "mfu": 0.59})
   assert "warning" not in capsys.readouterr().out

@@ -66,6 +66,7 @@ def _row(name: str, d: str, record: dict, state: str) -> dict:
   row.update(sweep=plan.get("sweep"), point=name, model=plan.get("model"), state=state,
              flops_budget=plan.get("flops_budget"), flops_definition=plan.get("flops_definition"),
              budget=plan.get("budget"), steps_planned=plan.get("steps"), tokens_planned=plan.get("tokens"),
+             role=plan.get("role"), branch_step=plan.get("branch_step"),
              attempts=record.get("attempt", 0) if plan else None, message=record.get("message") or None,
              device_s=wall * devices if wall is not None and devices else None,
              device_s_spent=record.get("device_s_spent"), wall_s_spent=record.get("wall_s_spent"))

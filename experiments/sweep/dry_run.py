@@ -97,8 +97,8 @@ def estimate(points, measure: bool = True, log=print) -> dict[str, dict]:
     if measured is None:
       out[p.name] = {"step_s": None, "compile_s": None, "total_s": None, "devices": None}
       continue
-    evals = math.ceil(p.steps / p.cfg.train.eval_every)
-    total = (PROCESS_S + 2 * measured["compile_s"] + p.steps * measured["step_s"]
+    evals = math.ceil(p.steps / p.cfg.train.eval_every) - p.branch_step // p.cfg.train.eval_every
+    total = (PROCESS_S + 2 * measured["compile_s"] + p.steps_run * measured["step_s"]
              + evals * p.cfg.train.eval_steps * measured["step_s"] / 3)
     out[p.name] = {**measured, "total_s": total}
   return out
@@ -134,6 +134,16 @@ def _bytes(b: float) -> str:
   return f"{b / 2**20:.0f} MiB" if b < 2**30 else f"{b / 2**30:.1f} GiB"
 
 
+def branching_line(points, definition: str) -> str:
+  """What WSD branching spends (stable runs + cooldowns) against training every branch from scratch."""
+  branches = [p for p in points if p.role == "branch"]
+  spent, scratch = sum(p.flops_spent for p in points), sum(p.flops for p in branches)
+  return (f"WSD branching: {sum(p.role == 'stable' for p in points)} stable runs + {len(branches)} cooldown branches "
+          f"spend {spent:.3g} FLOPs ({definition}); the same {len(branches)} points from scratch: {scratch:.3g} "
+          f"({spent / scratch:.2f}x, saves {1 - spent / scratch:.0%}). Branch steps read 's+k': from the stable "
+          "checkpoint at s, k cooldown steps; branches start after their stable run finished")
+
+
 def report(cfg, points, left_out, sweep_dir: str | None, parallel: int = 1, measure: bool = True) -> str:
   """The plan as a table: per point N, D, C, steps, tokens per parameter, memory, estimated
   time and (for an existing sweep directory) its state; then the totals."""
@@ -147,7 +157,8 @@ def report(cfg, points, left_out, sweep_dir: str | None, parallel: int = 1, meas
   for p in points:
     t = times[p.name]
     rows.append((p.name, human(p.params_nonembedding), human(p.params_total), human(p.tokens), f"{p.flops:.3g}",
-                 str(p.steps), f"{p.tokens / p.params_nonembedding:.3g}", _bytes(p.memory_bytes),
+                 f"{p.branch_step}+{p.steps_run}" if p.branch_step else str(p.steps),
+                 f"{p.tokens / p.params_nonembedding:.3g}", _bytes(p.memory_bytes),
                  f"{t['step_s'] * 1e3:.0f} ms" if t["step_s"] else "?", _duration(t["total_s"]),
                  states.get(p.name, "pending")))
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -159,7 +170,10 @@ def report(cfg, points, left_out, sweep_dir: str | None, parallel: int = 1, meas
   todo = [p for p in points if states.get(p.name, "pending") not in status_lib.FINAL]
   est = [times[p.name]["total_s"] for p in todo]
   known = [s for s in est if s is not None]
-  head = f"{len(points)} points, {len(todo)} to run, {sum(p.flops for p in todo):.3g} FLOPs ({definition})"
+  if any(p.role for p in points):
+    lines.append(branching_line(points, definition))
+  head = (f"{len(points)} points, {len(todo)} to run, {sum(p.flops_spent for p in todo):.3g} FLOPs ({definition}) "
+          "spent")
   if not known:
     lines.append(f"{head}; time not estimated" + ("" if measure else " (--noprobe)"))
     return "\n".join(lines)

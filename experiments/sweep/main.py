@@ -29,7 +29,8 @@ a TPU slice of a pool): the same rules for that point alone, with its record in
 SWEEP_DIR/<point>/record.json instead of status.json, so any number of points run at once on
 different machines and --status and collect read them as they read the local runner's. Exit
 status: 0 once the point is final (finished or diverged; also when it already was), 75 when it
-stopped before that (preempted: run it again to resume), 1 when it failed.
+stopped before that (preempted: run it again to resume) or is a cooldown branch whose stable
+point has not finished (run it again after that one), 1 when it failed.
 --plan_json prints the points (names, sizes, memory, state, estimate) as one JSON object and
 writes nothing; it refuses a changed config as a relaunch does.
 
@@ -188,6 +189,10 @@ def run_point(cfg, sweep_dir: str, points, p, index: int, log) -> int:
     log(f"{p.name}: {status_lib.summary(d)['status']} already; nothing to run")
     return 0
   runner = runner_lib.Runner(sweep_dir, points, 1, index, log, per_point=True)
+  waiting = runner.waiting_on(p, [])
+  if waiting:  # a cooldown branch before its stable run finished: not failed, to be run again later
+    log(f"{p.name}: {waiting}; run its stable point first, then this one again")
+    return EXIT_PREEMPTED
   runner.run([p])
   if p.name not in runner.ended:  # another runner holds the point
     return 1
@@ -253,7 +258,7 @@ def main(argv) -> int:
   records = status_lib.read_records(sweep_dir)  # every host reads the same files: they decide the same
   todo = [p for p in selected if status_lib.should_run(os.path.join(sweep_dir, p.name), records.get(p.name))]
   if parallel > 1:  # longest first: the shortest makespan of list scheduling
-    todo.sort(key=lambda p: p.flops_per_token["flops_exact"] * p.tokens, reverse=True)
+    todo.sort(key=lambda p: p.flops_per_token["flops_exact"] * p.steps_run * p.tokens_per_step, reverse=True)
   names = [p.name for p in points] + extra
   log(f"{len(selected)} points, {len(selected) - len(todo)} final (skipped), {len(todo)} to run, {parallel} at a "
       "time" + (f"; left out by min/max_steps: {', '.join(n for n, _ in left_out)}" if left_out else ""))
@@ -272,6 +277,8 @@ def main(argv) -> int:
       runner.save()
       print(status_lib.table(sweep_dir, names, runner_alive=False), flush=True)
       log(cost.line(cost.totals(sweep_dir, [p.name for p in points])))
+      if any(p.role for p in points):
+        log(dry_run.branching_line(points, points[0].flops_definition))
       log(f"results: {os.path.join(sweep_dir, 'results.csv')}")
       lock.release()
   final = status_lib.states(sweep_dir, [p.name for p in selected], runner_alive=False)

@@ -22,6 +22,16 @@ A sweep is a Python file whose get_config(arg=None) returns a ConfigDict with fi
   evals, checkpoints  per point: eval_every = ceil(steps / evals), checkpoint_every = ceil(steps /
                     checkpoints) (unless `overrides` sets them); a preempted point loses at most
                     1/checkpoints of its steps
+  cooldown_fraction optional (None: off), e.g. 0.2: WSD branching (Hägele et al. 2024; lm/branching.py).
+                    Each model trains one stable run, 'stable-<model>' (constant LR after a warmup
+                    of warmup_fraction x its shortest point's steps), checkpointed at every
+                    point's decay start s = T - round(cooldown_fraction x T); each point of T
+                    steps is a cooldown branch from step s (optim.schedule 'wsd', decay_fraction
+                    = cooldown_fraction) that runs only its T - s steps, after its stable run has
+                    finished, and is the point's results row. The stable runs are rows with
+                    role 'stable', which fits leave out. The dry run prints the FLOPs this spends
+                    against running every point from scratch.
+  cooldown_shape    the decay of the branches: '1-sqrt' (default) or 'linear' (optim.decay_shape)
   overrides         nested overrides of every point, e.g. {'train': {'eval_steps': 16}}; None
                     values are not passed (placeholders a command line may fill:
                     --config.overrides.data.data_dir=DIR)
@@ -40,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import decimal
 import importlib.util
+import json
 import math
 import os
 from typing import Any
@@ -74,6 +85,19 @@ class Point:
   flops_per_token: dict[str, float]  # both definitions
   memory_bytes: float              # lm.flops.train_memory total, all devices
   cfg: Any = dataclasses.field(repr=False, default=None)  # the resolved ConfigDict
+  role: str = ""                   # WSD branching: 'stable' (a model's stable run) or 'branch' ('' without)
+  after: str = ""                  # a branch's stable point: it starts once that one has finished
+  branch_step: int = 0             # a branch's first step: the stable checkpoint it starts from
+
+  @property
+  def steps_run(self) -> int:
+    """The steps this point trains itself: a branch only its cooldown."""
+    return self.steps - self.branch_step
+
+  @property
+  def flops_spent(self) -> float:
+    """Training FLOPs this point's own process spends (a branch: its cooldown only)."""
+    return self.flops_per_token[self.flops_definition] * self.steps_run * self.tokens_per_step
 
   @property
   def tokens(self) -> int:
@@ -86,19 +110,22 @@ class Point:
 
   def identity(self) -> dict:
     """What a point computes; a relaunch whose identity differs would mix two experiments."""
-    return {"config": self.config, "overrides": {k: v for k, v in self.overrides.items()
-                                                 if not any(k.startswith(p) for p in NOT_IDENTITY)}}
+    overrides = {k: v for k, v in self.overrides.items() if not any(k.startswith(p) for p in NOT_IDENTITY)}
+    return json.loads(json.dumps({"config": self.config, "overrides": overrides}))  # as point.json holds it
 
   def record(self) -> dict:
     """point.json: the identity plus the planned quantities the results table carries."""
     return {"name": self.name, "model": self.model, **self.identity(), "all_overrides": self.overrides,
             "budget": self.budget, "flops_budget": self.flops_budget, "flops_definition": self.flops_definition,
             "steps": self.steps, "tokens": self.tokens, "params_total": self.params_total,
-            "params_nonembedding": self.params_nonembedding}
+            "params_nonembedding": self.params_nonembedding,
+            **({"role": self.role, "after": self.after or None, "branch_step": self.branch_step,
+                "steps_run": self.steps_run} if self.role else {})}
 
   def argv(self, workdir: str) -> list[str]:
+    where = [f"--config.train.branch_from={os.path.join(os.path.dirname(workdir), self.after)}"] if self.after else []
     return ["-m", "lm.main", f"--config={self.config}", f"--workdir={workdir}",
-            *[f"--config.{k}={_flag_value(v)}" for k, v in self.overrides.items()]]
+            *[f"--config.{k}={_flag_value(v)}" for k, v in self.overrides.items()], *where]
 
 
 def _flag_value(v) -> str:
@@ -183,6 +210,11 @@ def validate(s: ConfigDict) -> None:
     raise SweepError(f"flops_definition={s.flops_definition!r} is not one of {DEFINITIONS}.")
   if any(not b > 0 for b in s.budgets):
     raise SweepError(f"budgets={tuple(s.budgets)} must be positive.")
+  fraction = s.get("cooldown_fraction")
+  if fraction is not None and not 0 < fraction < 1:
+    raise SweepError(f"cooldown_fraction={fraction} must lie in (0, 1) (e.g. 0.2), or be None for no branching.")
+  if s.get("cooldown_shape", "1-sqrt") not in ("1-sqrt", "linear"):
+    raise SweepError(f"cooldown_shape={s.cooldown_shape!r} is not '1-sqrt' or 'linear'.")
   if len(set(s.models)) != len(s.models):
     raise SweepError(f"models={tuple(s.models)} names a model twice.")
   twice = sorted({b for b in s.budgets if list(s.budgets).count(b) > 1})
@@ -252,6 +284,8 @@ def expand(s: ConfigDict) -> tuple[list[Point], list[tuple[str, str]]]:
                           params_nonembedding=counts.nonembedding, flops_per_token=per_token,
                           memory_bytes=memory, cfg=cfg))
   points.sort(key=lambda p: s.budgets.index(p.budget) if p.budget in s.budgets else 0)  # budget-major
+  if s.get("cooldown_fraction") is not None:
+    points = branched(s, points)
   names = [p.name for p in points] + [n for n, _ in left_out]
   shared = sorted({n for n in names if names.count(n) > 1})
   if shared:  # a model name that makes another point's name: 'D1K' + '-a-b' vs ...
@@ -269,3 +303,40 @@ def _per_point(s: ConfigDict, steps: int, common: dict) -> dict:
     if key not in common:
       out[key] = max(1, math.ceil(steps / per))
   return out
+
+
+def branched(s: ConfigDict, points: list[Point]) -> list[Point]:
+  """WSD branching (the cooldown_fraction field): one stable point per model first, then the
+  points as cooldown branches from its checkpoints."""
+  from lm import optim  # local, like lm.flops in expand: the planner loads jax only when it expands
+  fraction, shape = float(s.cooldown_fraction), s.get("cooldown_shape", "1-sqrt")
+  stables, branches = [], []
+  for model in dict.fromkeys(p.model for p in points):
+    mine = [p for p in points if p.model == model]
+    fraction_warm = s.get("warmup_fraction")
+    warmup = (max(1, round(fraction_warm * min(p.steps for p in mine))) if fraction_warm is not None
+              else int(mine[0].cfg.optim.warmup_steps))  # one warmup for all: the stable run's
+    schedule = ConfigDict({"warmup_steps": warmup, "decay_fraction": fraction})
+    starts = {p.name: optim.wsd_decay_start(schedule, p.steps) for p in mine}
+    stable_steps = max(starts.values())
+    stable_name = f"stable-{model}"
+    # The first point's overrides with its per-point ones (_per_point) replaced: evaluated at its end only.
+    stable_over = {**mine[0].overrides, "train.steps": stable_steps, "optim.schedule": "constant",
+                   "optim.warmup_steps": warmup, "train.checkpoint_steps": tuple(sorted(set(starts.values()))),
+                   "train.eval_every": stable_steps, "train.keep_checkpoints": 1,
+                   "train.checkpoint_every": max(1, math.ceil(stable_steps / (s.get("checkpoints") or 4)))}
+    stables.append(_with(mine[0], name=stable_name, overrides=stable_over, budget=0.0, steps=stable_steps,
+                         flops_budget=mine[0].flops_per_token[mine[0].flops_definition] * stable_steps
+                         * mine[0].tokens_per_step, role="stable"))
+    for p in mine:
+      over = {**p.overrides, "optim.schedule": "wsd", "optim.decay_fraction": fraction, "optim.decay_shape": shape,
+              "optim.warmup_steps": warmup, "train.branch_step": starts[p.name]}
+      branches.append(_with(p, overrides=over, role="branch", after=stable_name, branch_step=starts[p.name]))
+  return stables + branches
+
+
+def _with(p: Point, **changes) -> Point:
+  """p with `changes`, its cfg rebuilt from the new overrides."""
+  cfg = load_config(p.config)
+  apply_overrides(cfg, changes.get("overrides", p.overrides), f"point {changes.get('name', p.name)}")
+  return dataclasses.replace(p, cfg=cfg, **changes)

@@ -10,6 +10,11 @@ record.json, rewritten every HEARTBEAT_S while it runs so that a reader can tell
 from one whose task or slice is gone. Whoever runs a point holds its point.lock (one runner per
 point, whatever ran it); a point held by another runner is skipped.
 
+Order: a cooldown branch (plan.py, cooldown_fraction) starts once its stable point has finished
+(its checkpoint is what the branch starts from); until then the next ready point goes first. A
+branch whose stable point ended otherwise (failed, diverged, or not run now) is not started and
+is listed as blocked.
+
 Signals: the first SIGTERM or Ctrl-C is passed to the running points as SIGTERM (lm.main saves
 a checkpoint and stops: 'preempted') and no new point starts; a second one sends SIGKILL. If the
 runner itself is SIGKILLed its points get SIGTERM from the kernel (PR_SET_PDEATHSIG).
@@ -224,13 +229,30 @@ class Runner:
         self.records[name]["heartbeat_ts"] = self.beat
         status_lib.write_point_record(os.path.join(self.sweep_dir, name), self.records[name])
 
+  def waiting_on(self, p, queue) -> str | None:
+    """Why a branch cannot start yet ('wait') or at all ('blocked: ...'); None: it can."""
+    if not p.after:
+      return None
+    if p.after in self.running or any(q.name == p.after for q in queue):
+      return "wait"
+    state = status_lib.states(self.sweep_dir, [p.after], runner_alive=False).get(p.after)
+    return None if state == "finished" else f"blocked: its stable point {p.after} is {state}"
+
   def run(self, todo) -> None:
     previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
       queue = list(todo)
       while queue or self.running:
         while queue and len(self.running) < self.parallel and not self.signals:
-          self.start(queue.pop(0))
+          why = {q.name: self.waiting_on(q, queue) for q in queue}
+          for q in [q for q in queue if (why[q.name] or "").startswith("blocked")]:
+            self.log(f"skip  {q.name}: {why[q.name]}")
+            queue.remove(q)
+          ready = [q for q in queue if why[q.name] is None]
+          if not ready:
+            break
+          queue.remove(ready[0])
+          self.start(ready[0])
         if self.signals:
           queue = []
         for name, (proc, _) in list(self.running.items()):

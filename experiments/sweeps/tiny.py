@@ -6,7 +6,8 @@
 'grid' (default): two widths x one token budget of 128 steps (128 x 8 x 32 = 32,768 tokens);
 'faults': the same two points, plus one that diverges (lr 1e6: a NaN gradient by step 3) and
   one that fails (an eval split the corpus lacks: lm.main exits with a config error);
-'isoflop': two FLOP budgets x three widths.
+'isoflop': two FLOP budgets x three widths;
+'branched': the isoflop points as WSD cooldown branches (20%, 1-sqrt) of one stable run per width.
 """
 
 from ml_collections import ConfigDict
@@ -39,10 +40,13 @@ def get_config(arg=None):
     s.kind = "grid"
     s.models = ("d16", "d32") + (("diverge", "broken") if arg == "faults" else ())
     s.budgets = (128 * 8 * 32,)         # tokens
-  elif arg == "isoflop":
+  elif arg in ("isoflop", "branched"):
     s.kind = "isoflop"
     s.models = ("d16", "d32", "d48")
     s.budgets = (3e9, 6e9)              # flops_exact; d32 spends ~0.24 MFLOP a token: 3e9 ~ 50 steps
+    if arg == "branched":
+      s.cooldown_fraction = 0.2
+      s.cooldown_shape = "1-sqrt"
   else:
-    raise ValueError(f"unknown variant {arg!r}; use 'grid', 'faults' or 'isoflop'.")
+    raise ValueError(f"unknown variant {arg!r}; use 'grid', 'faults', 'isoflop' or 'branched'.")
   return s

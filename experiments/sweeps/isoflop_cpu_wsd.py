@@ -1,0 +1,74 @@
+"""A CPU IsoFLOP experiment over two decades of executed compute, with WSD branching:
+5 budgets (3e10 .. 3e12 flops_executed) x 5 sizes each, 8 sizes in all.
+
+    python -m experiments.sweep --config=experiments/sweeps/isoflop_cpu_wsd.py --sweep_dir=DIR --dry_run --parallel=2
+    python -m experiments.sweep --config=experiments/sweeps/isoflop_cpu_wsd.py --sweep_dir=DIR --parallel=2
+    python -m lm.scaling fit --results=DIR/results.csv --law=isoflop      # N = params_nonembedding, C = flops_executed
+
+What differs from experiments/sweeps/isoflop_cpu.py (the committed 3-budget result), and why:
+  - C counts flops_executed (what runs: no gathered-embedding term), the fits' default axis,
+    so the budgets, the fits and MFU share one definition.
+  - Two decades (3e10 .. 3e12) at half-decade steps instead of one decade at three budgets.
+    1e13 would not fit: at the ~1.5e10 executed FLOP/s a point reached on the shared 2 cores
+    (isoflop_cpu/results.csv: 5.7e9 .. 2.1e10), five sizes at 1e13 are ~55 min alone.
+  - Every point is a cooldown branch (cooldown_fraction 0.2, 1-sqrt; Hägele et al. 2024): one
+    stable run per size, checkpointed at each of its budgets' decay starts. The dry run prints
+    the FLOPs this spends against the same points from scratch.
+  - Each budget runs the 5 sizes around its expected optimum (budget_models), from the old
+    result's minima (13.7K at 3e11, 43.7K at 1e12, 81.4K at 3e12 non-embedding parameters,
+    a ~ 0.6-0.8): ~3K at 3e10 and ~7K at 1e11 need models below the ladder, so w8l1 (d_model 8,
+    one layer, one head of 8), w16l1 (the p8k width, one layer) and w24 (ladder.shape(24))
+    extend it downwards; the ladder's rule otherwise (configs/ladder.py shapes, lr 6e-3).
+  - batch 4, bytes, eval at the end on 64 batches, warmup 10% (of each size's shortest point,
+    one warmup per stable run): as isoflop_cpu.py, for the reasons its docstring gives.
+Dry run (2026-12-01, load average 8 on the 2 cores, other engineers' tests running; probes
+timed under that load): 33 points (8 stable runs + 25 branches), 1.76e13 FLOPs spent against
+2.22e13 for the same 25 points from scratch (0.79x, saves 21%); estimated 80.2 min one at a
+time, 40.4 min at --parallel=2 if the points did not slow each other. ~33 min of the 80 is
+per-process start-up and compilation (33 x 9 s, and two compiles of 18-32 s each under that
+load). Not run yet: the estimate is above the 40 minutes this shared machine allows; the
+committed result stays experiments/results/isoflop_cpu/.
+Not here (issue 13 still asks for them): per-rung tuned LR (every width sits at the rule's cap),
+2 seeds at a few points, and the held-out run at ~3x the largest budget.
+"""
+
+from ml_collections import ConfigDict
+from ml_collections.config_dict import placeholder
+
+from configs import ladder
+
+
+def get_config(arg=None):
+  del arg
+  s = ConfigDict()
+  s.name = "isoflop_cpu_wsd"
+  s.config = "configs/ladder.py"
+  s.kind = "isoflop"
+  s.models = ("w8l1", "w16l1", "p8k", "w24", "p50k", "p100k", "p200k", "p400k")
+  below = lambda name, **m: {"arg": "p50k", "experiment": f"ladder_{name}", "model": m}  # noqa: E731
+  s.shapes = ConfigDict({
+      "w8l1": below("w8l1", **{**ladder.shape(16), "d_model": 8, "n_layers": 1, "head_dim": 8, "d_ff": 32}),
+      "w16l1": below("w16l1", **{**ladder.shape(16), "n_layers": 1}),
+      "p8k": below("p8k", **ladder.shape(16)),
+      "w24": below("w24", **ladder.shape(24)),
+  })
+  s.budgets = (3e10, 1e11, 3e11, 1e12, 3e12)
+  s.budget_models = (("w8l1", "w16l1", "p8k", "w24", "p50k"),
+                     ("w8l1", "w16l1", "p8k", "w24", "p50k"),
+                     ("w16l1", "p8k", "w24", "p50k", "p100k"),
+                     ("p8k", "w24", "p50k", "p100k", "p200k"),
+                     ("w24", "p50k", "p100k", "p200k", "p400k"))
+  s.flops_definition = "flops_executed"
+  s.cooldown_fraction = 0.2
+  s.cooldown_shape = "1-sqrt"
+  s.min_steps = 100
+  s.max_steps = placeholder(int)
+  s.warmup_fraction = 0.1
+  s.evals = 1
+  s.checkpoints = 4
+  s.overrides = ConfigDict({
+      "data": {"data_dir": placeholder(str), "tokenizer": "bytes"},
+      "train": {"batch_size": 4, "eval_steps": 64, "samples": 0},
+      "logging": {"tensorboard": False, "progress": False},
+  })
+  return s
