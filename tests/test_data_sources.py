@@ -111,7 +111,7 @@ def test_concurrent_first_use_prepares_once(tmp_path):
   outs = [p.communicate(timeout=120)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0]
   assert [o.split()[-1] for o in outs] == ["210", "210"]
-  assert "".join(outs).count("Downloading and preparing") == 1  # TFDS says so when it prepares
+  assert "".join(outs).count("Preparing the corpus 'sotu'") == 1  # lm says so when it prepares (once)
   assert len(list((tmp_path / "sotu").iterdir())) == 1  # one version folder, no leftovers
 
 
