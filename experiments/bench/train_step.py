@@ -1,7 +1,7 @@
 """Training-step benchmark: lm against Hugging Face transformers (PyTorch), side by side.
 
     python -m experiments.bench.train_step [--shapes=issue,small] [--steps=5] [--no_torch]
-        [--no_compile] [--dtype=bfloat16] [--attention=xla] [--matmul=auto]
+        [--no_compile] [--dtype=bfloat16] [--attention=xla] [--matmuls=auto,einsum]
 
 For each shape and family (GPT-2-like: learned positions, LayerNorm, GELU, biases, tied
 head; Llama-like: RoPE, RMSNorm, SwiGLU, untied head), times a full training step
@@ -61,8 +61,8 @@ def model_config(shape: str, family: str):
   return m, ModelConfig.from_config(m, v)
 
 
-def median_step_seconds(step, steps: int, warmup: int = 2) -> float:
-  for _ in range(warmup):
+def median_step_seconds(step, steps: int) -> float:
+  for _ in range(2):
     step()
   times = []
   for _ in range(steps):
