@@ -82,14 +82,14 @@ def matmul_size() -> int:
   return 8192 if jax.devices()[0].platform == "gpu" else 4096
 
 
-def lm_worker(shape: str, family: str) -> dict:
-  import jax
-  import jax.numpy as jnp
+def lm_setup(shape: str, family: str):
+  """(jitted train step, state, batch, mesh, rules, ModelConfig) of lm at this shape; the
+  profiler (experiments/bench/profile_train_step.py) times the same step."""
   import numpy as np
   from configs import base
-  from lm import flops, ops, optim, sharding, steps
+  from lm import optim, sharding, steps
   from lm.model import Transformer
-  m, mcfg = model_config(shape, family)
+  _, mcfg = model_config(shape, family)
   _, _, _, _, v, s, b = SHAPES[shape]
   cfg = base.get_config()
   cfg.optim.warmup_steps = 1
@@ -104,6 +104,16 @@ def lm_worker(shape: str, family: str) -> dict:
           "positions": np.tile(np.arange(s, dtype=np.int32), (b, 1))}
   with steps.in_context(mesh, rules):
     batch = sharding.shard_batch(host, mesh, rules)
+  return step_fn, state, batch, mesh, rules, mcfg
+
+
+def lm_worker(shape: str, family: str) -> dict:
+  import jax
+  import jax.numpy as jnp
+  from lm import flops, ops, steps
+  step_fn, state, batch, mesh, rules, mcfg = lm_setup(shape, family)
+  s = SHAPES[shape][5]
+  with steps.in_context(mesh, rules):
     box = [state]
 
     def one():
