@@ -13,7 +13,8 @@ instruction gets one category:
                     dots row-major operands, so a transposed contraction copies first)
   reduction         reduce / reduce-window without exp or log (bias and norm-scale
                     gradients, norm statistics)
-  optimizer         anything whose op_name metadata comes from optax's update (AdamW)
+  optimizer         what the step does outside the model's forward and backward (op_name
+                    without jvp/transpose): AdamW, the gradient division and norm, metrics
   softmax / loss    fusions with exp or log outside the optimizer (softmax, logsumexp, GELU's tanh is not here)
   elementwise       the other fusions (norms, GELU/SiLU, residual adds, RoPE, masks)
   other             the rest (gathers, scatters of the embedding)
@@ -78,11 +79,11 @@ def category(name: str, instructions: dict, computations: dict) -> str:
     return "attention matmul" if any(_is_batched_dot(d) for d in dots) else "weight matmul"
   if opcode in ("transpose", "copy") or any(re.search(r" (transpose|copy)\(", entry) for entry in body):
     return "layout"
+  if re.match(r"jit\(\w+\)/(?!jvp\(|transpose\()", op_name):  # outside the model's forward and backward
+    return "optimizer"
   if opcode in ("reduce", "reduce-window") or any(re.search(r" reduce(-window)?\(", entry) for entry in body):
     if not any(re.search(r" (exponential|log)\(", entry) for entry in body):
       return "reduction"
-  if any(k in op_name for k in ("adam", "scale_by", "optax", "apply_updates", "tree_map", "update")):
-    return "optimizer"
   if opcode == "fusion" and any(re.search(r" (exponential|log)\(", entry) for entry in body):
     return "softmax / loss"
   if opcode == "fusion":
