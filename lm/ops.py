@@ -9,6 +9,15 @@
                 slow transposing loop: on the 4x512 benchmark MLP (16x256 tokens, d_ff 2048)
                 fwd+bwd took 537 ms with autodiff and 369 ms with this rule. Same forward,
                 same values to rounding (tests/test_ops.py), same shardings.
+                Where the equation is a matrix product in disguise (x = rows + contracted
+                axes, w = contracted + columns, out = rows + columns: every training
+                equation, e.g. BLD,DHK->BLHK is [BL, D] @ [D, HK]), both gradients are
+                products of the 2-D views: dw = einsum("TC,TN->CN", x_TC, dy_TN) and
+                dx = einsum("TN,CN->TC", dy_TN, w_CN). XLA:CPU hands Eigen those
+                transposed operands as they are; from the 3-D einsums (BLD,BLHK->DHK) it
+                first copied x, or the activation it fused into the copy, into a
+                transposed [D, BL] buffer, once per weight per step
+                (experiments/results/cpu_benchmarks/PROFILE.md has the times).
   'auto'        'custom_vjp' on the CPU backend, 'einsum' elsewhere. Resolved when the model
                 is traced (jax.default_backend(), the backend jit places it on), not when a
                 config is built: configs are built for counting too (configs/ladder.py, a
@@ -26,6 +35,7 @@ recomputed as before. tests/test_ops.py checks the saved residuals are the same.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -77,12 +87,33 @@ def _dense_fwd(eq, x, w, out_dtype):
   return _dense(eq, x, w, out_dtype), (x, w)
 
 
+@functools.lru_cache(maxsize=None)
+def _row_axes(eq: str) -> int | None:
+  """How many leading axes of x are rows when `eq` is a matrix product in disguise (x =
+  rows + contracted, w = contracted + columns, out = rows + columns): 2 for BLD,DHK->BLHK.
+  None for any other equation (BLD,VD->BLV contracts w's last axis)."""
+  inputs, out = eq.replace(" ", "").split("->")
+  x, w = inputs.split(",")
+  for rows in range(1, len(x)):
+    contracted = x[rows:]
+    if x[:rows] == out[:rows] and w.startswith(contracted) and w[len(contracted):] == out[rows:]:
+      return rows
+  return None
+
+
 def _dense_bwd(eq, out_dtype, residuals, dy):
   x, w = residuals
   dx_eq, dw_eq = _grad_equations(eq)
-  dx = jnp.einsum(dx_eq, dy, w).astype(x.dtype)
-  dw = jnp.einsum(dw_eq, x, dy).astype(w.dtype)
-  return dx, dw
+  rows = _row_axes(eq)
+  if rows is None:
+    dx, dw = jnp.einsum(dx_eq, dy, w), jnp.einsum(dw_eq, x, dy)
+  else:  # the 2-D views: T = the row axes flattened, C = contracted, N = columns
+    t = math.prod(x.shape[:rows])
+    x_TC, dy_TN = x.reshape(t, -1), dy.reshape(t, -1)
+    w_CN = w.reshape(x_TC.shape[1], dy_TN.shape[1])
+    dx = jnp.einsum("TN,CN->TC", dy_TN, w_CN).reshape(x.shape)
+    dw = jnp.einsum("TC,TN->CN", x_TC, dy_TN).reshape(w.shape)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
 _dense.defvjp(_dense_fwd, _dense_bwd)

@@ -27,7 +27,7 @@ echo "wall ${SECONDS}s" | tee -a "$OUT/default.txt"
 cp /tmp/lm_default/summary.json "$OUT/default_summary.json" 2>/dev/null
 
 # 2. Training step, ~220M Llama-like model, bf16 compute: lm (both attentions) and transformers.
-{ timeout 150 python3 -m experiments.bench.train_step --shapes=gpu --families=llama --dtype=bfloat16 --attention=xla;
+{ timeout 150 python3 -m experiments.bench.train_step --shapes=gpu --families=llama --dtype=bfloat16 --attention=xla --no_compile;
   timeout 80 python3 -m experiments.bench.train_step --shapes=gpu --families=llama --dtype=bfloat16 --no_torch; } \
   2>&1 | grep -av "^W0\|^I0" | tee "$OUT/train_step.txt"
 

@@ -1,12 +1,16 @@
 """Training-step benchmark: lm against Hugging Face transformers (PyTorch), side by side.
 
     python -m experiments.bench.train_step [--shapes=issue,small] [--steps=5] [--no_torch]
-        [--dtype=bfloat16] [--attention=xla]
+        [--no_compile] [--dtype=bfloat16] [--attention=xla] [--matmuls=auto,einsum]
 
 For each shape and family (GPT-2-like: learned positions, LayerNorm, GELU, biases, tied
 head; Llama-like: RoPE, RMSNorm, SwiGLU, untied head), times a full training step
 (forward, backward, AdamW update) of lm's jitted train step and of the same architecture
 in transformers (GPT2LMHeadModel / LlamaForCausalLM, random weights, torch.optim.AdamW).
+The transformers peers run twice: eager, and compiled with torch.compile (TorchInductor,
+default mode: the model's forward and, through AOTAutograd, its backward are compiled; the
+AdamW step stays eager, foreach). Compilation happens in the warm-up steps, so only
+compiled steps are timed; the compile seconds are printed beside the row.
 Every measurement runs in its own process, one after the other, never two at once. Each
 process also times a large matmul in its framework, so the analytic FLOP rate of the
 step can be read as a fraction of what the device can do (an MFU estimate).
@@ -28,8 +32,10 @@ _SHAPES = flags.DEFINE_list("shapes", ["issue"], "Shapes to run: issue, small, w
 _FAMILIES = flags.DEFINE_list("families", ["gpt2", "llama"], "Model families.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per measurement (after 2 warm-up steps).")
 _NO_TORCH = flags.DEFINE_bool("no_torch", False, "Skip the transformers side.")
+_NO_COMPILE = flags.DEFINE_bool("no_compile", False, "Skip the torch.compile'd transformers peers.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (params stay float32).")
 _ATTENTION = flags.DEFINE_enum("attention", "reference", ["reference", "xla"], "lm's attention implementation.")
+_MATMULS = flags.DEFINE_list("matmuls", ["auto"], "lm rows, one per model.matmul choice (lm/ops.py).")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: run one measurement and print JSON.")
 
 # (n_layers, d_model, n_heads, d_ff, vocab, seq_len, batch)
@@ -51,7 +57,7 @@ def model_config(shape: str, family: str):
   n_layers, d, h, f, v, s, _ = SHAPES[shape]
   m = base.get_config().model
   m.update(n_layers=n_layers, d_model=d, n_heads=h, n_kv_heads=h, d_ff=f, max_seq_len=s,
-           attention=_ATTENTION.value, dtype=_DTYPE.value, **FAMILIES[family])
+           attention=_ATTENTION.value, dtype=_DTYPE.value, matmul=_MATMULS.value[0], **FAMILIES[family])
   return m, ModelConfig.from_config(m, v)
 
 
@@ -76,14 +82,14 @@ def matmul_size() -> int:
   return 8192 if jax.devices()[0].platform == "gpu" else 4096
 
 
-def lm_worker(shape: str, family: str) -> dict:
-  import jax
-  import jax.numpy as jnp
+def lm_setup(shape: str, family: str):
+  """(jitted train step, state, batch, mesh, rules, ModelConfig) of lm at this shape; the
+  profiler (experiments/bench/profile_train_step.py) times the same step."""
   import numpy as np
   from configs import base
-  from lm import flops, optim, sharding, steps
+  from lm import optim, sharding, steps
   from lm.model import Transformer
-  m, mcfg = model_config(shape, family)
+  _, mcfg = model_config(shape, family)
   _, _, _, _, v, s, b = SHAPES[shape]
   cfg = base.get_config()
   cfg.optim.warmup_steps = 1
@@ -98,6 +104,16 @@ def lm_worker(shape: str, family: str) -> dict:
           "positions": np.tile(np.arange(s, dtype=np.int32), (b, 1))}
   with steps.in_context(mesh, rules):
     batch = sharding.shard_batch(host, mesh, rules)
+  return step_fn, state, batch, mesh, rules, mcfg
+
+
+def lm_worker(shape: str, family: str) -> dict:
+  import jax
+  import jax.numpy as jnp
+  from lm import flops, ops, steps
+  step_fn, state, batch, mesh, rules, mcfg = lm_setup(shape, family)
+  s = SHAPES[shape][5]
+  with steps.in_context(mesh, rules):
     box = [state]
 
     def one():
@@ -109,11 +125,12 @@ def lm_worker(shape: str, family: str) -> dict:
   mm = jax.jit(lambda a: a @ a)
   peak = matmul_gflops(lambda: mm(x).block_until_ready(), n)
   counts = flops.param_counts(mcfg)
-  return {"impl": f"lm (jax {jax.__version__}, {_ATTENTION.value} attention)", "params": counts.total, "step_s": seconds,
+  matmul = ops.resolve_matmul(mcfg.matmul)
+  return {"impl": f"lm (jax {jax.__version__}, {_ATTENTION.value} attention, {matmul})", "params": counts.total, "step_s": seconds,
           "flops_6n": flops.flops_6n(mcfg), "flops_exact": flops.flops_exact(mcfg, s), "matmul_gflops": peak}
 
 
-def torch_worker(shape: str, family: str) -> dict:
+def torch_worker(shape: str, family: str, compiled: bool = False) -> dict:
   import torch
   import transformers
   from lm import flops
@@ -134,29 +151,36 @@ def torch_worker(shape: str, family: str) -> dict:
   dtype = getattr(torch, _DTYPE.value)
   model.to(device).train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+  forward = torch.compile(model) if compiled else model
   ids = torch.randint(0, v, (b, s), device=device)
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
   def one():
     with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
-      loss = model(input_ids=ids, labels=ids).loss
+      loss = forward(input_ids=ids, labels=ids).loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
     sync()
+  t0 = time.perf_counter()
+  one()  # the compiled forward and backward are built here (and run once)
+  first_s = time.perf_counter() - t0
   seconds = median_step_seconds(one, _STEPS.value)
   n = 8192 if device == "cuda" else 4096
   x = torch.ones(n, n, device=device, dtype=dtype)
   peak = matmul_gflops(lambda: (x @ x, sync()), n)
   _, mcfg = model_config(shape, family)
-  return {"impl": f"transformers {transformers.__version__} (torch {torch.__version__})",
+  mode = "torch.compile" if compiled else "eager"
+  compile_s = {"compile_s": first_s - seconds} if compiled else {}  # the first step, less a timed one
+  return {"impl": f"transformers {transformers.__version__} {mode} (torch {torch.__version__})", **compile_s,
           "params": sum(p.numel() for p in model.parameters()), "step_s": seconds,
           "flops_6n": flops.flops_6n(mcfg), "flops_exact": flops.flops_exact(mcfg, s), "matmul_gflops": peak}
 
 
-def measure(kind: str, shape: str, family: str) -> dict | None:
+def measure(kind: str, shape: str, family: str, matmul: str = "auto") -> dict | None:
   cmd = [sys.executable, "-m", "experiments.bench.train_step", f"--worker={kind}:{shape}:{family}",
-         f"--steps={_STEPS.value}", f"--dtype={_DTYPE.value}", f"--attention={_ATTENTION.value}"]
+         f"--steps={_STEPS.value}", f"--dtype={_DTYPE.value}", f"--attention={_ATTENTION.value}",
+         f"--matmuls={matmul}"]
   out = subprocess.run(cmd, capture_output=True, text=True)
   rows = [line for line in out.stdout.splitlines() if line.startswith("{")]
   if out.returncode or not rows:
@@ -165,40 +189,60 @@ def measure(kind: str, shape: str, family: str) -> dict | None:
   return json.loads(rows[-1])
 
 
+def peer_kinds() -> tuple[str, ...]:
+  if _NO_TORCH.value:
+    return ()
+  return ("torch",) if _NO_COMPILE.value else ("torch", "compiled")
+
+
 def main(argv):
   del argv
   if _WORKER.value:
     kind, shape, family = _WORKER.value.split(":")
-    row = (lm_worker if kind == "lm" else torch_worker)(shape, family)
+    workers = {"lm": lm_worker, "torch": torch_worker, "compiled": lambda *a: torch_worker(*a, compiled=True)}
+    row = workers[kind](shape, family)
     print(json.dumps(row))
     return
   print(f"load average before: {os.getloadavg()[0]:.2f}  ({os.cpu_count()} CPUs); compute dtype {_DTYPE.value}")
-  header = (f"{'shape':6} {'family':6} {'implementation':42} {'params':>11} {'step ms':>8} {'tokens/s':>9} "
-            f"{'6N GF/s':>8} {'exact GF/s':>10} {'matmul GF/s':>11} {'MFU':>6}")
+  header = (f"{'shape':6} {'family':6} {'implementation':58} {'params':>11} {'step ms':>8} {'tokens/s':>9} "
+            f"{'6N GF/s':>8} {'exact GF/s':>10} {'matmul GF/s':>11} {'MFU':>6} {'compile s':>9}")
   print(header)
-  results = {}
+  results, rows, peaks = {}, [], []  # peaks: each process's own matmul GFLOP/s
+  runs = [("lm", m) for m in _MATMULS.value] + [(k, "auto") for k in peer_kinds()]
   for shape in _SHAPES.value:
     *_, s, b = SHAPES[shape]
     for family in _FAMILIES.value:
-      for kind in ("lm",) + (() if _NO_TORCH.value else ("torch",)):
-        r = measure(kind, shape, family)
+      for kind, matmul in runs:
+        r = measure(kind, shape, family, matmul)
         if r is None:
           continue
         tps = b * s / r["step_s"]
         exact = tps * r["flops_exact"] / 1e9
-        results[(shape, family, kind)] = tps
-        print(f"{shape:6} {family:6} {r['impl']:42} {r['params']:>11,} {r['step_s'] * 1e3:>8.0f} {tps:>9.0f} "
+        label = kind if kind != "lm" or len(_MATMULS.value) == 1 else f"lm matmul={matmul}"
+        results[(shape, family, label)] = tps
+        rows.append((shape, family, r["impl"], exact))
+        compile_s = f"{r['compile_s']:>9.0f}" if "compile_s" in r else f"{'':>9}"
+        print(f"{shape:6} {family:6} {r['impl']:58} {r['params']:>11,} {r['step_s'] * 1e3:>8.0f} {tps:>9.0f} "
               f"{tps * r['flops_6n'] / 1e9:>8.1f} {exact:>10.1f} {r['matmul_gflops']:>11.1f} "
-              f"{exact / r['matmul_gflops']:>6.1%}", flush=True)
-  if not _NO_TORCH.value:
+              f"{exact / r['matmul_gflops']:>6.1%} {compile_s}", flush=True)
+        peaks.append(r["matmul_gflops"])
+  if rows:
+    peak = max(peaks)
+    print(f"\nexact GFLOP/s as a fraction of the best matmul any process of this run timed ({peak:.1f} GF/s):")
+    for shape, family, impl, exact in rows:
+      print(f"  {shape} {family} {impl:58} {exact / peak:>6.1%}")
+  if peer_kinds():
     print("\nlm tokens/s relative to transformers (>1: lm is faster):")
     for shape in _SHAPES.value:
-      peers = {f: results.get((shape, f, "torch")) for f in _FAMILIES.value}
-      best = max((t for t in peers.values() if t), default=None)
       for family in _FAMILIES.value:
-        ours, theirs = results.get((shape, family, "lm")), peers.get(family)
-        if ours and theirs and best:
-          print(f"  {shape} {family}: {ours / theirs:.2f}x the same architecture, {ours / best:.2f}x the faster peer")
+        eager, compiled = results.get((shape, family, "torch")), results.get((shape, family, "compiled"))
+        best = max((t for t in (eager, compiled) if t), default=None)
+        for label in [k for (sh, f, k) in results if sh == shape and f == family and k.startswith("lm")]:
+          ours = results[(shape, family, label)]
+          parts = [f"{ours / eager:.2f}x eager" if eager else None,
+                   f"{ours / compiled:.2f}x torch.compile" if compiled else None,
+                   f"{ours / best:.2f}x the fastest peer" if best else None]
+          print(f"  {shape} {family} {label}: " + ", ".join(p for p in parts if p))
   print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
