@@ -50,8 +50,8 @@ SFT_QUICK = QUICK + ("--config.data.sft_eval_examples=2", "--config.data.sft_max
 SWEEP_QUICK = ("--config.budgets=(3e9,)", "--config.budget_models=(('p8k','p50k'),)",
                "--config.overrides.data.data_dir={data}")
 COMMITTED_RESULTS = ("runs/iso/results.csv", "experiments/results/isoflop_cpu/results.csv")
-CLUSTER = Skip("cluster set-up or a cluster launcher: the launchers' --dry_run go here once experiments/ is "
-               "restructured (branch arch-exp)")
+CLUSTER = Skip("cluster set-up or a cluster launcher: tests/test_launchers.py and tests/test_cluster_sweeps.py "
+               "pin the launchers' --dry_run scripts against fake gcloud and SLURM")
 SUITE = Skip("the test suite itself (and its set-up), which runs this test")
 BENCH = Skip("a benchmark, minutes by design (its numbers are in experiments/results/)")
 
@@ -78,26 +78,32 @@ COMMANDS = {  # README command -> how this test runs it, in running order
     "python -m experiments.sweep --config=experiments/sweeps/isoflop_cpu.py --sweep_dir=runs/iso --parallel=2":
         Run(SWEEP_QUICK),
     "python -m experiments.sweep --status --sweep_dir=runs/iso": Run(),
-    "python -m experiments.collect --sweep_dir=runs/iso": Run(),
+    "python -m experiments.sweep.collect --sweep_dir=runs/iso": Run(),
     # The fits need a grid; the tiny sweep above has one budget, so they read the committed CPU sweep.
-    "python -m lm.scaling fit --results=runs/iso/results.csv --law=isoflop --flops=flops_exact "
-    "--out=runs/iso/FIT.json": Run(("--bootstrap=20",), subs=(COMMITTED_RESULTS,)),
+    "python -m lm.scaling fit --results=runs/iso/results.csv --law=isoflop --out=runs/iso/FIT.json":
+        Run(("--bootstrap=20",), subs=(COMMITTED_RESULTS,)),
+    "python -m lm.scaling backtest --results=runs/iso/results.csv --law=chinchilla --holdout=largest_budget "
+    "--json=OUT": Skip("a profile-likelihood fit per held-out budget; tests/test_scaling_stats.py runs backtests"),
+    "python -m lm.scaling report --results=runs/iso/results.csv --out_dir=runs/iso/report":
+        Skip("the report's figures and page; tests/test_scaling_stats.py builds one from a synthetic table"),
+    "python -m lm.scaling report --results=experiments/results/isoflop_cpu/results.csv --out_dir=DIR":
+        Skip("the same report on the committed table (tests/test_scaling_stats.py covers the code)"),
     "python -m lm.scaling plan --fit=runs/iso/FIT.json --flops=1e13": Run(),
     "python -m lm.scaling plot --results=runs/iso/results.csv --fit=runs/iso/FIT.json --out_dir=runs/iso":
         Run(("--bootstrap=20",), subs=(COMMITTED_RESULTS,)),
-    "python -m experiments.bench_inference": BENCH,
-    "python -m experiments.quality_vs_cost --train --sweep_dir=runs/qvc --out_dir=experiments/results/quality_vs_cost":
+    "python -m experiments.bench.inference": BENCH,
+    "python -m experiments.studies.quality_vs_cost --train --sweep_dir=runs/qvc --out_dir=experiments/results/quality_vs_cost":
         Skip("trains six ladder rungs for 38 minutes; tests/test_quality_vs_cost.py runs its code on tiny runs"),
     "python -m lm.convert --from_hf=~/models/llama-3.2-1b --to=runs/llama1b": Run(),
     "python -m lm.convert --from=runs/default --to_hf=exports/default": Run(),
     "python -m lm.generate --workdir=~/models/llama-3.2-1b --prompt=\"...\"": Run(("--max_new_tokens=4",)),
     "python -m lm.main --config=configs/finetune.py:runs/llama1b --workdir=runs/ft "
     "--config.data.sft_train=train.jsonl --config.data.sft_eval=heldout.jsonl": Run(SFT_QUICK),
-    "python -m experiments.sft_sotu build --out=runs/sft_sotu": Run(),
+    "python -m experiments.studies.sft_sotu build --out=runs/sft_sotu": Run(),
     "python -m lm.main --config=configs/finetune.py:runs/default --workdir=runs/sotu_sft "
     "--config.data.sft_train=runs/sft_sotu/train.jsonl --config.data.sft_eval=runs/sft_sotu/heldout.jsonl":
         Run(SFT_QUICK),
-    "python -m experiments.sft_sotu compare --examples=runs/sft_sotu/heldout.jsonl --workdirs=runs/default,runs/sotu_sft":
+    "python -m experiments.studies.sft_sotu compare --examples=runs/sft_sotu/heldout.jsonl --workdirs=runs/default,runs/sotu_sft":
         Run(("--max_examples=4",)),
     "python -m lm.evaluate_sft": Run(("--workdir=runs/sotu_sft", "--examples=runs/sft_sotu/heldout.jsonl",
                                       "--max_examples=4")),
@@ -105,15 +111,40 @@ COMMANDS = {  # README command -> how this test runs it, in running order
     "gcloud config set project PROJECT": CLUSTER,
     "gcloud storage buckets create gs://my-lm --location=us-west4 --uniform-bucket-level-access "
     "--enable-hierarchical-namespace": Skip("creates a cloud bucket"),
-    "python -m experiments.launch_tpu --zone=us-west4-a --accelerator_type=v5litepod-16 --spot --bucket=gs://my-lm "
+    "python -m experiments.launch.tpu --zone=us-west4-a --accelerator_type=v5litepod-16 --spot --bucket=gs://my-lm "
     "--sweep=\"--config=experiments/sweeps/isoflop_cpu.py --sweep_dir=/mnt/my-lm/sweeps/iso1\" --dry_run": CLUSTER,
-    "python3 -m experiments.launch_slurm --nodes=2 --gpus_per_node=8 --time=24:00:00 --partition=gpu "
+    "python3 -m experiments.launch.slurm --nodes=2 --gpus_per_node=8 --time=24:00:00 --partition=gpu "
     "--account=myproj --sweep=\"--config=experiments/sweeps/isoflop_cpu.py --sweep_dir=/shared/$USER/sweeps/iso1\" "
     "--dry_run": CLUSTER,
     "gcloud compute tpus queued-resources delete <name> --zone=<zone> --force --quiet": CLUSTER,
     "pip install -U \"jax[cuda12]\"": CLUSTER,
-    "python -m experiments.bench_train_step": BENCH,
-    "python -m experiments.bench_data": BENCH,
+    "python -m experiments.bench.train_step": BENCH,
+    "python -m experiments.bench.data": BENCH,
+    "python3 -m experiments.launch.slurm --per_point --max_running=16 --gpus_per_node=8 --time=4:00:00 "
+    "--partition=gpu --sweep=\"--config=experiments/sweeps/isoflop_cpu.py --sweep_dir=/shared/$USER/sweeps/iso1\" "
+    "--wait --dry_run": CLUSTER,
+    "python -m experiments.launch.tpu --per_point --max_slices=8 --zone=us-west4-a --accelerator_type=v5litepod-8 "
+    "--spot --bucket=gs://my-lm --sweep=\"--config=experiments/sweeps/isoflop_cpu.py --sweep_dir=/mnt/my-lm/sweeps/iso1\" "
+    "--dry_run": CLUSTER,
+    "python -m lm.evaluate --workdir=runs/default --text=heldout": Run(),
+    "python -m lm.harness run --model lm --model_args workdir=runs/default --batch_size 64 --include_path "
+    "lm/harness_tasks --tasks lm_sotu_mc lm_sotu_gen lm_heldout":
+        Skip("needs the eval extra's lm-eval; tests/test_harness.py runs these local tasks through lm_eval"),
+    "python -m lm.harness run --model lm --model_args workdir=runs/default --batch_size 64 --tasks hellaswag "
+    "arc_easy arc_challenge lambada_openai": Skip("downloads HF datasets (needs internet)"),
+    "python -m lm.harness": Skip("lm_eval's own command line (above)"),
+    "pip install -e '.[eval]'": Skip("an optional extra; the test extra includes it"),
+    "pip install -e '.[tracking]'": Skip("an optional extra; the test extra includes it"),
+    "pip install xprof": Skip("a trace viewer, not part of lm"),
+    "python -m lm.main --config=configs/default.py --workdir=runs/default --config.logging.wandb=True "
+    "--config.logging.wandb_project=lm --config.logging.wandb_group=my-sweep":
+        Skip("logs to W&B's servers; tests/test_tracking.py runs it in W&B's offline mode"),
+    "python -m lm.main --config=configs/default.py --workdir=runs/prof --config.logging.profile_steps=20:25":
+        Skip("a 25-step trace of the default model; tests/test_tracking.py traces a tiny run"),
+    "python -m experiments.sweep ... --point=NAME": Skip("a pattern, not a command (experiments/README.md)"),
+    "python -m experiments.sweep --status": Skip("the same command as the --status line above, without its flag"),
+    "python -m experiments.sweep.collect": Skip("the same command as the collect line above, without its flag"),
+    "python -m lm...": Skip("a pattern, not a command"),
 }
 
 
