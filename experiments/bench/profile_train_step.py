@@ -178,8 +178,8 @@ def profile(shape: str, family: str) -> None:
 def main(argv):
   del argv
   print(f"load average before: {os.getloadavg()[0]:.2f}")
-  for shape in bench._SHAPES.value:
-    for family in bench._FAMILIES.value:
+  for shape in bench.SHAPES_FLAG.value:
+    for family in bench.FAMILIES_FLAG.value:
       profile(shape, family)
   print(f"load average after: {os.getloadavg()[0]:.2f}")
 

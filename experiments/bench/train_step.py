@@ -28,8 +28,8 @@ import time
 from absl import app
 from absl import flags
 
-_SHAPES = flags.DEFINE_list("shapes", ["issue"], "Shapes to run: issue, small, wide, gpu.")
-_FAMILIES = flags.DEFINE_list("families", ["gpt2", "llama"], "Model families.")
+SHAPES_FLAG = flags.DEFINE_list("shapes", ["issue"], "Shapes to run: issue, small, wide, gpu.")
+FAMILIES_FLAG = flags.DEFINE_list("families", ["gpt2", "llama"], "Model families.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per measurement (after 2 warm-up steps).")
 _NO_TORCH = flags.DEFINE_bool("no_torch", False, "Skip the transformers side.")
 _NO_COMPILE = flags.DEFINE_bool("no_compile", False, "Skip the torch.compile'd transformers peers.")
@@ -209,9 +209,9 @@ def main(argv):
   print(header)
   results, rows, peaks = {}, [], []  # peaks: each process's own matmul GFLOP/s
   runs = [("lm", m) for m in _MATMULS.value] + [(k, "auto") for k in peer_kinds()]
-  for shape in _SHAPES.value:
+  for shape in SHAPES_FLAG.value:
     *_, s, b = SHAPES[shape]
-    for family in _FAMILIES.value:
+    for family in FAMILIES_FLAG.value:
       for kind, matmul in runs:
         r = measure(kind, shape, family, matmul)
         if r is None:
@@ -233,8 +233,8 @@ def main(argv):
       print(f"  {shape} {family} {impl:58} {exact / peak:>6.1%}")
   if peer_kinds():
     print("\nlm tokens/s relative to transformers (>1: lm is faster):")
-    for shape in _SHAPES.value:
-      for family in _FAMILIES.value:
+    for shape in SHAPES_FLAG.value:
+      for family in FAMILIES_FLAG.value:
         eager, compiled = results.get((shape, family, "torch")), results.get((shape, family, "compiled"))
         best = max((t for t in (eager, compiled) if t), default=None)
         for label in [k for (sh, f, k) in results if sh == shape and f == family and k.startswith("lm")]:
