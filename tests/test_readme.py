@@ -48,6 +48,7 @@ QUICK = (DATA, "--config.train.steps=2", "--config.train.eval_every=2", "--confi
          "--config.optim.warmup_steps=1")  # the ladder's warm-up (10 steps and up) does not fit 2 steps
 SFT_QUICK = QUICK + ("--config.data.sft_eval_examples=2", "--config.data.sft_max_new_tokens=2", "--config.train.samples=0")
 SWEEP_QUICK = ("--config.budgets=(3e9,)", "--config.budget_models=(('p8k','p50k'),)",
+               "--config.min_steps=10",  # at 3e9 the rungs train 39 and 11 steps: below the sweep's 100
                "--config.overrides.data.data_dir={data}")
 COMMITTED_RESULTS = ("runs/iso/results.csv", "experiments/results/isoflop_cpu/results.csv")
 CLUSTER = Skip("cluster set-up or a cluster launcher: tests/test_launchers.py and tests/test_cluster_sweeps.py "
