@@ -37,6 +37,7 @@ from typing import Any
 from absl import logging
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
@@ -59,38 +60,62 @@ def _path_name(path) -> str:
   return "/".join(str(p) for p in parts)
 
 
-def _leaf_checksum(x):
-  """sum_i mix(bits_i) * (2 i + 1) mod 2^32: any change of one element changes it (the mix is a
-  bijection of uint32 and every weight is odd, hence invertible mod 2^32); position-weighted, so
-  moved elements change it too. Built from iotas, so a sharded array is summed in place."""
-  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-    x = jax.random.key_data(x)
+def _shard_checksum(x, offsets, strides):
+  """sum_i mix(bits_i) * (2 i + 1) mod 2^32 over one shard, i being each element's flat index in
+  the whole array (the shard starts at `offsets`; `strides` are the whole array's, mod 2^32).
+  Any change of one element changes the sum (the mix is a bijection of uint32 and every weight
+  is odd, hence invertible mod 2^32); position-weighted, so moved elements change it too."""
   if x.dtype == jnp.bool_:
     bits = x.astype(jnp.uint32)
   else:
     uint = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
     bits = jax.lax.bitcast_convert_type(x, uint).astype(jnp.uint32)
-  index, stride = jnp.zeros(x.shape, jnp.uint32), 1
-  for d in reversed(range(x.ndim)):
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, x.shape, d) * jnp.uint32(stride % 2**32)
-    stride *= x.shape[d]
+  index = jnp.zeros(x.shape, jnp.uint32)
+  for d in range(x.ndim):
+    index = index + (jax.lax.broadcasted_iota(jnp.uint32, x.shape, d) + offsets[d]) * strides[d]
   h = bits ^ (bits >> 16)
   h = h * jnp.uint32(0x45D9F3B)
   h = h ^ (h >> 16)
   return jnp.sum(h * (index * jnp.uint32(2) + jnp.uint32(1)), dtype=jnp.uint32)
 
 
-# One small program per array shape (jit caches it), not one per tree: the default model's
-# state has 105 arrays of 14 shapes, and compiling 14 small programs is ~8x less work.
-_leaf_checksum_jit = jax.jit(_leaf_checksum)
+# One small single-device program per shard shape (offsets and strides are arguments), run on
+# the device that holds the shard: no collective, so no cross-device rendezvous. Summing a
+# sharded array in one jitted program all-reduced over the 8 simulated CPU devices, and that
+# rendezvous aborted the process under load (XLA's "Termination timeout", seen in CI).
+_shard_checksum_jit = jax.jit(_shard_checksum)
+
+
+def _partial_checksum(x) -> int:
+  """This process's share of a leaf's checksum: the shards it holds with replica_id 0 (each
+  part of the array is counted once, wherever and however often it is replicated)."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)  # elementwise: the key data keeps the keys' sharding
+  shape = tuple(x.shape)
+  strides, stride = [0] * len(shape), 1
+  for d in reversed(range(len(shape))):
+    strides[d], stride = stride % 2**32, stride * shape[d]
+  strides = np.asarray(strides, np.uint32)
+  shards = ([(s.data, s.index) for s in x.addressable_shards if s.replica_id == 0]
+            if isinstance(x, jax.Array) else [(jnp.asarray(x), ())])
+  total = 0
+  with jax.set_mesh(None):  # a run's mesh context would make jit expect all its devices
+    for data, index in shards:
+      starts = [(sl.start or 0) if isinstance(sl, slice) else 0 for sl in index]
+      offsets = np.asarray(starts + [0] * (len(shape) - len(starts)), np.uint32)
+      total += int(_shard_checksum_jit(data, offsets, strides))
+  return total % 2**32
 
 
 def checksums(tree) -> dict[str, int]:
-  """{path: 32-bit checksum} of every array of a pytree (see `_leaf_checksum`)."""
+  """{path: 32-bit checksum} of every array of a pytree (see `_shard_checksum`). Modular sums
+  add up in any order, so the result does not depend on the mesh; on several processes every
+  one calls this (as orbax's save and restore), and the shares are summed across them."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  sums = [_leaf_checksum_jit(x) for _, x in flat]
-  return {_path_name(p): int(v.addressable_data(0) if isinstance(v, jax.Array) else v)
-          for (p, _), v in zip(flat, sums)}
+  shares = np.asarray([_partial_checksum(x) for _, x in flat], np.uint64)
+  if jax.process_count() > 1:
+    shares = np.asarray(multihost_utils.process_allgather(shares.astype(np.uint32))).astype(np.uint64).sum(0)
+  return {_path_name(p): int(v % 2**32) for (p, _), v in zip(flat, shares)}
 
 
 def data_checksum(data_state) -> str:

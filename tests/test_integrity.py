@@ -47,19 +47,38 @@ def losses(workdir):
   return {r["step"]: r["train_loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "train_loss" in r}
 
 
-def flip_bytes(step_dir, n=16):
-  """Flips n bytes inside the largest array file of a checkpoint (away from its header)."""
-  files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "state")) for f in fs]
-  largest = max(files, key=os.path.getsize)
-  raw = bytearray(open(largest, "rb").read())
-  for i in np.random.default_rng(0).choice(np.arange(1000, len(raw) - 1000), n, replace=False):
-    raw[i] ^= 0xFF
-  open(largest, "wb").write(raw)
+def rewrite_checkpoint(run, step, edit, keep_checksums=False):
+  """Re-saves checkpoint `step` with `edit(state)` applied. With keep_checksums the meta keeps the
+  checksums recorded before the edit: silent damage on disk, which only the checksums can see
+  (flipping raw bytes of orbax's files was not deterministic: where the bytes land depends on
+  the order orbax wrote the arrays in, and a flip in a header or compressed chunk fails the read
+  instead, which is the other, "unreadable" kind of damage)."""
+  step_dir = run / "checkpoints" / str(step)
+  state = ocp.StandardCheckpointer().restore(step_dir / "state")
+  meta = json.loads((step_dir / "meta" / "metadata").read_text())
+  data = json.loads((step_dir / "data" / "metadata").read_text())
+  edit(state)
+  shutil.rmtree(step_dir)
+  ckpt = checkpoint_lib.Checkpointer(str(run), keep=5)
+  ckpt.save(step, state, data, {k: v for k, v in meta.items() if k != "checksums"}, wait=True)
+  ckpt.close()
+  if keep_checksums:
+    (step_dir / "meta" / "metadata").write_text(json.dumps(meta))
 
 
-def test_flipped_bytes_are_damage_and_the_run_falls_back(run, data_dir, capsys):
+def flip_one_bit(state):
+  q = np.array(state["params"]["layer_0"]["attn"]["q"])
+  q.view(np.uint32).flat[7] ^= 1  # the lowest mantissa bit of one element
+  state["params"]["layer_0"]["attn"]["q"] = q
+
+
+def corrupt_silently(run, step):
+  rewrite_checkpoint(run, step, flip_one_bit, keep_checksums=True)
+
+
+def test_a_silently_changed_bit_is_damage_and_the_run_falls_back(run, data_dir, capsys):
   reference = losses(run)
-  flip_bytes(run / "checkpoints" / "8")
+  corrupt_silently(run, 8)
   summary = train_lib.train(config(data_dir), str(run)).summary
   out = capsys.readouterr().out
   assert "checkpoint at step 8 is damaged: " in out and "differ from the checksums recorded when it was saved" in out
@@ -80,35 +99,28 @@ def test_an_edited_data_iterator_state_is_damage(run, data_dir, capsys):
   assert "checkpoint at step 8 is damaged: its data-iterator state differs" in out and "falling back to step 4" in out
 
 
-def rewrite_with_nan_params(run, step):
-  """Re-saves a checkpoint with one NaN parameter and consistent checksums: as if a run had
-  written non-finite parameters, which lm's own save refuses to do."""
-  step_dir = run / "checkpoints" / str(step)
-  state = ocp.StandardCheckpointer().restore(step_dir / "state")
-  meta = json.loads((step_dir / "meta" / "metadata").read_text())
-  data = json.loads((step_dir / "data" / "metadata").read_text())
-  state["params"]["final_norm"]["scale"] = np.full_like(np.asarray(state["params"]["final_norm"]["scale"]), np.nan)
-  shutil.rmtree(step_dir)
-  ckpt = checkpoint_lib.Checkpointer(str(run), keep=5)
-  ckpt.save(step, state, data, {k: v for k, v in meta.items() if k != "checksums"}, wait=True)
-  ckpt.close()
+def nan_params(state):
+  """One NaN parameter, saved with consistent checksums: as if a run had written non-finite
+  parameters, which lm's own save refuses to do."""
+  scale = np.asarray(state["params"]["final_norm"]["scale"])
+  state["params"]["final_norm"]["scale"] = np.full_like(scale, np.nan)
 
 
 def test_restored_non_finite_parameters_never_lead_to_finished(run, data_dir, capsys):
-  rewrite_with_nan_params(run, 8)
+  rewrite_checkpoint(run, 8, nan_params)
   summary = train_lib.train(config(data_dir), str(run)).summary
   out = capsys.readouterr().out
   assert "checkpoint at step 8 is damaged: its parameters are not finite" in out and "falling back to step 4" in out
   assert summary["status"] == "finished" and np.isfinite(summary["eval_loss"])
-  rewrite_with_nan_params(run, 4)
-  rewrite_with_nan_params(run, 8)
+  rewrite_checkpoint(run, 4, nan_params)
+  rewrite_checkpoint(run, 8, nan_params)
   with pytest.raises(WorkdirError, match="none of the 2 checkpoint"):
     train_lib.train(config(data_dir), str(run))
 
 
 def test_readers_skip_a_damaged_latest_checkpoint_and_leave_it_in_place(run, capsys):
   good = loading.load(str(run))
-  flip_bytes(run / "checkpoints" / "8")
+  corrupt_silently(run, 8)
   fallback = loading.load(str(run))
   err = capsys.readouterr().err
   assert fallback.step == 4 and good.step == 8
