@@ -4,6 +4,8 @@ lm.main` does (the golden losses in tests/test_train.py were recorded with them)
 
 import os
 
+import pytest
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from lm.cli import set_xla_flags  # noqa: E402
@@ -13,3 +15,87 @@ set_xla_flags()  # before the first test starts jax's CPU backend
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+
+# ---- two tiers: CI and extended ----
+# The whole suite takes ~55 minutes on 2 cores (3,274 s on 2026-12-01 at load ~1.5) and CI has
+# 20. The CI tier keeps at least one test of every behaviour (1,630 s at load ~2, before the
+# last four entries below; still over the 20 minutes). EXTENDED lists, by node-id prefix, what
+# it leaves to `python -m pytest -q --extended tests`: more meshes, families or variants of an
+# assertion a CI test already makes, and the longest end-to-end scenarios whose parts CI tests
+# one by one. Run the extended tier before merging a change to the code an entry names.
+# Per-test times: `python -m pytest -q --extended --durations=0 tests`.
+EXTENDED = {
+    # The whole README walk (~9 min); CI runs its quickstart (test_the_quickstart_command_runs).
+    "tests/test_readme.py::test_every_local_readme_command_runs": "README walk",
+    # More meshes and variants of an equality CI checks on (2, 2, 2) or one variant.
+    "tests/test_muon.py::test_sharded_muon_steps_equal_one_device[mesh_shape0-False]": "variant",
+    "tests/test_muon.py::test_sharded_muon_steps_equal_one_device[mesh_shape1": "variant",
+    "tests/test_muon.py::test_sharded_muon_steps_equal_one_device[mesh_shape2": "variant",
+    "tests/test_muon.py::test_the_adamw_side_of_muon_is_optax_adamw": "57 s; Muon's own steps are checked in CI",
+    "tests/test_mup.py::test_sharded_mup_step_equals_one_device[mesh_shape1]": "variant",
+    "tests/test_mup.py::test_sharded_mup_step_equals_one_device[mesh_shape2]": "variant",
+    "tests/test_mup.py::test_mup_at_its_base_shape_computes_what_sp_computes[llama]": "variant",
+    "tests/test_mup.py::test_folding_the_multipliers_gives_an_sp_model_with_the_same_logits[llama-mqa": "variant",
+    "tests/test_mup.py::test_folding_the_multipliers_gives_an_sp_model_with_the_same_logits[gpt2": "variant",
+    "tests/test_mup.py::test_scan_and_remat_give_the_unrolled_gradients_under_mup": "variant",
+    "tests/test_mup.py::test_cached_decoding_equals_the_full_forward_under_mup[gpt2": "variant",
+    "tests/test_mup.py::test_hf_export_of_a_mup_model_reimports_to_the_same_logits": "variant",
+    "tests/test_mup.py::test_a_mup_run_resumes_exactly": "exact resume is checked in CI under SP",
+    "tests/test_ops.py::test_remat_dots_gives_no_remats_loss_and_gradients_under_either_matmul[gpt2": "variant",
+    "tests/test_ops.py::test_remat_dots_gives_no_remats_loss_and_gradients_under_either_matmul[llama-einsum]": "variant",
+    "tests/test_model.py::test_every_remat_policy_gives_the_same_gradients[True]": "variant",
+    "tests/test_sharding.py::test_sharded_forward_and_gradients_equal_one_device[llama-mesh_shape1]": "variant",
+    "tests/test_sharding.py::test_sharded_forward_and_gradients_equal_one_device[llama-mesh_shape2]": "variant",
+    "tests/test_sharding.py::test_sharded_forward_and_gradients_equal_one_device[gpt2-mesh_shape1]": "variant",
+    "tests/test_sharding.py::test_sharded_forward_and_gradients_equal_one_device[gpt2-mesh_shape2]": "variant",
+    "tests/test_decode_sharding.py::test_sharded_generate_equals_one_device[mesh_shape1": "variant",
+    "tests/test_flops.py::test_executed_flops_match_xla_on_the_compiled_train_step_of_cpu_ladder_shapes[224": "variant",
+    "tests/test_flops.py::test_executed_flops_match_xla_on_the_compiled_train_step_of_cpu_ladder_shapes[32": "variant",
+    "tests/test_process_flags.py::test_importing_a_command_line_module_leaves_the_environment_as_it_was":
+        "one process per module; CI imports every module in one process",
+    # Long end-to-end scenarios; CI keeps the cheaper test of each mechanism.
+    "tests/test_cli.py::test_sigkill_then_same_command_resumes_bitwise_identically": "CI: SIGTERM resume, two-process resume",
+    "tests/test_cli.py::test_a_first_ctrl_c_saves_like_sigterm_and_a_second_stops_at_once": "CI: SIGTERM",
+    "tests/test_cli.py::test_a_loss_blow_up_is_diverged_with_its_own_exit_status": "CI: the sweep's diverged point",
+    "tests/test_cli.py::test_generate_streams_a_continuation_and_rejects_bad_prompts": "CI: test_hf_tokenizers' lm.generate",
+    "tests/test_sweep.py::test_a_sweep_stopped_by_sigterm_then_sigkill_finishes_with_the_uninterrupted_table": "CI: relaunch",
+    "tests/test_sweep.py::test_two_hosts_run_each_point_together_and_only_host_0_writes_sweep_files": "CI: test_multiprocess",
+    "tests/test_sweep_branching.py::": "CI: test_branching's branched cooldown",
+    "tests/test_cluster_sweeps.py::test_a_preempted_slice_point_resumes": "CI: the requeued SLURM array task",
+    "tests/test_cluster_sweeps.py::test_a_stopped_or_killed_pool_leaves_no_slice": "CI: the pool of four slices",
+    "tests/test_tracking.py::test_a_preempted_and_resumed_run_logs_to_the_same_wandb_run": "CI: the offline W&B run",
+    "tests/test_lr_sweep.py::test_a_sweep_trains_what_lm_train_trains_at_each_lr[muon]": "variant",
+    "tests/test_harness.py::test_python_m_lm_harness_registers_the_model_for_lm_evals_cli": "CI: the local tasks through lm_eval",
+    "tests/test_quality_vs_cost.py::test_end_to_end_on_a_tiny_trained_run": "CI: the study's notebook and unit tests",
+    "tests/test_workdir.py::test_a_full_disk_keeps_the_real_error_and_records_it_when_it_can": "28 s",
+    "tests/test_cluster_sweeps.py::test_a_requeued_array_task_resumes": "84 s; CI: the SIGTERM resume, the relaunch",
+    "tests/test_lr_sweep.py::test_a_sweep_trains_what_lm_train_trains_at_each_lr[adamw]": "32 s",
+    "tests/test_train.py::test_init_from_takes_another_runs_parameters_but_not_its_optimizer": "CI: test_sft's fine-tune",
+    "tests/test_notebooks.py::test_notebook_executes_without_errors[isoflop_cpu.ipynb]": "CI: the other notebooks",
+}
+
+
+def pytest_addoption(parser):
+  parser.addoption("--extended", action="store_true",
+                   help="also run the extended tier (tests/conftest.py:EXTENDED, ~55 min on 2 cores)")
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "extended: in the extended tier (tests/conftest.py:EXTENDED); run with --extended")
+
+
+def pytest_collection_modifyitems(config, items):
+  files = {item.nodeid.split("::")[0] for item in items}
+  for item in items:
+    if any(item.nodeid.startswith(prefix) for prefix in EXTENDED):
+      item.add_marker("extended")
+  stale = [p for p in EXTENDED if p.split("::")[0] in files and not any(i.nodeid.startswith(p) for i in items)]
+  if stale and not config.getoption("-k") and not config.getoption("-m"):  # a renamed test leaves the table stale
+    raise pytest.UsageError(f"tests/conftest.py:EXTENDED names tests that do not exist: {stale}")
+  if config.getoption("--extended"):
+    return
+  left = [item for item in items if item.get_closest_marker("extended")]
+  if left:
+    config.hook.pytest_deselected(items=left)
+    items[:] = [item for item in items if not item.get_closest_marker("extended")]

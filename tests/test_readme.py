@@ -62,6 +62,7 @@ COMMANDS = {  # README command -> how this test runs it, in running order
     "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu": SUITE,
     "pip install -e '.[test]'": SUITE,
     "python -m pytest -q tests": SUITE,
+    "python -m pytest -q --extended tests": SUITE,
     "python -m lm.main --config=configs/default.py --workdir=runs/default": Run(QUICK + ("--config.train.samples=1",)),
     "python -m lm.main --config=configs/default.py --workdir=runs/wide --config.model.d_model=384 "
     "--config.model.n_heads=6 --config.optim.lr=2e-3 --config.train.steps=2000": Run(QUICK + ("--config.train.samples=0",)),
@@ -230,14 +231,28 @@ def _argv(command: str, plan: Run, tmp, data) -> tuple[list[str], dict]:
   return [sys.executable, *words[1:]], env
 
 
+def _run(command: str, plan: Run, sandbox, data) -> str | None:
+  """None when the command exits 0 without a traceback, else what failed."""
+  argv, env = _argv(command, plan, sandbox, data)
+  done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=plan.timeout)
+  if done.returncode != 0 or "Traceback" in done.stderr:
+    return f"{command}\n  exit {done.returncode}: {(done.stdout + done.stderr)[-1500:]}"
+  return None
+
+
+QUICKSTART = "python -m lm.main --config=configs/default.py --workdir=runs/default"
+
+
+def test_the_quickstart_command_runs(sandbox, tmp_path_factory):
+  """The CI tier's share of the walk below: the README's first command, with its table entry."""
+  failure = _run(QUICKSTART, COMMANDS[QUICKSTART], sandbox, shared_data_dir(tmp_path_factory))
+  assert failure is None, failure
+  summary = json.loads((sandbox / "runs" / "default" / "summary.json").read_text())
+  assert summary["status"] == "finished" and summary["steps"] == 2
+
+
 def test_every_local_readme_command_runs(sandbox, tmp_path_factory):
   data = shared_data_dir(tmp_path_factory)
-  failures = []
-  for command, plan in COMMANDS.items():
-    if isinstance(plan, Skip):
-      continue
-    argv, env = _argv(command, plan, sandbox, data)
-    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=plan.timeout)
-    if done.returncode != 0 or "Traceback" in done.stderr:
-      failures.append(f"{command}\n  exit {done.returncode}: {(done.stdout + done.stderr)[-1500:]}")
+  failures = [f for command, plan in COMMANDS.items() if not isinstance(plan, Skip)
+              for f in [_run(command, plan, sandbox, data)] if f]
   assert not failures, "\n\n".join(failures)
