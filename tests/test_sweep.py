@@ -96,6 +96,16 @@ def test_grid_points_and_what_identifies_them():
   assert "--config.train.steps=128" in argv and "--config.logging.tensorboard=false" in argv
 
 
+def test_points_logging_to_wandb_share_a_group_named_after_the_sweep():
+  quiet, _ = sweep_plan.expand(tiny_sweep("grid"))
+  assert not any("wandb_group" in a for a in quiet[0].argv("/sweeps/iso1/D32.768K-d16"))
+  logged, _ = sweep_plan.expand(tiny_sweep("grid", overrides={"logging": {"wandb": True}}))
+  assert [a for a in logged[0].argv("/sweeps/iso1/D32.768K-d16") if "wandb_group" in a] == [
+      "--config.logging.wandb_group=iso1"]
+  named, _ = sweep_plan.expand(tiny_sweep("grid", overrides={"logging": {"wandb": True, "wandb_group": "mine"}}))
+  assert [a for a in named[0].argv("/sweeps/iso1/x") if "wandb_group" in a] == ["--config.logging.wandb_group=mine"]
+
+
 def test_the_committed_cpu_isoflop_experiment_brackets_every_budget():
   cfg = sweep_plan.load_config("experiments/sweeps/isoflop_cpu.py")
   points, _ = sweep_plan.expand(cfg)

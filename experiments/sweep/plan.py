@@ -125,7 +125,15 @@ class Point:
   def argv(self, workdir: str) -> list[str]:
     where = [f"--config.train.branch_from={os.path.join(os.path.dirname(workdir), self.after)}"] if self.after else []
     return ["-m", "lm.main", f"--config={self.config}", f"--workdir={workdir}",
-            *[f"--config.{k}={_flag_value(v)}" for k, v in self.overrides.items()], *where]
+            *[f"--config.{k}={_flag_value(v)}" for k, v in self.overrides.items()], *where, *self._wandb_group(workdir)]
+
+  def _wandb_group(self, workdir: str) -> list[str]:
+    """A sweep's points log to one W&B group, named after the sweep directory, unless the sweep
+    names its own (overrides.logging.wandb_group) or logs nothing to W&B."""
+    g = self.cfg.logging if self.cfg is not None else None
+    if g is None or not g.get("wandb") or g.get("wandb_group"):
+      return []
+    return [f"--config.logging.wandb_group={os.path.basename(os.path.dirname(os.path.abspath(workdir)))}"]
 
 
 def _flag_value(v) -> str:
