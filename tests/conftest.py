@@ -19,8 +19,8 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 # ---- two tiers: CI and extended ----
 # The whole suite takes ~55 minutes on 2 cores (3,274 s on 2026-12-01 at load ~1.5) and CI has
-# 20. The CI tier keeps at least one test of every behaviour (1,630 s at load ~2, before the
-# last four entries below; still over the 20 minutes). EXTENDED lists, by node-id prefix, what
+# 20. The CI tier keeps at least one test of every behaviour (596 tests, 1,416 s at load ~1.7
+# in a fresh clone's `.ci/run`, 1,686 s with the install: still over the 20 minutes). EXTENDED lists, by node-id prefix, what
 # it leaves to `python -m pytest -q --extended tests`: more meshes, families or variants of an
 # assertion a CI test already makes, and the longest end-to-end scenarios whose parts CI tests
 # one by one. Run the extended tier before merging a change to the code an entry names.
