@@ -98,13 +98,13 @@ def _partial_checksum(x) -> int:
   strides = np.asarray(strides, np.uint32)
   shards = ([(s.data, s.index) for s in x.addressable_shards if s.replica_id == 0]
             if isinstance(x, jax.Array) else [(jnp.asarray(x), ())])
-  total = 0
+  sums = []
   with jax.set_mesh(None):  # a run's mesh context would make jit expect all its devices
     for data, index in shards:
       starts = [(sl.start or 0) if isinstance(sl, slice) else 0 for sl in index]
       offsets = np.asarray(starts + [0] * (len(shape) - len(starts)), np.uint32)
-      total += int(_shard_checksum_jit(data, offsets, strides))
-  return total % 2**32
+      sums.append(_shard_checksum_jit(data, offsets, strides))  # dispatched; read once all run
+  return sum(int(v) for v in sums) % 2**32
 
 
 def checksums(tree) -> dict[str, int]:
@@ -122,11 +122,20 @@ def data_checksum(data_state) -> str:
   return hashlib.sha256(json.dumps(data_state, sort_keys=True).encode()).hexdigest()
 
 
-_all_finite_jit = jax.jit(lambda t: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(t)])))
+_shard_finite_jit = jax.jit(lambda x: jnp.all(jnp.isfinite(x)))
 
 
 def all_finite(tree) -> bool:
-  return bool(_all_finite_jit(tree))  # one jit for the module: compiled once per tree structure
+  """Every element finite, checked shard by shard on the devices that hold them (no collective,
+  for the same reason as the checksums); on several processes every one calls this."""
+  with jax.set_mesh(None):
+    flags = [_shard_finite_jit(s.data) for x in jax.tree.leaves(tree)
+             for s in (x.addressable_shards if isinstance(x, jax.Array) else [])]
+    local = all(bool(f) for f in flags) and all(
+        bool(np.all(np.isfinite(x))) for x in jax.tree.leaves(tree) if not isinstance(x, jax.Array))
+  if jax.process_count() > 1:
+    return bool(np.asarray(multihost_utils.process_allgather(np.asarray(local))).all())
+  return local
 
 
 def verify(state, data_state, meta: dict, only: str = "") -> str | None:
