@@ -311,6 +311,7 @@ def summary_row(f: RunFacts, status: str, steps_done: int, train_loss: float | N
       "recipe": cfg.recipe or None, "optimizer": cfg.optim.name, "warmup_steps": cfg.optim.warmup_steps,
       "b2": cfg.optim.b2, "weight_decay": cfg.optim.weight_decay, "parameterization": m.parameterization,
       "base_width": m.base_width, "base_depth": m.base_depth,
+      "seed": cfg.train.seed,  # init and data order; seed replicates differ only here (lm/scaling_table.py)
   }
   if cfg.optim.name == "muon":
     row["muon_lr"] = cfg.optim.muon_lr

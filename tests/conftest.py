@@ -61,7 +61,7 @@ EXTENDED = {
     "tests/test_cli.py::test_generate_streams_a_continuation_and_rejects_bad_prompts": "CI: test_hf_tokenizers' lm.generate",
     "tests/test_sweep.py::test_a_sweep_stopped_by_sigterm_then_sigkill_finishes_with_the_uninterrupted_table": "CI: relaunch",
     "tests/test_sweep.py::test_two_hosts_run_each_point_together_and_only_host_0_writes_sweep_files": "CI: test_multiprocess",
-    "tests/test_sweep_branching.py::": "CI: test_branching's branched cooldown",
+    "tests/test_sweep_branching.py::test_branches_start_after_their_stable_run": "CI: test_branching's branched cooldown",
     "tests/test_cluster_sweeps.py::test_a_preempted_slice_point_resumes": "CI: the requeued SLURM array task",
     "tests/test_cluster_sweeps.py::test_a_stopped_or_killed_pool_leaves_no_slice": "CI: the pool of four slices",
     "tests/test_tracking.py::test_a_preempted_and_resumed_run_logs_to_the_same_wandb_run": "CI: the offline W&B run",

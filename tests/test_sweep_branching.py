@@ -82,3 +82,26 @@ def test_branches_start_after_their_stable_run_and_become_the_fit_rows(data_dir,
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
   assert alone.returncode == 75, alone.stdout[-2000:] + alone.stderr[-2000:]  # a scheduler runs it again later
   assert "C3e9-d48: blocked: its stable point stable-d48 is pending; run its stable point first" in alone.stdout
+
+
+def test_seed_replicates_get_their_own_names_seeds_and_stable_runs():
+  cfg = sweep_plan.load_config(BRANCHED)
+  cfg.seeds, cfg.seed_budgets = (0, 7), (cfg.budgets[0],)
+  points, _ = sweep_plan.expand(cfg)
+  plain = {p.name: p for p in sweep_plan.expand(sweep_plan.load_config(BRANCHED))[0]}
+  first = [p for p in points if not p.name.endswith("-seed7")]
+  assert [p.name for p in first] == list(plain)  # the first seed's points keep their names
+  assert all(p.overrides["train.seed"] == 0 for p in first)
+  extra = [p for p in points if p.name.endswith("-seed7")]
+  assert {p.name for p in extra if p.role == "branch"} == {
+      f"{n}-seed7" for n, p in plain.items() if p.role == "branch" and p.budget == cfg.budgets[0]}
+  for p in extra:
+    assert p.overrides["train.seed"] == 7 and p.cfg.train.seed == 7
+    if p.role == "branch":  # from its own seed's stable run, at the same step as seed 0's branch
+      assert p.after == f"stable-{p.model}-seed7" and p.branch_step == plain[p.name[:-6]].branch_step
+  cfg.seed_budgets = (1e99,)
+  with pytest.raises(sweep_plan.SweepError, match=r"seed_budgets names \[1e\+99\], which are not in budgets"):
+    sweep_plan.expand(cfg)
+  cfg.seeds, cfg.seed_budgets = (1, 1), None
+  with pytest.raises(sweep_plan.SweepError, match=r"seeds=\(1, 1\) must be distinct"):
+    sweep_plan.expand(cfg)

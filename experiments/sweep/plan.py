@@ -31,6 +31,13 @@ A sweep is a Python file whose get_config(arg=None) returns a ConfigDict with fi
                     finished, and is the point's results row. The stable runs are rows with
                     role 'stable', which fits leave out. The dry run prints the FLOPs this spends
                     against running every point from scratch.
+  seeds             optional tuple of train.seed values, e.g. (0, 1): every point runs once per seed
+                    (None: once, at the config's seed). The first seed's points keep their names;
+                    another seed's are '<name>-seed<k>' (with branching, from their own stable run
+                    'stable-<model>-seed<k>'). The results table's `seed` column makes them
+                    replicates, and the fits take the noise from their spread (lm/scaling_table.py).
+  seed_budgets      optional tuple of budgets at which the seeds after the first run (None: every
+                    budget), so a few budgets carry the replicates and the rest run once
   cooldown_shape    the decay of the branches: '1-sqrt' (default) or 'linear' (optim.decay_shape)
   overrides         nested overrides of every point, e.g. {'train': {'eval_steps': 16}}; None
                     values are not passed (placeholders a command line may fill:
@@ -88,6 +95,7 @@ class Point:
   role: str = ""                   # WSD branching: 'stable' (a model's stable run) or 'branch' ('' without)
   after: str = ""                  # a branch's stable point: it starts once that one has finished
   branch_step: int = 0             # a branch's first step: the stable checkpoint it starts from
+  seed: int | None = None          # train.seed set by the sweep's `seeds` (None: the config's)
 
   @property
   def steps_run(self) -> int:
@@ -221,6 +229,14 @@ def validate(s: ConfigDict) -> None:
   fraction = s.get("cooldown_fraction")
   if fraction is not None and not 0 < fraction < 1:
     raise SweepError(f"cooldown_fraction={fraction} must lie in (0, 1) (e.g. 0.2), or be None for no branching.")
+  seeds = tuple(s.get("seeds") or ())
+  if len(set(seeds)) != len(seeds) or any(not isinstance(k, int) or k < 0 for k in seeds):
+    raise SweepError(f"seeds={seeds} must be distinct non-negative integers (train.seed values), e.g. (0, 1).")
+  stray = sorted(set(s.get("seed_budgets") or ()) - set(s.budgets))
+  if stray:
+    raise SweepError(f"seed_budgets names {stray}, which are not in budgets={tuple(s.budgets)}.")
+  if s.get("seed_budgets") and len(seeds) < 2:
+    raise SweepError("seed_budgets is set but seeds lists fewer than 2 seeds; give seeds=(0, 1) or drop seed_budgets.")
   if s.get("cooldown_shape", "1-sqrt") not in ("1-sqrt", "linear"):
     raise SweepError(f"cooldown_shape={s.cooldown_shape!r} is not '1-sqrt' or 'linear'.")
   if len(set(s.models)) != len(s.models):
@@ -283,14 +299,18 @@ def expand(s: ConfigDict) -> tuple[list[Point], list[tuple[str, str]]]:
       if not low <= steps <= high:
         left_out.append((name, f"{steps} steps, outside [{low}, {high if high < math.inf else 'inf'}]"))
         continue
-      overrides = {**shape, **common, **_per_point(s, steps, common)}
-      cfg = load_config(address)
-      apply_overrides(cfg, overrides, f"point {name}")
-      points.append(Point(name=name, model=model, config=address, overrides=overrides, budget=float(budget),
-                          flops_budget=flops_budget, flops_definition=definition, steps=steps,
-                          tokens_per_step=batch * seq, params_total=counts.total,
-                          params_nonembedding=counts.nonembedding, flops_per_token=per_token,
-                          memory_bytes=memory, cfg=cfg))
+      for k, seed in enumerate(s.get("seeds") or (None,)):
+        if k and s.get("seed_budgets") and budget not in s.seed_budgets:
+          continue
+        overrides = {**shape, **common, **_per_point(s, steps, common),
+                     **({"train.seed": seed} if seed is not None else {})}
+        cfg = load_config(address)
+        apply_overrides(cfg, overrides, f"point {name}")
+        points.append(Point(name=name + (f"-seed{seed}" if k else ""), model=model, config=address,
+                            overrides=overrides, budget=float(budget), flops_budget=flops_budget,
+                            flops_definition=definition, steps=steps, tokens_per_step=batch * seq,
+                            params_total=counts.total, params_nonembedding=counts.nonembedding,
+                            flops_per_token=per_token, memory_bytes=memory, cfg=cfg, seed=seed))
   points.sort(key=lambda p: s.budgets.index(p.budget) if p.budget in s.budgets else 0)  # budget-major
   if s.get("cooldown_fraction") is not None:
     points = branched(s, points)
@@ -319,15 +339,16 @@ def branched(s: ConfigDict, points: list[Point]) -> list[Point]:
   from lm import optim  # local, like lm.flops in expand: the planner loads jax only when it expands
   fraction, shape = float(s.cooldown_fraction), s.get("cooldown_shape", "1-sqrt")
   stables, branches = [], []
-  for model in dict.fromkeys(p.model for p in points):
-    mine = [p for p in points if p.model == model]
+  first_seed = (s.get("seeds") or (None,))[0]
+  for model, seed in dict.fromkeys((p.model, p.seed) for p in points):
+    mine = [p for p in points if (p.model, p.seed) == (model, seed)]
     fraction_warm = s.get("warmup_fraction")
     warmup = (max(1, round(fraction_warm * min(p.steps for p in mine))) if fraction_warm is not None
               else int(mine[0].cfg.optim.warmup_steps))  # one warmup for all: the stable run's
     schedule = ConfigDict({"warmup_steps": warmup, "decay_fraction": fraction})
     starts = {p.name: optim.wsd_decay_start(schedule, p.steps) for p in mine}
     stable_steps = max(starts.values())
-    stable_name = f"stable-{model}"
+    stable_name = f"stable-{model}" + (f"-seed{seed}" if seed != first_seed else "")
     # The first point's overrides with its per-point ones (_per_point) replaced: evaluated at its end only.
     stable_over = {**mine[0].overrides, "train.steps": stable_steps, "optim.schedule": "constant",
                    "optim.warmup_steps": warmup, "train.checkpoint_steps": tuple(sorted(set(starts.values()))),

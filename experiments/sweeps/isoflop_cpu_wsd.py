@@ -36,6 +36,7 @@ from ml_collections import ConfigDict
 from ml_collections.config_dict import placeholder
 
 from configs import ladder
+from lm import recipe
 
 
 def get_config(arg=None):
@@ -45,7 +46,10 @@ def get_config(arg=None):
   s.config = "configs/ladder.py"
   s.kind = "isoflop"
   s.models = ("w8l1", "w16l1", "p8k", "w24", "p50k", "p100k", "p200k", "p400k")
-  below = lambda name, **m: {"arg": "p50k", "experiment": f"ladder_{name}", "model": m}  # noqa: E731
+  # Below the ladder: p50k's config with the shape replaced and the recipe's LR for that width
+  # (configs/ladder.py applied the recipe for p50k's d_model 32 before the shape changes).
+  below = lambda name, **m: {"arg": "p50k", "experiment": f"ladder_{name}", "model": m,  # noqa: E731
+                             "optim": {"lr": recipe.learning_rate(m["d_model"])}}
   s.shapes = ConfigDict({
       "w8l1": below("w8l1", **{**ladder.shape(16), "d_model": 8, "n_layers": 1, "head_dim": 8, "d_ff": 32}),
       "w16l1": below("w16l1", **{**ladder.shape(16), "n_layers": 1}),
@@ -58,6 +62,8 @@ def get_config(arg=None):
                      ("w16l1", "p8k", "w24", "p50k", "p100k"),
                      ("p8k", "w24", "p50k", "p100k", "p200k"),
                      ("w24", "p50k", "p100k", "p200k", "p400k"))
+  s.seeds = (0, 1)                     # seed replicates of the two cheapest budgets: the fits' noise
+  s.seed_budgets = (3e10, 1e11)
   s.flops_definition = "flops_executed"
   s.cooldown_fraction = 0.2
   s.cooldown_shape = "1-sqrt"
