@@ -21,15 +21,13 @@ What differs from experiments/sweeps/isoflop_cpu.py (the committed 3-budget resu
     extend it downwards; the ladder's rule otherwise (configs/ladder.py shapes, lr 6e-3).
   - batch 4, bytes, eval at the end on 64 batches, warmup 10% (of each size's shortest point,
     one warmup per stable run): as isoflop_cpu.py, for the reasons its docstring gives.
-Dry run (2026-12-01, load average 8 on the 2 cores, other engineers' tests running; probes
-timed under that load): 33 points (8 stable runs + 25 branches), 1.76e13 FLOPs spent against
-2.22e13 for the same 25 points from scratch (0.79x, saves 21%); estimated 80.2 min one at a
-time, 40.4 min at --parallel=2 if the points did not slow each other. ~33 min of the 80 is
-per-process start-up and compilation (33 x 9 s, and two compiles of 18-32 s each under that
-load). Not run yet: the estimate is above the 40 minutes this shared machine allows; the
-committed result stays experiments/results/isoflop_cpu/.
-Not here (issue 13 still asks for them): per-rung tuned LR (every width sits at the rule's cap),
-2 seeds at a few points, and the held-out run at ~3x the largest budget.
+Run on 2026-12-01 (48 points with the seed replicates, 23.5 min at --parallel=2 on a quiet
+machine; 1.81e13 FLOPs spent against 2.28e13 from scratch): experiments/results/isoflop_cpu_wsd/
+(README there: commands, load, the fits, the backtests, branch against from scratch).
+  - seeds (0, 1) at the two cheapest budgets: the fits' noise comes from those replicates.
+  - LR: the recipe's (lm/recipe.py) for each width, also below the ladder; warmup 10% of each
+    size's shortest point. The recipe's weight decay and beta2 are p50k's for the shapes below
+    the ladder, computed for the ladder tier's batch and steps, not this sweep's.
 """
 
 from ml_collections import ConfigDict
