@@ -638,7 +638,7 @@ sbatch --parsable /shared/logs/lm-iso-2.sbatch
 # ---- real training: a requeued task, a preempted slice ----
 
 COMPARED = ["point", "status", "steps", "train_loss", "eval_loss", "eval_bpb"]
-ONE_DEVICE = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # every point on one CPU device, as the reference
+ONE_DEVICE = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("LM_TEST_XLA_FLAGS", "")}  # every point on one CPU device, as the reference
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,7 @@ def test_convert_cli_then_loading_a_workdir_or_the_directory(tmp_path):
   tok = importer.load_hf(d)[2]
   work = tmp_path / "imported"
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("LM_TEST_XLA_FLAGS", "")}
   out = subprocess.run([sys.executable, "-m", "lm.convert", f"--from_hf={d}", f"--to={work}", "--seq_len=48"],
                        cwd=root, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]

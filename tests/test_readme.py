@@ -223,7 +223,7 @@ def _argv(command: str, plan: Run, tmp, data) -> tuple[list[str], dict]:
     command = command.replace(old, new)
   command = re.sub(r"(?<![\w/])(runs|exports)/", lambda m: f"{tmp}/{m.group(1)}/", command)
   words = shlex.split(command) + [re.sub(r"(?<![\w/])runs/", f"{tmp}/runs/", a.format(data=data)) for a in plan.extra]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("LM_TEST_XLA_FLAGS", "")}
   while re.match(r"^[A-Z_]+=", words[0]):
     key, value = words.pop(0).split("=", 1)
     env[key] = value

@@ -24,7 +24,7 @@ from lm.metrics import SCHEMA
 from tests.helpers import shared_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # one CPU device per process
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("LM_TEST_XLA_FLAGS", "")}  # one CPU device per process
 TINY = "experiments/sweeps/tiny.py"
 COMPARED = ["point", "status", "steps", "train_loss", "eval_loss", "eval_bpb"]
 

@@ -17,7 +17,7 @@ from ml_collections import ConfigDict
 from tests.helpers import shared_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # one CPU device per process
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("LM_TEST_XLA_FLAGS", "")}  # one CPU device per process
 BRANCHED = "experiments/sweeps/tiny.py:branched"
 
 
