@@ -62,13 +62,23 @@ def test_two_processes_train_and_resume_like_one(tmp_path_factory, tmp_path):
     assert b[s] == pytest.approx(a[s], rel=1e-5), (s, a[s], b[s])
   assert sorted(os.listdir(two / "checkpoints")) == ["3", "6"]
 
-  # The 2-process checkpoint at step 3, resumed by 2 processes and by 1 process (4 devices).
+  # The 2-process checkpoint at step 3, resumed by 2 processes.
   cut_at_step_3(two, tmp_path / "two_again")
   out = launch(tmp_path / "two_again", data_dir, processes=2, devices_per_process=2)
   assert "Resumed from the checkpoint at step 3" in out
+  resumed = losses(tmp_path / "two_again")
+  for s in (4, 5, 6):
+    assert resumed[s] == pytest.approx(a[s], rel=1e-5), (s, a[s], resumed[s])
+
+
+def test_one_process_resumes_a_two_process_checkpoint_like_one(tmp_path_factory, tmp_path):
+  data_dir = shared_data_dir(tmp_path_factory)
+  one, two = tmp_path / "one", tmp_path / "two"
+  launch(one, data_dir, processes=1, devices_per_process=4)
+  launch(two, data_dir, processes=2, devices_per_process=2)
   cut_at_step_3(two, tmp_path / "one_from_two")
   out = launch(tmp_path / "one_from_two", data_dir, processes=1, devices_per_process=4)
   assert "Resumed from the checkpoint at step 3" in out
-  for resumed in (losses(tmp_path / "two_again"), losses(tmp_path / "one_from_two")):
-    for s in (4, 5, 6):
-      assert resumed[s] == pytest.approx(a[s], rel=1e-5), (s, a[s], resumed[s])
+  a, resumed = losses(one), losses(tmp_path / "one_from_two")
+  for s in (4, 5, 6):
+    assert resumed[s] == pytest.approx(a[s], rel=1e-5), (s, a[s], resumed[s])
