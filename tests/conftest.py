@@ -1,7 +1,7 @@
-"""Test session setup: 8 simulated CPU devices, so multi-device code runs in CI, and the
-entry points' XLA flags (lm.cli.set_xla_flags), so in-process tests compute as `python -m
-lm.main` does, here and in the processes tests start, with LLVM's optimisation off (below:
-the golden losses in tests/test_train.py hold at either level)."""
+"""Test session setup: 8 simulated CPU devices, so multi-device code runs in CI; the entry
+points' XLA flags (lm.cli.set_xla_flags), as `python -m lm.main` sets them; and, unlike
+lm.main, LLVM's optimisation off, here and in the processes tests start, so that compiling
+costs less (below; the golden losses in tests/test_train.py hold at either level)."""
 
 import atexit
 import os
