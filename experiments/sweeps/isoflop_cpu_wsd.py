@@ -43,7 +43,7 @@ def get_config(arg=None):
   s.name = "isoflop_cpu_wsd"
   s.config = "configs/ladder.py"
   s.kind = "isoflop"
-  s.models = ("w8l1", "w16l1", "p8k", "w24", "p50k", "p100k", "p200k", "p400k")
+  s.models = ("w8l1", "w16l1", "p8k", "w24", "p50k", "p100k", "p200k", "p400k", "p1m", "p2m")
   # Below the ladder: p50k's config with the shape replaced and the recipe's LR for that width
   # (configs/ladder.py applied the recipe for p50k's d_model 32 before the shape changes).
   below = lambda name, **m: {"arg": "p50k", "experiment": f"ladder_{name}", "model": m,  # noqa: E731
@@ -54,14 +54,14 @@ def get_config(arg=None):
       "p8k": below("p8k", **ladder.shape(16)),
       "w24": below("w24", **ladder.shape(24)),
   })
-  s.budgets = (3e10, 1e11, 3e11, 1e12, 3e12)
+  s.budgets = (1e11, 3e11, 1e12, 3e12, 1e13)
   s.budget_models = (("w8l1", "w16l1", "p8k", "w24", "p50k"),
-                     ("w8l1", "w16l1", "p8k", "w24", "p50k"),
                      ("w16l1", "p8k", "w24", "p50k", "p100k"),
                      ("p8k", "w24", "p50k", "p100k", "p200k"),
-                     ("w24", "p50k", "p100k", "p200k", "p400k"))
+                     ("w24", "p50k", "p100k", "p200k", "p400k"),
+                     ("p100k", "p200k", "p400k", "p1m", "p2m"))
   s.seeds = (0, 1)                     # seed replicates of the two cheapest budgets: the fits' noise
-  s.seed_budgets = (3e10, 1e11)
+  s.seed_budgets = (1e11, 3e11)
   s.flops_definition = "flops_executed"
   s.cooldown_fraction = 0.2
   s.cooldown_shape = "1-sqrt"
