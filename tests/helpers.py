@@ -1,4 +1,6 @@
-"""Tiny configs shared by the tests."""
+"""Tiny configs shared by the tests, and the environment of the processes they start."""
+
+import os
 
 from configs import base
 from lm.model import ModelConfig
@@ -35,11 +37,18 @@ def shared_data_dir(tmp_path_factory):
   return tmp_path_factory.getbasetemp() / "lm_data"
 
 
+def child_env(inherit=True, **extra) -> dict[str, str]:
+  """The environment of a process a test starts: on the CPU, at the tests' XLA flags
+  (tests/conftest.py sets LM_TEST_XLA_FLAGS), on top of this process's environment unless
+  `inherit` is False (then only those two, for callers that merge it themselves)."""
+  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("LM_TEST_XLA_FLAGS", ""), **extra}
+  return {**os.environ, **env} if inherit else env
+
+
 def exit_codes() -> dict[str, int]:
   """lm/main.py's EXIT_* constants, read from its source: importing lm.main would define its
   absl flags in the test process, where lm.generate's --workdir already lives."""
   import ast
-  import os
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lm", "main.py")
   with open(path) as f:
     tree = ast.parse(f.read())

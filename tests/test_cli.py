@@ -11,12 +11,12 @@ import time
 import pytest
 
 from lm.metrics import read_jsonl
-from tests.helpers import exit_codes, shared_data_dir
+from tests.helpers import child_env, exit_codes, shared_data_dir
 
 pytestmark = pytest.mark.slow  # every test runs `python -m lm...` processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("LM_TEST_XLA_FLAGS", "")}  # one CPU device per process
+ENV = child_env()  # one CPU device per process
 
 
 def command(workdir, data_dir, *overrides, steps=100):

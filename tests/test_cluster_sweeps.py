@@ -29,6 +29,7 @@ from experiments.launch import tpu_pool
 from experiments.sweep import plan as sweep_plan
 from tests import fake_gcloud
 from tests import fake_slurm
+from tests.helpers import child_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "experiments/sweeps/tiny.py"
@@ -638,7 +639,7 @@ sbatch --parsable /shared/logs/lm-iso-2.sbatch
 # ---- real training: a requeued task, a preempted slice ----
 
 COMPARED = ["point", "status", "steps", "train_loss", "eval_loss", "eval_bpb"]
-ONE_DEVICE = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("LM_TEST_XLA_FLAGS", "")}  # every point on one CPU device, as the reference
+ONE_DEVICE = child_env(inherit=False)  # every point on one CPU device, as the reference
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from lm import harness  # noqa: E402
 from lm import scoring  # noqa: E402
 from lm import tasks  # noqa: E402
 from lm import train as train_lib  # noqa: E402
-from tests.helpers import shared_data_dir, tiny_run_config  # noqa: E402
+from tests.helpers import child_env, shared_data_dir, tiny_run_config  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a trained run behind the adapter; one test spawns lm_eval's CLI
 
@@ -99,7 +99,7 @@ def test_local_multiple_choice_file_is_lm_tasks_own_items():
 
 
 def test_python_m_lm_harness_registers_the_model_for_lm_evals_cli(workdir):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("LM_TEST_XLA_FLAGS", ""), "PYTHONPATH": ROOT}
+  env = child_env(PYTHONPATH=ROOT)
   out = subprocess.run([sys.executable, "-m", "lm.harness", "run", "--model", "lm", "--model_args",
                         f"workdir={workdir}", "--include_path", TASKS, "--tasks", "lm_sotu_mc", "--limit", "4",
                         "--batch_size", "8"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -25,6 +25,7 @@ from lm import decode, loading  # noqa: E402
 from lm.hf import exporter, importer  # noqa: E402
 from lm.model import Transformer  # noqa: E402
 from tests import hf_helpers as H  # noqa: E402
+from tests.helpers import child_env  # noqa: E402
 
 TEXT = "Fellow-Citizens of the Senate and House of Representatives: the state of the Union is strong."
 LLAMA3 = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -110,7 +111,7 @@ def test_convert_cli_then_loading_a_workdir_or_the_directory(tmp_path):
   tok = importer.load_hf(d)[2]
   work = tmp_path / "imported"
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("LM_TEST_XLA_FLAGS", "")}
+  env = child_env()
   out = subprocess.run([sys.executable, "-m", "lm.convert", f"--from_hf={d}", f"--to={work}", "--seq_len=48"],
                        cwd=root, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]

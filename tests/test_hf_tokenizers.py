@@ -22,7 +22,7 @@ from lm.data.pipeline import Document
 from lm.hf import exporter
 from lm.model import ModelConfig, Transformer, init_params
 from tests import hf_helpers as H
-from tests.helpers import shared_data_dir
+from tests.helpers import child_env, shared_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # No prompt starts with a space: transformers 5 rebuilds a LlamaTokenizer's pipeline with a Metaspace
@@ -105,7 +105,7 @@ def test_lm_generate_prints_the_text_transformers_generates_without_bos(llama_di
   with torch.no_grad():  # both stop at EOS (config.json's eos_token_id), as lm.generate does
     out = hf_model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
   expected = prompt + hf_tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("LM_TEST_XLA_FLAGS", "")}
+  env = child_env()
   cli = subprocess.run([sys.executable, "-m", "lm.generate", f"--workdir={d}", f"--prompt={prompt}", "--temperature=0",
                         "--max_new_tokens=12"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert cli.returncode == 0, cli.stderr[-2000:]

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from lm.metrics import read_jsonl
-from tests.helpers import shared_data_dir
+from tests.helpers import child_env, shared_data_dir
 
 pytestmark = pytest.mark.slow  # two jax.distributed processes, then one, each training
 
@@ -28,7 +28,7 @@ def launch(workdir, data_dir, processes: int, devices_per_process: int):
   args = [sys.executable, "-m", "lm.main", "--config=configs/tiny.py", f"--workdir={workdir}",
           f"--config.data.data_dir={data_dir}", "--config.train.steps=6", "--config.train.checkpoint_every=3",
           "--config.train.eval_every=3", "--config.train.samples=0"]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("LM_TEST_XLA_FLAGS", ""), "JAX_NUM_CPU_DEVICES": str(devices_per_process)}
+  env = child_env(JAX_NUM_CPU_DEVICES=str(devices_per_process))
   if processes > 1:
     port = free_port()
     args += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}"]

@@ -15,10 +15,10 @@ import pytest
 
 from experiments.studies import quality_vs_cost as qvc
 from lm import frontier
-from tests.helpers import shared_data_dir
+from tests.helpers import child_env, shared_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("LM_TEST_XLA_FLAGS", "")}  # one CPU device per process
+ENV = child_env()  # one CPU device per process
 
 
 def test_pareto_keeps_the_undominated_points():

@@ -24,7 +24,7 @@ import sys
 
 import pytest
 
-from tests.helpers import shared_data_dir
+from tests.helpers import child_env, shared_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXECUTABLES = ("python", "python3", "pip", "gcloud")
@@ -223,7 +223,7 @@ def _argv(command: str, plan: Run, tmp, data) -> tuple[list[str], dict]:
     command = command.replace(old, new)
   command = re.sub(r"(?<![\w/])(runs|exports)/", lambda m: f"{tmp}/{m.group(1)}/", command)
   words = shlex.split(command) + [re.sub(r"(?<![\w/])runs/", f"{tmp}/runs/", a.format(data=data)) for a in plan.extra]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("LM_TEST_XLA_FLAGS", "")}
+  env = child_env()
   while re.match(r"^[A-Z_]+=", words[0]):
     key, value = words.pop(0).split("=", 1)
     env[key] = value

@@ -21,10 +21,10 @@ from experiments.sweep import plan as sweep_plan
 from experiments.sweep import status as status_lib
 from lm import flops as flops_lib
 from lm.metrics import SCHEMA
-from tests.helpers import shared_data_dir
+from tests.helpers import child_env, shared_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("LM_TEST_XLA_FLAGS", "")}  # one CPU device per process
+ENV = child_env()  # one CPU device per process
 TINY = "experiments/sweeps/tiny.py"
 COMPARED = ["point", "status", "steps", "train_loss", "eval_loss", "eval_bpb"]
 

@@ -14,10 +14,10 @@ from experiments.sweep import plan as sweep_plan
 from lm import optim
 from lm.scaling_table import load_results
 from ml_collections import ConfigDict
-from tests.helpers import shared_data_dir
+from tests.helpers import child_env, shared_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("LM_TEST_XLA_FLAGS", "")}  # one CPU device per process
+ENV = child_env()  # one CPU device per process
 BRANCHED = "experiments/sweeps/tiny.py:branched"
 
 

@@ -18,7 +18,7 @@ wandb = pytest.importorskip("wandb", reason="wandb is in the test extra: pip ins
 
 from lm import train as train_lib  # noqa: E402
 from lm.metrics import read_jsonl  # noqa: E402
-from tests.helpers import shared_data_dir, tiny_run_config  # noqa: E402
+from tests.helpers import child_env, shared_data_dir, tiny_run_config  # noqa: E402
 
 pytestmark = pytest.mark.slow  # full training runs, one of them preempted and resumed as processes
 
@@ -147,7 +147,7 @@ def test_a_preempted_and_resumed_run_logs_to_the_same_wandb_run(tmp_path, tmp_pa
   cmd = [sys.executable, "-m", "lm.main", "--config=configs/tiny.py", f"--workdir={workdir}",
          f"--config.data.data_dir={shared_data_dir(tmp_path_factory)}", "--config.train.steps=400",
          "--config.train.checkpoint_every=20", "--config.train.eval_every=1000", "--config.train.samples=0", *flags]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("LM_TEST_XLA_FLAGS", ""), "PYTHONPATH": ROOT}
+  env = child_env(PYTHONPATH=ROOT)
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 300
   while not os.path.isdir(workdir / "checkpoints" / "20"):

@@ -299,7 +299,7 @@ def expand(s: ConfigDict) -> tuple[list[Point], list[tuple[str, str]]]:
       if not low <= steps <= high:
         left_out.append((name, f"{steps} steps, outside [{low}, {high if high < math.inf else 'inf'}]"))
         continue
-      for k, seed in enumerate(s.get("seeds") or (None,)):
+      for k, seed in enumerate(_seeds(s)):
         if k and s.get("seed_budgets") and budget not in s.seed_budgets:
           continue
         overrides = {**shape, **common, **_per_point(s, steps, common),
@@ -333,13 +333,18 @@ def _per_point(s: ConfigDict, steps: int, common: dict) -> dict:
   return out
 
 
+def _seeds(s) -> tuple:
+  """The sweep's `train.seed` values; (None,) when it gives none (each point keeps its config's)."""
+  return tuple(s.get("seeds") or (None,))
+
+
 def branched(s: ConfigDict, points: list[Point]) -> list[Point]:
   """WSD branching (the cooldown_fraction field): one stable point per model first, then the
   points as cooldown branches from its checkpoints."""
   from lm import optim  # local, like lm.flops in expand: the planner loads jax only when it expands
   fraction, shape = float(s.cooldown_fraction), s.get("cooldown_shape", "1-sqrt")
   stables, branches = [], []
-  first_seed = (s.get("seeds") or (None,))[0]
+  first_seed = _seeds(s)[0]
   for model, seed in dict.fromkeys((p.model, p.seed) for p in points):
     mine = [p for p in points if (p.model, p.seed) == (model, seed)]
     fraction_warm = s.get("warmup_fraction")
