@@ -1,5 +1,5 @@
 """A CPU IsoFLOP experiment over two decades of executed compute, with WSD branching:
-5 budgets (3e10 .. 3e12 flops_executed) x 5 sizes each, 8 sizes in all.
+5 budgets (1e11 .. 1e13 flops_executed) x 5 sizes each, 10 sizes in all.
 
     python -m experiments.sweep --config=experiments/sweeps/isoflop_cpu_wsd.py --sweep_dir=DIR --dry_run --parallel=2
     python -m experiments.sweep --config=experiments/sweeps/isoflop_cpu_wsd.py --sweep_dir=DIR --parallel=2
@@ -8,26 +8,27 @@
 What differs from experiments/sweeps/isoflop_cpu.py (the committed 3-budget result), and why:
   - C counts flops_executed (what runs: no gathered-embedding term), the fits' default axis,
     so the budgets, the fits and MFU share one definition.
-  - Two decades (3e10 .. 3e12) at half-decade steps instead of one decade at three budgets.
-    1e13 would not fit: at the ~1.5e10 executed FLOP/s a point reached on the shared 2 cores
-    (isoflop_cpu/results.csv: 5.7e9 .. 2.1e10), five sizes at 1e13 are ~55 min alone.
+  - Two decades (1e11 .. 1e13) at half-decade steps instead of one decade at three budgets.
+    The first run of this config (2026-12-01) spanned 3e10 .. 3e12: 3e10's minimum sat at its
+    smallest size and its seed replicates differed by up to 16%, so the IsoFLOP bootstrap lost
+    that budget's bracket in 28% of its draws and refused an interval. 3e10 is dropped and
+    1e13 added; the held-out run moves to 3e13.
   - Every point is a cooldown branch (cooldown_fraction 0.2, 1-sqrt; Hägele et al. 2024): one
     stable run per size, checkpointed at each of its budgets' decay starts. The dry run prints
     the FLOPs this spends against the same points from scratch.
-  - Each budget runs the 5 sizes around its expected optimum (budget_models), from the old
-    result's minima (13.7K at 3e11, 43.7K at 1e12, 81.4K at 3e12 non-embedding parameters,
-    a ~ 0.6-0.8): ~3K at 3e10 and ~7K at 1e11 need models below the ladder, so w8l1 (d_model 8,
-    one layer, one head of 8), w16l1 (the p8k width, one layer) and w24 (ladder.shape(24))
-    extend it downwards; the ladder's rule otherwise (configs/ladder.py shapes, lr 6e-3).
+  - Each budget runs the 5 sizes around its expected optimum (budget_models), from the first
+    run's minima (8.3K at 1e11, 17K at 3e11, 44.8K at 1e12, 104K at 3e12) and its L(N, D) fit's
+    N_opt of 290K at 1e13: p100k .. p2m there. ~7K at 1e11 needs models below the ladder, so
+    w8l1 (d_model 8, one layer, one head of 8), w16l1 (the p8k width, one layer), p8k and w24
+    (ladder.shape(24)) extend it downwards; the ladder's rule otherwise (configs/ladder.py shapes).
   - batch 4, bytes, eval at the end on 64 batches, warmup 10% (of each size's shortest point,
     one warmup per stable run): as isoflop_cpu.py, for the reasons its docstring gives.
-Run on 2026-12-01 (48 points with the seed replicates, 23.5 min at --parallel=2 on a quiet
-machine; 1.81e13 FLOPs spent against 2.28e13 from scratch): experiments/results/isoflop_cpu_wsd/
-(README there: commands, load, the fits, the backtests, branch against from scratch).
   - seeds (0, 1) at the two cheapest budgets: the fits' noise comes from those replicates.
-  - LR: the recipe's (lm/recipe.py) for each width, also below the ladder; warmup 10% of each
-    size's shortest point. The recipe's weight decay and beta2 are p50k's for the shapes below
-    the ladder, computed for the ladder tier's batch and steps, not this sweep's.
+  - LR: the recipe's (lm/recipe.py) for each width, also below the ladder. The recipe's weight
+    decay and beta2 are p50k's for the shapes below the ladder, and every rung's are computed
+    for the ladder tier's batch and steps, not this sweep's (the results table records them).
+Results: experiments/results/isoflop_cpu_wsd/ (README there: commands, load, the fits, the
+backtests, the held-out run, branch against from scratch).
 """
 
 from ml_collections import ConfigDict
