@@ -21,11 +21,15 @@ Designs (DESIGNS):
   ladder_dense  the same law and budgets with 7 widths (16-112) in every budget: a sweep
                 with sizes on both sides of each minimum
   synthetic     lm/scaling_synthetic.py's sweep (5 budgets, 22 runs, C = 6 N D) and TRUE_LAW
+  cpu_wsd       the two-decade CPU sweep (experiments/sweeps/isoflop_cpu_wsd.py): budgets 1e11 ..
+                1e13 flops_executed, its 5 shapes a budget (w8l1 .. p2m), the two cheapest budgets
+                at two seeds (35 runs); law: the L(N, D) fit of its committed table
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -42,13 +46,30 @@ CPU_LAW = {"E": 0.5766, "A": 7.7425, "B": 12774.15, "alpha": 0.23596, "beta": 0.
 CPU_BUDGETS = (3e11, 1e12, 3e12)
 TOKENS_PER_STEP = 512  # the CPU IsoFLOP sweep's batch 4 x 128
 CHINCHILLA_QUANTITIES = ("E", "A", "B", "alpha", "beta", "a", "b")
+# L(N, D) fitted to experiments/results/isoflop_cpu_wsd/results.csv (FIT_chinchilla.json there).
+WSD_LAW = {"E": 0.81249, "A": 8.252644, "B": 4155.14, "alpha": 0.280339, "beta": 0.677503}
+WSD_BUDGETS = (1e11, 3e11, 1e12, 3e12, 1e13)
+WSD_REPLICATED = (1e11, 3e11)  # budgets whose runs ran at two seeds
+# The sweep's shapes (experiments/sweeps/isoflop_cpu_wsd.py): ladder widths, and below the
+# ladder p8k's shape (width 16) with fewer layers or a narrower model.
+WSD_SHAPES = {"w8l1": (16, dict(d_model=8, n_layers=1, head_dim=8, d_ff=32)), "w16l1": (16, dict(n_layers=1)),
+              "p8k": (16, {}), "w24": (24, {}), "p50k": (32, {}), "p100k": (48, {}), "p200k": (64, {}),
+              "p400k": (80, {}), "p1m": (112, {}), "p2m": (160, {})}
+WSD_BUDGET_SHAPES = (("w8l1", "w16l1", "p8k", "w24", "p50k"), ("w16l1", "p8k", "w24", "p50k", "p100k"),
+                     ("p8k", "w24", "p50k", "p100k", "p200k"), ("w24", "p50k", "p100k", "p200k", "p400k"),
+                     ("p100k", "p200k", "p400k", "p1m", "p2m"))
 
 
-def _ladder_design(widths_per_budget, budgets=CPU_BUDGETS, vocab=259, seq=128) -> pd.DataFrame:
+def _ladder_design(widths_per_budget, budgets=CPU_BUDGETS, vocab=259, seq=128, replicated=()) -> pd.DataFrame:
+  """One run per (budget, model) at the sweep's 512 tokens a step; two at a `replicated` budget.
+  A model is a ladder width or (width, shape fields that replace the ladder's)."""
   rows = []
   for budget, widths in zip(budgets, widths_per_budget):
-    for w in widths:
-      m = ladder.model_config(w, vocab, seq)
+    for w in [w for w in widths for _ in range(2 if budget in replicated else 1)]:
+      width, changes = w if isinstance(w, tuple) else (w, {})
+      m = dataclasses.replace(ladder.model_config(width, vocab, seq), **changes)
+      if "d_model" in changes:
+        m = dataclasses.replace(m, n_heads=m.d_model // m.head_dim, n_kv_heads=m.d_model // m.head_dim)
       per_token = flops.flops_executed(m, seq)
       steps = round(budget / (per_token * TOKENS_PER_STEP))
       d = steps * TOKENS_PER_STEP
@@ -64,7 +85,9 @@ def designs() -> dict:
                            "budget": syn["flops_budget"]}).reset_index(drop=True)
   return {"cpu_isoflop": (_ladder_design([(16, 32, 48, 64)] + [(16, 32, 48, 64, 80)] * 2), CPU_LAW),
           "ladder_dense": (_ladder_design([tuple(range(16, 113, 16))] * 3), CPU_LAW),
-          "synthetic": (syn_runs, scaling_synthetic.TRUE_LAW)}
+          "synthetic": (syn_runs, scaling_synthetic.TRUE_LAW),
+          "cpu_wsd": (_ladder_design([[WSD_SHAPES[m] for m in ms] for ms in WSD_BUDGET_SHAPES], WSD_BUDGETS,
+                                     replicated=WSD_REPLICATED), WSD_LAW)}
 
 
 def truths(runs: pd.DataFrame, law: dict) -> dict:

@@ -9,6 +9,7 @@ failures dropped) covers the true a in 10 of 16 (62%): the check fails on it.
 """
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -85,6 +86,21 @@ def test_noise_comes_from_seed_replicates_when_the_table_has_them():
   nz = scaling.noise(single, s_min, scaling_lnd.N_PARAMS)
   assert nz["source"] == "residuals" and nz["df"] == 22 - scaling_lnd.N_PARAMS
   assert nz["s2"] == pytest.approx(s_min / nz["df"])
+
+
+def test_the_cpu_wsd_design_is_the_committed_sweeps_runs_and_its_law_that_tables_fit():
+  # The coverage benchmark's cpu_wsd design rebuilds the committed sweep's (N, D) from shapes;
+  # it must be that table's design (replicates included) and its law the table's L(N, D) fit.
+  runs, law = scaling_coverage.designs()["cpu_wsd"]
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments/results/isoflop_cpu_wsd/")
+  table = pd.read_csv(path + "results.csv")
+  table = table[table["role"] == "branch"]
+  assert sorted(zip(runs["N"], runs["D"])) == sorted(zip(table["params_nonembedding"].astype(float),
+                                                         table["tokens"].astype(float)))
+  np.testing.assert_allclose(sorted(runs["C"]), sorted(table["flops_executed"]), rtol=1e-9)
+  with open(path + "FIT_chinchilla.json") as f:
+    fitted = json.load(f)["params"]
+  assert {k: round(fitted[k], 6 if abs(fitted[k]) < 100 else 2) for k in law} == law
 
 
 def test_the_chinchilla_fit_shows_what_the_table_cannot_pin_down():
