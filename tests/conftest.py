@@ -46,8 +46,8 @@ jax.config.update("jax_num_cpu_devices", 8)
 # ---- two tiers: CI and extended ----
 # The whole suite takes ~55 minutes on 2 cores (3,274 s on 2026-12-01 at load ~1.5) and CI has
 # 20. The CI tier keeps at least one test of every behaviour (a fresh clone's `.ci/run` on
-# 2026-12-02: 591 tests, 1,008 s of tests, 1,263 s with the install, at load ~1.7; five more
-# entries since, about 80 s, not re-measured). EXTENDED lists, by node-id prefix, what
+# 2026-12-02 at ab392a6: 587 tests, 581 s of tests, 750 s with the install, alone on the host;
+# 1,263 s at 591 tests on an earlier, slower day of the same host). EXTENDED lists, by node-id prefix, what
 # it leaves to `python -m pytest -q --extended tests`: more meshes, families or variants of an
 # assertion a CI test already makes, and the longest end-to-end scenarios whose parts CI tests
 # one by one. Run the extended tier before merging a change to the code an entry names.
