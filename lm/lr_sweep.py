@@ -147,7 +147,9 @@ def optimum(lrs, losses) -> dict:
   neighbours each side, with an interval of +-2 standard errors (delta method).
 
   Diverged runs (None / non-finite) are left out. Returns lr, lo, hi (the interval), best_lr
-  (the grid point), edge (the best point is at the end of the grid: the interval is open)."""
+  (the grid point), edge (the best point is at the end of the grid: the interval is open).
+  Where the parabola is not convex, or its vertex lies outside the points it was fitted to
+  (a zigzag the parabola does not describe), lr is the grid point and there is no interval."""
   pts = [(math.log2(lr), float(l)) for lr, l in zip(lrs, losses) if l is not None and math.isfinite(l)]
   pts.sort()
   if not pts:
@@ -164,9 +166,10 @@ def optimum(lrs, losses) -> dict:
   if a <= 0:  # not convex here: report the grid point
     return {"lr": best_lr, "lo": None, "hi": None, "best_lr": best_lr, "edge": False}
   vertex = -b / (2 * a)
+  if not x[0] <= vertex <= x[-1]:  # e.g. a vertex at 2^-4 from a window whose best point is 2^-6
+    return {"lr": best_lr, "lo": None, "hi": None, "best_lr": best_lr, "edge": False}
   grad = np.array([b / (2 * a * a), -1 / (2 * a), 0.0])  # d vertex / d (a, b, c)
   se = float(np.sqrt(max(grad @ cov @ grad, 0.0)))
-  vertex = float(np.clip(vertex, x[0], x[-1]))
   return {"lr": 2 ** vertex, "lo": 2 ** (vertex - 2 * se), "hi": 2 ** (vertex + 2 * se), "best_lr": best_lr,
           "edge": False}
 

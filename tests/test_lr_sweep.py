@@ -55,6 +55,11 @@ def test_optimum_finds_the_vertex_of_a_parabola_in_log_lr():
   # The lowest loss at the end of the grid: the optimum may lie beyond it.
   assert lr_sweep.optimum(lrs, sorted(losses)[::-1])["edge"]
   assert lr_sweep.optimum(lrs, [None] * 6 + [1.0])["edge"]  # diverged runs are left out
+  # A zigzag whose parabola's vertex lies outside the window (width 16's SP sweep, 2026-12-02):
+  # the grid point, no interval, not a vertex clipped to the window's edge.
+  zigzag = [3.689, 3.078, 2.994, 2.859, 2.947, 2.491, 2.739, 2.568]
+  best = lr_sweep.optimum([2.0 ** e for e in range(-11, -3)], zigzag)
+  assert (best["lr"], best["lo"], best["hi"], best["edge"]) == (2.0 ** -6, None, None, False)
 
 
 def test_shift_exponent_reads_a_power_law():
