@@ -11,8 +11,10 @@ are flat in width, under SP they grow.
 Why it works: with Adam, an update changes every entry of a hidden matrix by about lr, in
 directions correlated with the input, so after t steps a hidden activation has moved by
 about t * lr * fan_in under SP (slope 1 in width once the change outgrows the init) and by
-t * lr * fan_in / m = constant under µP (slope 0). At init both are flat (the init std
-keeps each activation O(1)). The models here are lm's Transformer at d_model = width with
+t * lr * fan_in / m = constant under µP (slope 0). At init µP is flat (its std of
+1/sqrt(fan_in) keeps each activation O(1)); SP's fixed std (0.02, GPT-2's) lets the attention
+and MLP outputs grow about as width^1 already at step 0, under the residual stream, which the
+fixed-std embedding keeps flat. The models here are lm's Transformer at d_model = width with
 4 heads (head_dim grows with the width, so µP's 1/head_dim attention scale is exercised)
 and d_ff = 4 width, the base model being the narrowest. Every step trains on one batch of
 32 uniform random tokens, the same at every width, and measures on it.

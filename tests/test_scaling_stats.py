@@ -88,6 +88,20 @@ def test_noise_comes_from_seed_replicates_when_the_table_has_them():
   assert nz["s2"] == pytest.approx(s_min / nz["df"])
 
 
+def test_a_coverage_from_a_few_printed_intervals_is_not_judged_but_a_judged_miss_fails(tmp_path, capsys):
+  cell = lambda cov, judged, refused: {"coverage": cov, "judged": judged, "refused": refused}  # noqa: E731
+  row = lambda **cells: {"design": "d", "noise": 0.01, "seeds": 100,  # noqa: E731
+                         "coverage": {"isoflop_failure_rate": 0.2, **cells}}
+  few = row(isoflop_a=cell(1.0, 4, 96), chinchilla_a=cell(0.95, 100, 0))
+  path = tmp_path / "coverage.json"
+  path.write_text(json.dumps([few]))
+  assert scaling_coverage.main([f"--from_json={path}"]) == 0
+  assert "100%~ (96r)" in capsys.readouterr().out
+  path.write_text(json.dumps([few, row(isoflop_a=cell(0.85, 100, 0), chinchilla_a=cell(0.95, 100, 0))]))
+  assert scaling_coverage.main([f"--from_json={path}"]) == 1
+  assert "85%!" in capsys.readouterr().out
+
+
 def test_the_cpu_wsd_design_is_the_committed_sweeps_runs_and_its_law_that_tables_fit():
   # The coverage benchmark's cpu_wsd design rebuilds the committed sweep's (N, D) from shapes;
   # it must be that table's design (replicates included) and its law the table's L(N, D) fit.
