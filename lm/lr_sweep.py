@@ -148,8 +148,9 @@ def optimum(lrs, losses) -> dict:
 
   Diverged runs (None / non-finite) are left out. Returns lr, lo, hi (the interval), best_lr
   (the grid point), edge (the best point is at the end of the grid: the interval is open).
-  Where the parabola is not convex, or its vertex lies outside the points it was fitted to
-  (a zigzag the parabola does not describe), lr is the grid point and there is no interval."""
+  Where the parabola is not convex, or its vertex or its interval reaches outside the points
+  it was fitted to (a zigzag the parabola does not describe), lr is the grid point and there
+  is no interval."""
   pts = [(math.log2(lr), float(l)) for lr, l in zip(lrs, losses) if l is not None and math.isfinite(l)]
   pts.sort()
   if not pts:
@@ -170,6 +171,8 @@ def optimum(lrs, losses) -> dict:
     return {"lr": best_lr, "lo": None, "hi": None, "best_lr": best_lr, "edge": False}
   grad = np.array([b / (2 * a * a), -1 / (2 * a), 0.0])  # d vertex / d (a, b, c)
   se = float(np.sqrt(max(grad @ cov @ grad, 0.0)))
+  if vertex - 2 * se < x[0] or vertex + 2 * se > x[-1]:  # the points do not pin the vertex down
+    return {"lr": best_lr, "lo": None, "hi": None, "best_lr": best_lr, "edge": False}
   return {"lr": 2 ** vertex, "lo": 2 ** (vertex - 2 * se), "hi": 2 ** (vertex + 2 * se), "best_lr": best_lr,
           "edge": False}
 
@@ -335,8 +338,13 @@ def run_groups(out: str, groups: list[dict], config_of, lrs_of, swept_of=None) -
   return rows, record
 
 
+KEEP_MARKER = "<!-- written by hand: a rerun of the study keeps everything below this line -->"
+
+
 def write_readme(out: str, title: str, design: str, record: dict, body: str, quiet_minutes: float) -> None:
-  """OUT/README.md: what was run (command, date, machine, load, wall time) and the tables."""
+  """OUT/README.md: what was run (command, date, machine, load, wall time) and the tables.
+  A README already there keeps what follows its KEEP_MARKER line (a person's reading of the
+  tables), so regenerating the tables never deletes it."""
   text = f"""# {title}
 
 Written by `{record['command']}` on {record['date']}.
@@ -357,5 +365,11 @@ Files: `results.csv` (one row per run: eval loss after the decay, last train los
 `optima.csv` (the optimum per group, from a parabola in log2(lr) through the best five points,
 +-2 standard errors), `rows.jsonl` (the same rows with their loss curves), `run.json` (the record above).
 """
-  with open(os.path.join(out, "README.md"), "w") as f:
+  path = os.path.join(out, "README.md")
+  if os.path.exists(path):
+    with open(path) as f:
+      old = f.read()
+    if KEEP_MARKER in old:
+      text += "\n" + KEEP_MARKER + old.split(KEEP_MARKER, 1)[1]
+  with open(path, "w") as f:
     f.write(text)

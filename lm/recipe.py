@@ -30,8 +30,9 @@ unigram plateau and leaves it at a step that zigzags with the LR, so µP's optim
 identifiable (grid optima 2^-6, 2^-5, 2^-4 at widths 32, 64, 128) and its best loss at width
 128 is 0.47 nats above SP's (2.29 against 1.82). SP's curves at 64 and 128 are convex, with
 optima 2.9e-3 and 2.2e-3 (vertices; grid 2^-8 at both). What is measured and what is not:
-the LR rule rests on those two optima (widths 64 and 128, one seed; width 16 and a second
-seed were not run) on bytes, 2 layers, 300 steps of 1024 tokens; the ladder's rungs are deeper, use a 4096-piece vocabulary, and
+the LR rule rests on those two optima (widths 64 and 128, seed 0; since then width 16 zigzags
+with no identifiable optimum either way, and a second seed moved 64's SP optimum to 1.9e-3, a
+two-seed mean of 2.2e-3, while single losses moved by up to 0.48 nats between seeds) on bytes, 2 layers, 300 steps of 1024 tokens; the ladder's rungs are deeper, use a 4096-piece vocabulary, and
 the accelerator rungs are up to 64x wider than it measured; the LR's dependence on batch
 (DeepSeek's lr ~ C^-0.125) and beta2 0.999 at the CPU tier's batch are not measured on lm.
 """

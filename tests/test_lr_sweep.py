@@ -60,9 +60,25 @@ def test_optimum_finds_the_vertex_of_a_parabola_in_log_lr():
   zigzag = [3.689, 3.078, 2.994, 2.859, 2.947, 2.491, 2.739, 2.568]
   best = lr_sweep.optimum([2.0 ** e for e in range(-11, -3)], zigzag)
   assert (best["lr"], best["lo"], best["hi"], best["edge"]) == (2.0 ** -6, None, None, False)
+  # A vertex inside the window whose +-2 SE runs far past it (depth 2's sweep): the grid point.
+  zigzag = [2.565, 2.331, 2.246, 2.127, 2.744, 2.451, 2.620, 2.709]
+  best = lr_sweep.optimum([2.0 ** e for e in range(-11, -3)], zigzag)
+  assert (best["lr"], best["lo"], best["hi"]) == (2.0 ** -8, None, None)
 
 
 def test_shift_exponent_reads_a_power_law():
   widths = [32, 64, 128, 256]
   assert lr_sweep.shift_exponent(widths, [1e-2 * (w / 32) ** -1 for w in widths]) == pytest.approx(-1.0)
   assert lr_sweep.shift_exponent(widths, [1e-2] * 4) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_rewriting_a_study_readme_keeps_what_follows_the_hand_written_marker(tmp_path):
+  record = {"command": "python -m x", "date": "d", "machine": "m", "uptime_end": "u", "wall_s": 1.0,
+            "load_min": 1.0, "load_max": 1.0, "load_mean": 1.0, "load_samples": 1, "cores": 2}
+  lr_sweep.write_readme(str(tmp_path), "T", "design", record, "table one", 1)
+  path = tmp_path / "README.md"
+  path.write_text(path.read_text() + f"\n{lr_sweep.KEEP_MARKER}\n\n## Reading\n\nmy reading\n")
+  lr_sweep.write_readme(str(tmp_path), "T", "design", record, "table two", 1)
+  text = path.read_text()
+  assert "table two" in text and "table one" not in text and text.endswith("## Reading\n\nmy reading\n")
+  assert text.count(lr_sweep.KEEP_MARKER) == 1
