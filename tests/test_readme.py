@@ -94,6 +94,11 @@ COMMANDS = {  # README command -> how this test runs it, in running order
     "python -m lm.scaling plot --results=runs/iso/results.csv --fit=runs/iso/FIT.json --out_dir=runs/iso":
         Run(("--bootstrap=20",), subs=(COMMITTED_RESULTS,)),
     "python -m experiments.bench.inference": BENCH,
+    "python -m lm.coord_check --out=coord_check.png": Run(("--widths=16,32", "--steps=1")),
+    "python -m experiments.studies.lr_transfer": Run(("--smoke", "--out=runs/lr_smoke")),
+    "python -m experiments.studies.depth_transfer": Run(("--smoke", "--out=runs/depth_smoke")),
+    "python -m experiments.studies.muon_vs_adamw": Run(("--smoke", "--out=runs/muon_smoke")),
+    "python -m experiments.studies.recipe_table": Run(),
     "python -m experiments.studies.quality_vs_cost --train --sweep_dir=runs/qvc --out_dir=experiments/results/quality_vs_cost":
         Skip("trains six ladder rungs for 38 minutes; tests/test_quality_vs_cost.py runs its code on tiny runs"),
     "python -m lm.convert --from_hf=~/models/llama-3.2-1b --to=runs/llama1b": Run(),
