@@ -164,15 +164,16 @@ def optimum(lrs, losses) -> dict:
   x, y = np.array([p[0] for p in window]), np.array([p[1] for p in window])
   coef, cov = np.polyfit(x, y, 2, cov="unscaled" if len(window) == 3 else True)
   a, b, _ = coef
-  if a <= 0:  # not convex here: report the grid point
-    return {"lr": best_lr, "lo": None, "hi": None, "best_lr": best_lr, "edge": False}
+  grid_point = {"lr": best_lr, "lo": None, "hi": None, "best_lr": best_lr, "edge": False}
+  if a <= 0:  # not convex here
+    return grid_point
   vertex = -b / (2 * a)
   if not x[0] <= vertex <= x[-1]:  # e.g. a vertex at 2^-4 from a window whose best point is 2^-6
-    return {"lr": best_lr, "lo": None, "hi": None, "best_lr": best_lr, "edge": False}
+    return grid_point
   grad = np.array([b / (2 * a * a), -1 / (2 * a), 0.0])  # d vertex / d (a, b, c)
   se = float(np.sqrt(max(grad @ cov @ grad, 0.0)))
   if vertex - 2 * se < x[0] or vertex + 2 * se > x[-1]:  # the points do not pin the vertex down
-    return {"lr": best_lr, "lo": None, "hi": None, "best_lr": best_lr, "edge": False}
+    return grid_point
   return {"lr": 2 ** vertex, "lo": 2 ** (vertex - 2 * se), "hi": 2 ** (vertex + 2 * se), "best_lr": best_lr,
           "edge": False}
 

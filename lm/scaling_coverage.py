@@ -72,8 +72,6 @@ def _ladder_design(widths_per_budget, budgets=CPU_BUDGETS, vocab=259, seq=128, r
     for w in [w for w in widths for _ in range(2 if budget in replicated else 1)]:
       width, changes = w if isinstance(w, tuple) else (w, {})
       m = dataclasses.replace(ladder.model_config(width, vocab, seq), **changes)
-      if "d_model" in changes:
-        m = dataclasses.replace(m, n_heads=m.d_model // m.head_dim, n_kv_heads=m.d_model // m.head_dim)
       per_token = flops.flops_executed(m, seq)
       steps = round(budget / (per_token * TOKENS_PER_STEP))
       d = steps * TOKENS_PER_STEP
