@@ -62,8 +62,26 @@ def test_the_recorded_equations_cover_both_families_and_the_decoding_head():
   assert {out for _, out in EQUATIONS} == {None, jnp.float32}  # float32 logits included
 
 
+def _blocks(blocked: bool):
+  """Column blocks (lm/ops.py) at the test's tiny shapes (64 tokens, 8-97 columns), or none."""
+  if not blocked:
+    return contextlib.nullcontext()
+  stack = contextlib.ExitStack()
+  stack.enter_context(mock.patch.object(ops, "COLUMN_BLOCK", 8))
+  stack.enter_context(mock.patch.object(ops, "BLOCKED_TOKENS", 32))
+  return stack
+
+
+@pytest.mark.parametrize("blocked", [False, True], ids=["whole", "column_blocks"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
-def test_the_custom_vjp_gives_autodiffs_values_and_gradients_for_every_model_equation(dtype):
+def test_the_custom_vjp_gives_autodiffs_values_and_gradients_for_every_model_equation(dtype, blocked):
+  with _blocks(blocked):
+    _check_every_model_equation(dtype, exact_forward=not blocked)
+
+
+def _check_every_model_equation(dtype, exact_forward: bool):
+  """Outputs equal the einsum's (exactly, unless in column blocks: Eigen may then order a
+  K-long sum differently) and gradients autodiff's within TOLERANCE."""
   for i, ((eq, out_dtype), (x_shape, w_shape)) in enumerate(sorted(EQUATIONS.items(), key=str)):
     rng = np.random.default_rng(i)  # numpy: jax.random would compile once per shape
     x, w = (jnp.asarray(rng.standard_normal(shape), dtype) for shape in (x_shape, w_shape))
@@ -78,12 +96,32 @@ def test_the_custom_vjp_gives_autodiffs_values_and_gradients_for_every_model_equ
       return out_and_grads("custom_vjp"), out_and_grads("einsum")
 
     (y_custom, custom), (y_einsum, autodiff) = both(x, w)
-    for out in (y_custom, y_einsum):
-      np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(y, np.float32), err_msg=eq)
+    np.testing.assert_array_equal(np.asarray(y_einsum, np.float32), np.asarray(y, np.float32), err_msg=eq)
+    y_custom, y = np.asarray(y_custom, np.float32), np.asarray(y, np.float32)
+    if exact_forward:
+      np.testing.assert_array_equal(y_custom, y, err_msg=eq)
+    else:
+      np.testing.assert_allclose(y_custom, y, rtol=0, atol=TOLERANCE[dtype] * np.abs(y).max(), err_msg=eq)
     for name, a, b in zip(("dx", "dw"), custom, autodiff):
       assert a.dtype == b.dtype == dtype and a.shape == b.shape, (eq, name)
       a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
       np.testing.assert_allclose(a, b, rtol=0, atol=TOLERANCE[dtype] * np.abs(b).max(), err_msg=f"{eq} {name}")
+
+
+def test_column_blocks_split_wide_products_over_many_tokens_only():
+  """Over >= BLOCKED_TOKENS tokens a product with more than COLUMN_BLOCK columns is several
+  dots (forward and dx in column blocks, a wide dw as one transposed product); over fewer
+  tokens (decoding) each product stays one dot."""
+  def dots(tokens):
+    x, w = jnp.ones((tokens, 16)), jnp.ones((16, 40))
+    loss = lambda x, w: jnp.sum(jnp.sin(ops.dense("TC,CN->TN", x, w, matmul="custom_vjp")))
+    hlo = jax.jit(jax.value_and_grad(loss, (0, 1))).lower(x, w).as_text()
+    return hlo.count("dot_general")
+
+  with _blocks(True):
+    assert dots(64) == 5 + 1 + 2  # forward: 40 columns in blocks of 8; dw: one transposed product; dx: 16 columns, 2 blocks
+    assert dots(16) == 3
+  assert dots(64) == 3
 
 
 def _layout_copies(hlo: str) -> list[str]:

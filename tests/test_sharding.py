@@ -54,6 +54,21 @@ def reference():
 @pytest.mark.parametrize("mesh_shape", MESHES)
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_sharded_forward_and_gradients_equal_one_device(reference, mesh_shape, family):
+  _check_sharded_equals_one_device(reference, mesh_shape, family)
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 4, 2), (2, 2, 2)])
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_sharded_column_blocks_equal_one_device_without_them(reference, mesh_shape, family, monkeypatch):
+  """lm/ops.py's column blocks (CPU) slice sharded weights and activations: at this test's
+  128 tokens they are on here, and still give the one-device, unblocked values."""
+  from lm import ops
+  monkeypatch.setattr(ops, "COLUMN_BLOCK", 8)
+  monkeypatch.setattr(ops, "BLOCKED_TOKENS", 64)
+  _check_sharded_equals_one_device(reference, mesh_shape, family)
+
+
+def _check_sharded_equals_one_device(reference, mesh_shape, family):
   model_kw, params, ref_loss, ref_logits, ref_grads = reference[family]
   cfg = _config(mesh_shape, **model_kw)
   mesh = sharding.make_mesh(cfg.mesh)
