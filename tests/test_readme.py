@@ -127,6 +127,7 @@ COMMANDS = {  # README command -> how this test runs it, in running order
     "pip install -U \"jax[cuda12]\"": CLUSTER,
     "python -m experiments.bench.train_step": BENCH,
     "python -m experiments.bench.data": BENCH,
+    "python -m experiments.bench.matmul_shapes": Run(("--tokens=64", "--blocks=4096", "--repeats=1")),
     "python3 -m experiments.launch.slurm --per_point --max_running=16 --gpus_per_node=8 --time=4:00:00 "
     "--partition=gpu --sweep=\"--config=experiments/sweeps/isoflop_cpu.py --sweep_dir=/shared/$USER/sweeps/iso1\" "
     "--wait --dry_run": CLUSTER,

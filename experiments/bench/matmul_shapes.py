@@ -1,0 +1,95 @@
+"""The training step's weight products on XLA:CPU: whole, in column blocks, and transposed.
+
+    python -m experiments.bench.matmul_shapes [--tokens=4096] [--blocks=1024,512,256] [--repeats=5]
+
+lm/ops.py computes wide f32 products (more than COLUMN_BLOCK output columns, over at least
+BLOCKED_TOKENS tokens) in column blocks, and a wide weight gradient as its transpose,
+because Eigen's product slows down as the output's columns grow. This prints the evidence
+for the machine at hand: GFLOP/s of each product of the benchmark step (4 layers, d_model
+512, d_ff 2048, vocabulary 8192, 16 x 256 tokens) computed
+  whole        one einsum, as jax writes it;
+  cN           N columns at a time, concatenated (what lm/ops.py does with COLUMN_BLOCK);
+  transposed   (weight gradients only) dw^T = dy^T x, then transposed behind an
+               optimization barrier (lm/ops.py _weight_gradient).
+Each cell is the median of --repeats jitted calls after two warm-ups, in this one process,
+under the XLA flags lm's entry points set (lm.cli.set_xla_flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# (name, equation, a shape, b shape, b's output-column axis); T = tokens
+PRODUCTS = [
+    ("head forward x @ w", "TC,CN->TN", ("T", 512), (512, 8192), 1),
+    ("head dw = x^T dy", "TC,TN->CN", ("T", 512), ("T", 8192), 1),
+    ("head dx = dy w^T", "TN,CN->TC", ("T", 8192), (512, 8192), 0),
+    ("swiglu in forward", "TC,CN->TN", ("T", 512), (512, 4096), 1),
+    ("swiglu in dw", "TC,TN->CN", ("T", 512), ("T", 4096), 1),
+    ("mlp out forward", "TC,CN->TN", ("T", 2048), (2048, 512), 1),
+    ("mlp out dx", "TN,CN->TC", ("T", 512), (2048, 512), 0),
+]
+
+
+def blocked(eq: str, b_axis: int, block: int):
+  def f(a, b):
+    n = b.shape[b_axis]
+    return jnp.concatenate([jnp.einsum(eq, a, jax.lax.slice_in_dim(b, i, min(i + block, n), axis=b_axis))
+                            for i in range(0, n, block)], axis=-1)
+  return f
+
+
+def transposed(a_TC, dy_TN):
+  return jax.lax.optimization_barrier(jnp.einsum("TN,TC->NC", dy_TN, a_TC)).T
+
+
+def median_seconds(fn, args, repeats: int) -> float:
+  jitted = jax.jit(fn)
+  for _ in range(2):
+    jax.block_until_ready(jitted(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(jitted(*args))
+    times.append(time.perf_counter() - t0)
+  return sorted(times)[len(times) // 2]
+
+
+def main():
+  p = argparse.ArgumentParser(prog="python -m experiments.bench.matmul_shapes", description=__doc__.split("\n")[0])
+  p.add_argument("--tokens", type=int, default=4096, help="T: batch x length (the benchmark step's 16 x 256)")
+  p.add_argument("--blocks", default="1024,512,256", help="column block widths to time")
+  p.add_argument("--repeats", type=int, default=5)
+  args = p.parse_args()
+  blocks = [int(b) for b in args.blocks.split(",")]
+  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {len(os.sched_getaffinity(0))} cores, f32, "
+        f"T = {args.tokens}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load {os.getloadavg()[0]:.2f}")
+  columns = ["whole"] + [f"c{b}" for b in blocks] + ["transposed"]
+  print(f"{'product':<20} {'shape (M x K x N)':>20} " + " ".join(f"{c:>10}" for c in columns) + "   (GFLOP/s)")
+  rng = np.random.default_rng(0)
+  for name, eq, a_shape, b_shape, b_axis in PRODUCTS:
+    a_shape = tuple(args.tokens if d == "T" else d for d in a_shape)
+    b_shape = tuple(args.tokens if d == "T" else d for d in b_shape)
+    a, b = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (a_shape, b_shape))
+    out = jax.eval_shape(lambda a, b: jnp.einsum(eq, a, b), a, b).shape
+    k = a.size // out[0] if eq.startswith("TC,C") or eq.startswith("TN,C") else args.tokens
+    flops = 2 * out[0] * out[1] * k
+    cells = [median_seconds(lambda a, b: jnp.einsum(eq, a, b), (a, b), args.repeats)]
+    cells += [median_seconds(blocked(eq, b_axis, blk), (a, b), args.repeats) if blk < out[1] else None
+              for blk in blocks]
+    cells.append(median_seconds(transposed, (a, b), args.repeats) if eq == "TC,TN->CN" else None)
+    shape = f"{out[0]} x {k} x {out[1]}"
+    print(f"{name:<20} {shape:>20} " + " ".join(f"{flops / s / 1e9:>10.1f}" if s else f"{'-':>10}" for s in cells))
+  print(f"load at end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+  from lm.cli import set_xla_flags  # the entry points' XLA flags (Eigen dots on jaxlib 0.10), before jax starts
+  set_xla_flags()
+  main()
