@@ -8,22 +8,26 @@ because Eigen's product slows down as the output's columns grow. This prints the
 for the machine at hand: GFLOP/s of each product of the benchmark step (4 layers, d_model
 512, d_ff 2048, vocabulary 8192, 16 x 256 tokens) computed
   whole        one einsum, as jax writes it;
-  cN           N columns at a time, concatenated (what lm/ops.py does with COLUMN_BLOCK);
+  cN           N columns at a time, concatenated (lm/ops.py in_column_blocks, used with COLUMN_BLOCK);
   transposed   (weight gradients only) dw^T = dy^T x, then transposed behind an
-               optimization barrier (lm/ops.py _weight_gradient).
-Each cell is the median of --repeats jitted calls after two warm-ups, in this one process,
+               optimization barrier (lm/ops.py transposed_weight_gradient).
+Each cell is the median of --repeats jitted calls after two warm-ups (train_step's
+median_step_seconds), in this one process,
 under the XLA flags lm's entry points set (lm.cli.set_xla_flags).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from experiments.bench.train_step import median_step_seconds
+from lm import ops
 
 # (name, equation, a shape, b shape, b's output-column axis); T = tokens
 PRODUCTS = [
@@ -37,28 +41,16 @@ PRODUCTS = [
 ]
 
 
-def blocked(eq: str, b_axis: int, block: int):
-  def f(a, b):
-    n = b.shape[b_axis]
-    return jnp.concatenate([jnp.einsum(eq, a, jax.lax.slice_in_dim(b, i, min(i + block, n), axis=b_axis))
-                            for i in range(0, n, block)], axis=-1)
-  return f
-
-
-def transposed(a_TC, dy_TN):
-  return jax.lax.optimization_barrier(jnp.einsum("TN,TC->NC", dy_TN, a_TC)).T
-
-
 def median_seconds(fn, args, repeats: int) -> float:
   jitted = jax.jit(fn)
-  for _ in range(2):
-    jax.block_until_ready(jitted(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(jitted(*args))
-    times.append(time.perf_counter() - t0)
-  return sorted(times)[len(times) // 2]
+  return median_step_seconds(lambda: jax.block_until_ready(jitted(*args)), repeats)
+
+
+def contracted_size(eq: str, a: jax.Array, b: jax.Array) -> int:
+  """K: the product of the sizes of the axes eq contracts."""
+  inputs, out = eq.split("->")
+  sizes = dict(zip(inputs.split(",")[0], a.shape)) | dict(zip(inputs.split(",")[1], b.shape))
+  return int(np.prod([size for axis, size in sizes.items() if axis not in out]))
 
 
 def main():
@@ -78,12 +70,12 @@ def main():
     b_shape = tuple(args.tokens if d == "T" else d for d in b_shape)
     a, b = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (a_shape, b_shape))
     out = jax.eval_shape(lambda a, b: jnp.einsum(eq, a, b), a, b).shape
-    k = a.size // out[0] if eq.startswith("TC,C") or eq.startswith("TN,C") else args.tokens
+    k = contracted_size(eq, a, b)
     flops = 2 * out[0] * out[1] * k
     cells = [median_seconds(lambda a, b: jnp.einsum(eq, a, b), (a, b), args.repeats)]
-    cells += [median_seconds(blocked(eq, b_axis, blk), (a, b), args.repeats) if blk < out[1] else None
-              for blk in blocks]
-    cells.append(median_seconds(transposed, (a, b), args.repeats) if eq == "TC,TN->CN" else None)
+    cells += [median_seconds(functools.partial(ops.in_column_blocks, eq, b_axis=b_axis, block=blk), (a, b),
+                             args.repeats) if blk < out[1] else None for blk in blocks]
+    cells.append(median_seconds(ops.transposed_weight_gradient, (a, b), args.repeats) if eq == "TC,TN->CN" else None)
     shape = f"{out[0]} x {k} x {out[1]}"
     print(f"{name:<20} {shape:>20} " + " ".join(f"{flops / s / 1e9:>10.1f}" if s else f"{'-':>10}" for s in cells))
   print(f"load at end {os.getloadavg()[0]:.2f}")
