@@ -28,7 +28,16 @@
                 dot, so values match the plain product to rounding (not bitwise). At the benchmark
                 shape, in alternating runs (two each), the step took 7% (Llama-like) and
                 10% (GPT-2-like) less time on average (PROFILE.md has the measurements).
-  'auto'        'custom_vjp' on the CPU backend, 'einsum' elsewhere. Resolved when the model
+  'blas'        'custom_vjp' with the 2-D float32 products computed by OpenBLAS through an
+                XLA FFI call (lm/cpu_gemm.py: why, and how it is built), XLA:CPU only. At the
+                benchmark shape the Llama-like step went from 4,651 to 4,193 ms and the
+                GPT-2-like from 4,103 to 3,682 (PROFILE.md, 2026-12-03). Where it cannot run it
+                is 'custom_vjp' exactly: another dtype, fewer than BLAS_MIN_ROWS rows
+                (decoding: Eigen's few-row product read the weights faster), or a mesh of more
+                than one device (a custom call has no sharding rule; XLA would gather its
+                operands onto every device).
+  'auto'        'blas' on the CPU backend when lm/cpu_gemm.py's kernel builds there, else
+                'custom_vjp' (it warns once why); 'einsum' elsewhere. Resolved when the model
                 is traced (jax.default_backend(), the backend jit places it on), not when a
                 config is built: configs are built for counting too (configs/ladder.py, a
                 sweep's plan), and starting a backend there would take a TPU VM's chips
@@ -51,15 +60,20 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-MATMULS = ("auto", "custom_vjp", "einsum")
+from lm import cpu_gemm
+
+MATMULS = ("auto", "blas", "custom_vjp", "einsum")
 
 
 def resolve_matmul(matmul: str) -> str:
-  """'auto' -> 'custom_vjp' on the CPU backend, 'einsum' elsewhere; the others unchanged."""
+  """'auto' -> 'blas' on the CPU backend (or 'custom_vjp' where the OpenBLAS kernel cannot
+  be built), 'einsum' elsewhere; the others unchanged."""
   if matmul not in MATMULS:
     raise ValueError(f"model.matmul={matmul!r} is not one of {MATMULS}.")
   if matmul == "auto":
-    return "custom_vjp" if jax.default_backend() == "cpu" else "einsum"
+    if jax.default_backend() != "cpu":
+      return "einsum"
+    return "blas" if cpu_gemm.available() else "custom_vjp"
   return matmul
 
 
@@ -69,16 +83,17 @@ SAVE_DENSE_OUTPUTS = jax.checkpoint_policies.save_only_these_names(DENSE_NAME)
 
 def dots_saveable(matmul: str):
   """The jax.checkpoint policy of remat 'dots' for this matmul choice (module docstring)."""
-  if resolve_matmul(matmul) == "custom_vjp":
+  if resolve_matmul(matmul) in ("blas", "custom_vjp"):
     return SAVE_DENSE_OUTPUTS
   return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
 
 
 def dense(eq: str, x: jax.Array, w: jax.Array, out_dtype=None, matmul: str = "auto") -> jax.Array:
   """einsum(eq, x, w); `out_dtype` accumulates and returns in that dtype (float32 logits)."""
-  if resolve_matmul(matmul) == "einsum":
+  resolved = resolve_matmul(matmul)
+  if resolved == "einsum":
     return jnp.einsum(eq, x, w, preferred_element_type=out_dtype)
-  return checkpoint_name(_dense(eq, x, w, out_dtype), DENSE_NAME)
+  return checkpoint_name(_dense(eq, x, w, out_dtype, resolved == "blas"), DENSE_NAME)
 
 
 @functools.lru_cache(maxsize=None)
@@ -118,6 +133,28 @@ def transposed_weight_gradient(x_TC: jax.Array, dy_TN: jax.Array) -> jax.Array:
   return jax.lax.optimization_barrier(jnp.einsum("TN,TC->NC", dy_TN, x_TC)).T
 
 
+# 'blas': products over fewer rows (T) stay XLA's. A [1, 768] @ [768, 4096] decode product took
+# 0.31 ms in Eigen and 0.65 through OpenBLAS; at 8 rows they were level (0.78 / 0.73 ms).
+BLAS_MIN_ROWS = 16
+# The three 2-D equations of the custom VJP as OpenBLAS transposes (trans_a, trans_b).
+GEMM_TRANSPOSES = {"TC,CN->TN": (False, False), "TN,CN->TC": (False, True), "TC,TN->CN": (True, False)}
+
+
+def _blas_runs(eq: str, a: jax.Array, b: jax.Array, out_dtype) -> bool:
+  """Whether this 2-D product goes to OpenBLAS under 'blas' (module docstring)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return (a.dtype == jnp.float32 and b.dtype == jnp.float32 and out_dtype in (None, jnp.float32)
+          and a.shape[0] >= BLAS_MIN_ROWS and (mesh.empty or mesh.size == 1) and cpu_gemm.available())
+
+
+def _product(eq: str, a: jax.Array, b: jax.Array, b_axis: int, out_dtype, blas: bool) -> jax.Array:
+  """einsum(eq, a, b) for one of the 2-D equations: OpenBLAS under 'blas' where it runs, else
+  XLA's product (in column blocks where they pay). a's rows are T."""
+  if blas and _blas_runs(eq, a, b, out_dtype):
+    return cpu_gemm.gemm(a, b, *GEMM_TRANSPOSES[eq])
+  return _column_blocked(eq, a, b, b_axis, out_dtype)
+
+
 def _column_blocked(eq: str, a: jax.Array, b: jax.Array, b_axis: int, out_dtype=None) -> jax.Array:
   """einsum(eq, a, b), in COLUMN_BLOCK column blocks where they pay (a's rows are T)."""
   if not _blocks_pay(a.shape[0], b.shape[b_axis]):
@@ -125,27 +162,30 @@ def _column_blocked(eq: str, a: jax.Array, b: jax.Array, b_axis: int, out_dtype=
   return in_column_blocks(eq, a, b, b_axis, COLUMN_BLOCK, out_dtype)
 
 
-def _weight_gradient(x_TC: jax.Array, dy_TN: jax.Array) -> jax.Array:
-  """dw_CN = x_TC^T dy_TN: transposed when it has more columns than rows and blocks pay."""
+def _weight_gradient(x_TC: jax.Array, dy_TN: jax.Array, blas: bool) -> jax.Array:
+  """dw_CN = x_TC^T dy_TN: OpenBLAS under 'blas' where it runs; else transposed when it has
+  more columns than rows and blocks pay."""
+  if blas and _blas_runs("TC,TN->CN", x_TC, dy_TN, None):
+    return cpu_gemm.gemm(x_TC, dy_TN, trans_a=True)
   if _blocks_pay(x_TC.shape[0], dy_TN.shape[1]) and dy_TN.shape[1] > x_TC.shape[1]:
     return transposed_weight_gradient(x_TC, dy_TN)
   return _column_blocked("TC,TN->CN", x_TC, dy_TN, 1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
-def _dense(eq, x, w, out_dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3, 4))
+def _dense(eq, x, w, out_dtype, blas):
   rows = _row_axes(eq)
   if rows is None:
     return jnp.einsum(eq, x, w, preferred_element_type=out_dtype)
   # the 2-D views (as in _dense_bwd): [T, C] @ [C, N], T rows, C contracted, N columns
   x_TC = x.reshape(math.prod(x.shape[:rows]), -1)
   w_CN = w.reshape(x_TC.shape[1], -1)
-  out_TN = _column_blocked("TC,CN->TN", x_TC, w_CN, 1, out_dtype)
+  out_TN = _product("TC,CN->TN", x_TC, w_CN, 1, out_dtype, blas)
   return out_TN.reshape(x.shape[:rows] + w.shape[x.ndim - rows:])
 
 
-def _dense_fwd(eq, x, w, out_dtype):
-  return _dense(eq, x, w, out_dtype), (x, w)
+def _dense_fwd(eq, x, w, out_dtype, blas):
+  return _dense(eq, x, w, out_dtype, blas), (x, w)
 
 
 @functools.lru_cache(maxsize=None)
@@ -162,7 +202,7 @@ def _row_axes(eq: str) -> int | None:
   return None
 
 
-def _dense_bwd(eq, out_dtype, residuals, dy):
+def _dense_bwd(eq, out_dtype, blas, residuals, dy):
   x, w = residuals
   dx_eq, dw_eq = _grad_equations(eq)
   rows = _row_axes(eq)
@@ -172,8 +212,8 @@ def _dense_bwd(eq, out_dtype, residuals, dy):
     t = math.prod(x.shape[:rows])
     x_TC, dy_TN = x.reshape(t, -1), dy.reshape(t, -1)
     w_CN = w.reshape(x_TC.shape[1], dy_TN.shape[1])
-    dx = _column_blocked("TN,CN->TC", dy_TN, w_CN, 0).reshape(x.shape)
-    dw = _weight_gradient(x_TC, dy_TN).reshape(w.shape)
+    dx = _product("TN,CN->TC", dy_TN, w_CN, 0, None, blas).reshape(x.shape)
+    dw = _weight_gradient(x_TC, dy_TN, blas).reshape(w.shape)
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 

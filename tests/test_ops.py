@@ -19,7 +19,7 @@ import flax.linen as nn
 from jax.ad_checkpoint import print_saved_residuals
 
 from lm.errors import ConfigError
-from lm import ops
+from lm import cpu_gemm, ops
 from lm.model import ModelConfig, Transformer, init_params
 from tests.helpers import tiny_config, tiny_model_config
 
@@ -39,9 +39,9 @@ def _model_equations() -> dict:
   seen = {}
   record = ops._dense
 
-  def recording(eq, x, w, out_dtype):
+  def recording(eq, x, w, out_dtype, blas):
     seen[(eq, out_dtype)] = (x.shape, w.shape)
-    return record(eq, x, w, out_dtype)
+    return record(eq, x, w, out_dtype, blas)
 
   with mock.patch.object(ops, "_dense", recording):
     for family in FAMILIES.values():
@@ -72,16 +72,21 @@ def _blocks(blocked: bool):
   return stack
 
 
-@pytest.mark.parametrize("blocked", [False, True], ids=["whole", "column_blocks"])
+@pytest.mark.parametrize("matmul,blocked", [("custom_vjp", False), ("custom_vjp", True), ("blas", False)],
+                         ids=["whole", "column_blocks", "blas"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
-def test_the_custom_vjp_gives_autodiffs_values_and_gradients_for_every_model_equation(dtype, blocked):
+def test_the_custom_vjp_gives_autodiffs_values_and_gradients_for_every_model_equation(dtype, matmul, blocked):
+  """'blas' at float32: OpenBLAS computes the training products (64-68 rows; decoding's 4
+  rows stay XLA's); at bfloat16 it is the custom VJP exactly."""
+  if matmul == "blas" and not cpu_gemm.available():
+    pytest.skip("lm/cpu_gemm.py's kernel is unavailable here (its warning says why)")
   with _blocks(blocked):
-    _check_every_model_equation(dtype, exact_forward=not blocked)
+    _check_every_model_equation(dtype, matmul, exact_forward=not blocked and not (matmul == "blas" and dtype == jnp.float32))
 
 
-def _check_every_model_equation(dtype, exact_forward: bool):
-  """Outputs equal the einsum's (exactly, unless in column blocks: Eigen may then order a
-  K-long sum differently) and gradients autodiff's within TOLERANCE."""
+def _check_every_model_equation(dtype, matmul: str, exact_forward: bool):
+  """Outputs equal the einsum's (exactly, unless in column blocks or OpenBLAS: a K-long sum
+  may then be ordered differently) and gradients autodiff's within TOLERANCE."""
   for i, ((eq, out_dtype), (x_shape, w_shape)) in enumerate(sorted(EQUATIONS.items(), key=str)):
     rng = np.random.default_rng(i)  # numpy: jax.random would compile once per shape
     x, w = (jnp.asarray(rng.standard_normal(shape), dtype) for shape in (x_shape, w_shape))
@@ -93,7 +98,7 @@ def _check_every_model_equation(dtype, exact_forward: bool):
       def out_and_grads(matmul):
         loss = lambda x, w: jnp.sum((ops.dense(eq, x, w, out_dtype, matmul=matmul) * r).astype(jnp.float32))
         return ops.dense(eq, x, w, out_dtype, matmul=matmul), jax.grad(loss, (0, 1))(x, w)
-      return out_and_grads("custom_vjp"), out_and_grads("einsum")
+      return out_and_grads(matmul), out_and_grads("einsum")
 
     (y_custom, custom), (y_einsum, autodiff) = both(x, w)
     np.testing.assert_array_equal(np.asarray(y_einsum, np.float32), np.asarray(y, np.float32), err_msg=eq)
@@ -202,17 +207,21 @@ def _has_custom_vjp(model: Transformer) -> bool:
   return "custom_vjp_call" in str(jax.make_jaxpr(lambda p: model.apply({"params": p}, TOKENS))(params))
 
 
-@pytest.mark.parametrize("backend,expected", [("cpu", "custom_vjp"), ("gpu", "einsum"), ("tpu", "einsum")])
-def test_auto_is_the_custom_vjp_on_cpu_only_and_resolved_when_the_model_is_traced(backend, expected):
+@pytest.mark.parametrize("backend,kernel,expected", [("cpu", True, "blas"), ("cpu", False, "custom_vjp"),
+                                                    ("gpu", True, "einsum"), ("tpu", True, "einsum")])
+def test_auto_is_blas_on_cpu_only_and_resolved_when_the_model_is_traced(backend, kernel, expected):
+  """'blas' where lm/cpu_gemm.py's kernel is available, else 'custom_vjp'; both are custom VJPs."""
   model = Transformer(tiny_model_config())  # lm/schema.py: matmul='auto'
   assert model.cfg.matmul == "auto"
-  with mock.patch.object(ops.jax, "default_backend", lambda: backend):
+  with mock.patch.object(ops.jax, "default_backend", lambda: backend), \
+       mock.patch.object(ops.cpu_gemm, "available", lambda: kernel):
     assert ops.resolve_matmul("auto") == expected
-    assert _has_custom_vjp(model) == (expected == "custom_vjp")
-  assert ops.resolve_matmul("einsum") == "einsum" and ops.resolve_matmul("custom_vjp") == "custom_vjp"
+    assert _has_custom_vjp(model) == (expected != "einsum")
+  for matmul in ("blas", "custom_vjp", "einsum"):
+    assert ops.resolve_matmul(matmul) == matmul
 
 
 def test_an_unknown_matmul_is_a_config_error_naming_the_field():
-  expected = r"model.matmul='fast' is not one of \('auto', 'custom_vjp', 'einsum'\); set --config.model.matmul"
+  expected = r"model.matmul='fast' is not one of \('auto', 'blas', 'custom_vjp', 'einsum'\); set --config.model.matmul"
   with pytest.raises(ConfigError, match=expected):
     ModelConfig.from_config(tiny_config(matmul="fast").model, 97)

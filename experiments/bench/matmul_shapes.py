@@ -1,4 +1,4 @@
-"""The training step's weight products on XLA:CPU: whole, in column blocks, and transposed.
+"""The training step's weight products on XLA:CPU: whole, in column blocks, transposed, and OpenBLAS.
 
     python -m experiments.bench.matmul_shapes [--tokens=4096] [--blocks=1024,512,256] [--repeats=5]
 
@@ -10,7 +10,9 @@ for the machine at hand: GFLOP/s of each product of the benchmark step (4 layers
   whole        one einsum, as jax writes it;
   cN           N columns at a time, concatenated (lm/ops.py in_column_blocks, used with COLUMN_BLOCK);
   transposed   (weight gradients only) dw^T = dy^T x, then transposed behind an
-               optimization barrier (lm/ops.py transposed_weight_gradient).
+               optimization barrier (lm/ops.py transposed_weight_gradient);
+  blas         lm/cpu_gemm.py's OpenBLAS call, as model.matmul='blas' (the CPU default)
+               computes it ('-' where the kernel is unavailable here).
 Each cell is the median of --repeats jitted calls after two warm-ups (train_step's
 median_step_seconds), in this one process,
 under the XLA flags lm's entry points set (lm.cli.set_xla_flags).
@@ -27,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.bench.train_step import median_step_seconds
-from lm import ops
+from lm import cpu_gemm, ops
 
 # (name, equation, a shape, b shape, b's output-column axis); T = tokens
 PRODUCTS = [
@@ -62,7 +64,7 @@ def main():
   blocks = [int(b) for b in args.blocks.split(",")]
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {len(os.sched_getaffinity(0))} cores, f32, "
         f"T = {args.tokens}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load {os.getloadavg()[0]:.2f}")
-  columns = ["whole"] + [f"c{b}" for b in blocks] + ["transposed"]
+  columns = ["whole"] + [f"c{b}" for b in blocks] + ["transposed", "blas"]
   print(f"{'product':<20} {'shape (M x K x N)':>20} " + " ".join(f"{c:>10}" for c in columns) + "   (GFLOP/s)")
   rng = np.random.default_rng(0)
   for name, eq, a_shape, b_shape, b_axis in PRODUCTS:
@@ -76,6 +78,8 @@ def main():
     cells += [median_seconds(functools.partial(ops.in_column_blocks, eq, b_axis=b_axis, block=blk), (a, b),
                              args.repeats) if blk < out[1] else None for blk in blocks]
     cells.append(median_seconds(ops.transposed_weight_gradient, (a, b), args.repeats) if eq == "TC,TN->CN" else None)
+    blas = functools.partial(cpu_gemm.gemm, **dict(zip(("trans_a", "trans_b"), ops.GEMM_TRANSPOSES[eq])))
+    cells.append(median_seconds(blas, (a, b), args.repeats) if cpu_gemm.available() else None)
     shape = f"{out[0]} x {k} x {out[1]}"
     print(f"{name:<20} {shape:>20} " + " ".join(f"{flops / s / 1e9:>10.1f}" if s else f"{'-':>10}" for s in cells))
   print(f"load at end {os.getloadavg()[0]:.2f}")

@@ -1,0 +1,136 @@
+"""f32 matrix products on XLA:CPU through OpenBLAS, as an XLA FFI custom call.
+
+Why: XLA:CPU's own f32 product (Eigen) runs well below what the CPU does. On the 2-core
+AVX2 EPYC of 2026-12-03, [4096, 512] @ [512, 8192] ran 77-80 GFLOP/s through Eigen whole
+(114 in lm's column blocks), 4096^3 ran 92, while OpenBLAS and torch's MKL ran the same
+shapes at 170-185 (experiments/bench/matmul_shapes.py prints both). The weight products are
+three quarters of a CPU training step, so model.matmul='blas' (lm/ops.py; what 'auto' picks
+on a CPU backend when this kernel is available) routes them here.
+
+What it is: lm/cpu_gemm.cc, about 100 lines of C++ against the XLA FFI headers jaxlib ships
+(jax.ffi.include_dir()), calling `sgemm` of the OpenBLAS in the scipy-openblas32 wheel (the
+build numpy and scipy ship, as a package of its own, so its thread setting is lm's alone).
+It is compiled with the system's C++ compiler ($CXX, else g++) on first use, like
+torch.compile's C++ kernels, into ~/.cache/lm/ (or $XDG_CACHE_HOME/lm), keyed by a hash of
+the source, the jaxlib version and the library path; later processes load the cached file.
+The kernel splits each product into one chunk per XLA intra-op thread and runs each chunk
+single-threaded, so XLA's scheduler alone shares the cores (OpenBLAS's own threads beside
+XLA's made the step 15% slower than Eigen).
+
+When it is unavailable (no compiler, no wheel, another OS), `available()` says why once, in
+a warning, and lm uses the XLA product ('custom_vjp'); nothing else changes. Values equal
+XLA's product to rounding (a K-long sum may be ordered differently; tests/test_cpu_gemm.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+
+import jax
+import jax.numpy as jnp
+
+TARGET = "lm_cpu_gemm"
+_SOURCE = os.path.join(os.path.dirname(__file__), "cpu_gemm.cc")
+
+
+class Unavailable(RuntimeError):
+  """The kernel cannot be built or loaded here; the message says why and what to do."""
+
+
+def _openblas_lib_dir() -> str:
+  try:
+    import scipy_openblas32  # local: an optional, Linux-only dependency (setup.cfg)
+  except ImportError:
+    raise Unavailable("the scipy-openblas32 package is not installed (pip install scipy-openblas32)") from None
+  lib_dir = scipy_openblas32.get_lib_dir()
+  if not glob.glob(os.path.join(lib_dir, "libscipy_openblas.so")):
+    raise Unavailable(f"no libscipy_openblas.so in {lib_dir} (scipy-openblas32 ships it on Linux only)")
+  return lib_dir
+
+
+def _cache_dir() -> str:
+  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(cache, "lm")
+
+
+def _build(lib_dir: str) -> str:
+  """The compiled kernel's path: the cached file, or a new build of lm/cpu_gemm.cc."""
+  import jaxlib  # local: the version is part of the cache key (the FFI headers come with it)
+  compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+  if compiler is None:
+    raise Unavailable("no C++ compiler (install g++, or set CXX)")
+  with open(_SOURCE, "rb") as f:
+    source = f.read()
+  key = hashlib.sha256(source + jaxlib.__version__.encode() + lib_dir.encode() + compiler.encode()).hexdigest()[:16]
+  path = os.path.join(_cache_dir(), f"cpu_gemm-{key}.so")
+  if os.path.exists(path):
+    return path
+  os.makedirs(_cache_dir(), exist_ok=True)
+  # Build beside the target and rename: processes building at once each finish a whole file.
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=_cache_dir())
+  os.close(fd)
+  cmd = [compiler, "-O2", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}", _SOURCE,
+         "-o", tmp, f"-L{lib_dir}", "-lscipy_openblas", f"-Wl,-rpath,{lib_dir}"]
+  result = subprocess.run(cmd, capture_output=True, text=True)
+  if result.returncode != 0:
+    os.unlink(tmp)
+    tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+    raise Unavailable(f"compiling {_SOURCE} failed ({' '.join(cmd[:2])} ...): {' | '.join(tail)}")
+  os.replace(tmp, path)
+  return path
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> str | None:
+  """None when the kernel is registered with XLA:CPU, else why it is not."""
+  if os.environ.get("LM_CPU_GEMM") == "0":
+    return "LM_CPU_GEMM=0"
+  try:
+    lib_dir = _openblas_lib_dir()
+    lib = ctypes.CDLL(_build(lib_dir))
+    lib.LmCpuGemmInit()  # OpenBLAS's own pool to one thread: the kernel splits over XLA's
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.LmCpuGemm), platform="cpu")
+  except (Unavailable, OSError) as e:
+    return str(e)
+  return None
+
+
+def available() -> bool:
+  """Whether `gemm` can run here; the first False warns why (lm then uses XLA's product)."""
+  reason = _load()
+  if reason is not None and reason != "LM_CPU_GEMM=0":
+    _warn_once(reason)
+  return reason is None
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(reason: str):
+  warnings.warn(f"lm's OpenBLAS matmul for XLA:CPU is unavailable ({reason}); using XLA's own product, "
+                "about half as fast at training sizes. Set LM_CPU_GEMM=0 to choose that and silence this.",
+                stacklevel=3)
+
+
+def gemm(a: jax.Array, b: jax.Array, trans_a: bool = False, trans_b: bool = False) -> jax.Array:
+  """op(a) @ op(b) in float32 for 2-D float32 a and b, op = .T where asked; CPU backend only.
+
+  No transpose is materialised: a [T, C] activation and a [T, N] gradient give the weight
+  gradient [C, N] as gemm(x, dy, trans_a=True)."""
+  if a.ndim != 2 or b.ndim != 2 or a.dtype != jnp.float32 or b.dtype != jnp.float32:
+    raise ValueError(f"gemm takes 2-D float32 operands, got {a.dtype}{list(a.shape)} and {b.dtype}{list(b.shape)}")
+  m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
+  k_b, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+  if k != k_b:
+    raise ValueError(f"gemm: op(a) is [{m}, {k}] and op(b) is [{k_b}, {n}]; the contracted sizes differ")
+  if not available():
+    raise Unavailable(_load())
+  # vmap (lm/lr_sweep.py trains several LRs in one step) loops over the batch: one product each.
+  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((m, n), jnp.float32), vmap_method="sequential")
+  return call(a, b, trans_a=trans_a, trans_b=trans_b)

@@ -1,0 +1,89 @@
+"""lm/cpu_gemm.py: the OpenBLAS product equals numpy's, and model.matmul='blas' uses it only
+where it may (float32, training-size rows, one device), falling back to XLA's otherwise."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm import cpu_gemm, ops
+
+pytestmark = pytest.mark.skipif(not cpu_gemm.available(), reason="lm/cpu_gemm.py's kernel is unavailable here")
+
+
+@pytest.mark.parametrize("m,k,n", [(37, 19, 53), (1, 64, 300), (300, 8, 1), (2, 3, 2)],
+                         ids=["odd", "one_row", "one_column", "fewer_rows_than_threads"])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_equals_numpys_product_for_every_transpose(m, k, n, trans_a, trans_b):
+  rng = np.random.default_rng(m * k * n)
+  a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+  a_stored, b_stored = (a.T.copy() if trans_a else a), (b.T.copy() if trans_b else b)
+  got = jax.jit(lambda a, b: cpu_gemm.gemm(a, b, trans_a, trans_b))(a_stored, b_stored)
+  assert got.shape == (m, n) and got.dtype == jnp.float32
+  # float32: a k-long sum in another order differs by a few ulps of the row's magnitude
+  np.testing.assert_allclose(np.asarray(got), a @ b, rtol=0, atol=1e-5 * np.abs(a).max() * np.abs(b).max() * k)
+
+
+def test_gemm_under_vmap_is_one_product_per_batch_entry():
+  """lm/lr_sweep.py vmaps the train step over learning rates."""
+  rng = np.random.default_rng(0)
+  a, b = rng.standard_normal((3, 20, 7), np.float32), rng.standard_normal((3, 7, 5), np.float32)
+  got = jax.jit(jax.vmap(cpu_gemm.gemm))(a, b)
+  np.testing.assert_allclose(np.asarray(got), a @ b, rtol=0, atol=1e-5)
+
+
+def test_gemm_names_a_bad_operand():
+  with pytest.raises(ValueError, match=r"gemm takes 2-D float32 operands, got bfloat16\[4, 3\]"):
+    cpu_gemm.gemm(jnp.ones((4, 3), jnp.bfloat16), jnp.ones((3, 2)))
+  with pytest.raises(ValueError, match=r"op\(a\) is \[4, 3\] and op\(b\) is \[2, 5\]; the contracted sizes differ"):
+    cpu_gemm.gemm(jnp.ones((4, 3)), jnp.ones((2, 5)))
+
+
+def _uses_kernel(fn, *args) -> bool:
+  return cpu_gemm.TARGET in jax.jit(fn).lower(*args).as_text()
+
+
+def _loss(x, w):
+  return jnp.sum(jnp.sin(ops.dense("BLD,DF->BLF", x, w, matmul="blas")))
+
+
+def test_blas_runs_the_forward_and_both_gradients_at_training_rows_only():
+  w = jnp.ones((8, 24))
+  train = jax.jit(jax.grad(_loss, (0, 1))).lower(jnp.ones((2, 16, 8)), w).as_text()
+  assert train.count(f"custom_call @{cpu_gemm.TARGET}(") == 3  # forward, dx, dw
+  assert not _uses_kernel(jax.grad(_loss, (0, 1)), jnp.ones((2, 4, 8)), w)  # 8 rows < BLAS_MIN_ROWS
+  bf16 = jnp.ones((2, 16, 8), jnp.bfloat16), jnp.ones((8, 24), jnp.bfloat16)
+  assert not _uses_kernel(jax.grad(_loss, (0, 1)), *bf16)
+
+
+def test_blas_falls_back_to_xlas_product_on_a_mesh_of_several_devices():
+  """A custom call has no sharding rule: over a multi-device mesh lm keeps XLA's product."""
+  x, w = jnp.ones((2, 16, 8)), jnp.ones((8, 24))
+  assert _uses_kernel(_loss, x, w)
+  with jax.set_mesh(jax.make_mesh((jax.device_count(),), ("data",))):
+    assert _uses_kernel(_loss, x, w) == (jax.device_count() == 1)
+
+
+@pytest.mark.slow  # spawns a python process
+def test_a_kernel_that_cannot_be_built_is_reported_and_lm_uses_xlas_product(tmp_path):
+  """A fresh process (the kernel loads once per process) with no compiler: a warning that
+  says why, 'auto' resolves to 'custom_vjp', and the model still trains."""
+  script = (
+      "import warnings, jax, jax.numpy as jnp\n"
+      "from lm import cpu_gemm, ops\n"
+      "with warnings.catch_warnings(record=True) as caught:\n"
+      "  warnings.simplefilter('always')\n"
+      "  assert not cpu_gemm.available()\n"
+      "  print(caught[0].message)\n"
+      "assert ops.resolve_matmul('auto') == 'custom_vjp'\n"
+      "y = ops.dense('TC,CN->TN', jnp.ones((32, 4)), jnp.ones((4, 3)))\n"
+      "assert float(y.sum()) == 32 * 3 * 4\n")
+  env = {"PATH": "/usr/bin:/bin", "XDG_CACHE_HOME": str(tmp_path), "CXX": "/bin/false", "HOME": str(tmp_path)}
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert "lm's OpenBLAS matmul for XLA:CPU is unavailable (compiling" in result.stdout
+  assert "using XLA's own product" in result.stdout and "LM_CPU_GEMM=0" in result.stdout
+  assert not list(tmp_path.glob("lm/*.so"))  # the failed build left no file behind
