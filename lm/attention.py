@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from lm import kv_cache
+from lm import cpu_gemm, kv_cache, ops
 from lm import parameterization as param_lib
 from lm.ops import dense
 
@@ -83,18 +83,34 @@ def causal_segment_mask(segment_ids_BL: jax.Array) -> jax.Array:
   return (causal_LL[None] & same_doc_BLL)[:, None]
 
 
-def reference_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, scale: float | None = None):
+def reference_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, scale: float | None = None, matmul: str = "einsum"):
   """The textbook einsum. The logits and softmax are float32 whatever the compute dtype.
 
   scale: the logits' multiplier; None is 1/sqrt(head_dim) (µP's is in lm/parameterization.py).
+  matmul: model.matmul. Where it resolves to 'blas' and OpenBLAS may run (float32, one
+  device: lm/ops.py), Q K^T and P V are OpenBLAS products batched over (B, G), the R query
+  heads of a kv head stacked as rows ([R L, K] @ [K, S]); the same dots, summed in another
+  order. XLA:CPU's batched dot ran these products (the benchmark's 256 x 64 x 256, 128 of
+  them) at about 56 GFLOP/s in the training step.
   """
   b, l, h, k = q_BLHK.shape
-  g = k_BSGK.shape[2]
-  q_BLGRK = q_BLHK.reshape(b, l, g, h // g, k)
-  logits_BGRLS = jnp.einsum("BLGRK,BSGK->BGRLS", q_BLGRK, k_BSGK, preferred_element_type=jnp.float32)
+  s, g = k_BSGK.shape[1], k_BSGK.shape[2]
+  r = h // g
+  q_BLGRK = q_BLHK.reshape(b, l, g, r, k)
+  blas = ops.resolve_matmul(matmul) == "blas" and ops.blas_may_run(q_BLHK, k_BSGK, v_BSGK)
+  if blas:
+    q_NMK = q_BLGRK.transpose(0, 2, 3, 1, 4).reshape(b * g, r * l, k)  # N = B G, M = R L
+    k_NSK = k_BSGK.transpose(0, 2, 1, 3).reshape(b * g, s, k)
+    logits_BGRLS = cpu_gemm.batched_product(q_NMK, k_NSK, True).reshape(b, g, r, l, s)
+  else:
+    logits_BGRLS = jnp.einsum("BLGRK,BSGK->BGRLS", q_BLGRK, k_BSGK, preferred_element_type=jnp.float32)
   logits_BGRLS = logits_BGRLS / jnp.sqrt(jnp.float32(k)) if scale is None else logits_BGRLS * jnp.float32(scale)
   logits_BGRLS = jnp.where(mask_B1LS[:, :, None], logits_BGRLS, jnp.finfo(jnp.float32).min)
   probs_BGRLS = jax.nn.softmax(logits_BGRLS, axis=-1).astype(v_BSGK.dtype)
+  if blas:
+    v_NSK = v_BSGK.transpose(0, 2, 1, 3).reshape(b * g, s, k)
+    out_NMK = cpu_gemm.batched_product(probs_BGRLS.reshape(b * g, r * l, s), v_NSK)
+    return out_NMK.reshape(b, g, r, l, k).transpose(0, 3, 1, 2, 4).reshape(b, l, h, k)
   out_BLGRK = jnp.einsum("BGRLS,BSGK->BLGRK", probs_BGRLS, v_BSGK)
   return out_BLGRK.reshape(b, l, h, k)
 
@@ -105,9 +121,10 @@ def fused_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, implementation: str, scal
                                       implementation=implementation)
 
 
-def attend(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, implementation: str, scale: float | None = None):
+def attend(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, implementation: str, scale: float | None = None,
+           matmul: str = "einsum"):
   if implementation == "reference":
-    return reference_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, scale)
+    return reference_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, scale, matmul)
   return fused_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, implementation, scale)
 
 
@@ -159,7 +176,7 @@ class Attention(nn.Module):
     if self.decode:
       out_BLHK = kv_cache.attend_with_cache(self, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, mask_B1LL, scale)
     else:
-      out_BLHK = attend(q_BLHK, k_BLGK, v_BLGK, mask_B1LL, cfg.attention, scale)
+      out_BLHK = attend(q_BLHK, k_BLGK, v_BLGK, mask_B1LL, cfg.attention, scale, cfg.matmul)
     out_BLHK = nn.with_logical_constraint(out_BLHK, ("batch", "length", "heads", "head_dim"))
     y_BLD = dense("BLHK,HKD->BLD", out_BLHK, wo_HKD, matmul=cfg.matmul)
     if cfg.use_bias:

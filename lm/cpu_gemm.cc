@@ -1,9 +1,11 @@
 // lm_cpu_gemm: an f32 matrix product for XLA:CPU through OpenBLAS (lm/cpu_gemm.py builds,
 // loads and documents it). C[m, n] = op(A) op(B), op = transpose where the attribute says,
-// row-major, written straight into XLA's output buffer.
+// row-major, written straight into XLA's output buffer; or, for 3-D operands, one such
+// product per entry of the leading (batch) axis: C[i] = op(A[i]) op(B[i]).
 //
-// Threads: the product is cut into as many row (or, for few rows, column) chunks as XLA's
-// intra-op pool has threads, and each chunk is one single-threaded sgemm. OpenBLAS's own
+// Threads: the product is cut into as many chunks as XLA's intra-op pool has threads (batch
+// entries; or, for one matrix, rows, or columns when it has few rows), and each chunk is
+// single-threaded sgemm. OpenBLAS's own
 // thread pool is set to one thread (this OpenBLAS, from the scipy-openblas32 wheel, is used
 // by nothing else), so the cores are shared by one scheduler, XLA's, instead of two that
 // contend. The caller claims chunks too, and a pool task that starts after every chunk is
@@ -32,13 +34,21 @@ struct Product {
   const float* a;
   const float* b;
   float* c;
-  int64_t m, n, k, lda, ldb;
+  int64_t batch, m, n, k, lda, ldb, a_size, b_size;  // a_size, b_size: one batch entry's elements
   bool trans_a, trans_b, split_rows;
   int64_t chunks;
   std::atomic<int64_t> next{0}, done{0};
 
   void RunChunks() {
     for (int64_t i; (i = next.fetch_add(1)) < chunks;) {
+      if (batch > 1) {  // chunk i: batch entries lo..hi, one whole product each
+        for (int64_t e = batch * i / chunks; e < batch * (i + 1) / chunks; ++e) {
+          scipy_cblas_sgemm(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, m, n, k, 1.0f,
+                            a + e * a_size, lda, b + e * b_size, ldb, 0.0f, c + e * m * n, n);
+        }
+        done.fetch_add(1, std::memory_order_release);
+        continue;
+      }
       int64_t extent = split_rows ? m : n, lo = extent * i / chunks, hi = extent * (i + 1) / chunks;
       if (split_rows) {  // rows lo..hi of op(A): A's rows, or its columns when transposed
         const float* a_lo = trans_a ? a + lo : a + lo * lda;
@@ -57,26 +67,32 @@ struct Product {
 ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
                 ffi::ResultBuffer<ffi::F32> c, bool trans_a, bool trans_b) {
   auto a_dims = a.dimensions(), b_dims = b.dimensions();
-  if (a_dims.size() != 2 || b_dims.size() != 2) {
-    return ffi::Error::InvalidArgument("lm_cpu_gemm takes two 2-D operands");
+  size_t rank = a_dims.size();
+  if (rank != b_dims.size() || (rank != 2 && rank != 3) || (rank == 3 && a_dims[0] != b_dims[0])) {
+    return ffi::Error::InvalidArgument("lm_cpu_gemm takes two 2-D operands, or two 3-D with one batch size");
   }
+  int64_t a_rows = a_dims[rank - 2], a_cols = a_dims[rank - 1], b_rows = b_dims[rank - 2], b_cols = b_dims[rank - 1];
   auto product = std::make_shared<Product>();
   product->a = a.typed_data();
   product->b = b.typed_data();
   product->c = c->typed_data();
-  product->m = trans_a ? a_dims[1] : a_dims[0];
-  product->k = trans_a ? a_dims[0] : a_dims[1];
-  product->n = trans_b ? b_dims[0] : b_dims[1];
-  if ((trans_b ? b_dims[1] : b_dims[0]) != product->k) {
+  product->batch = rank == 3 ? a_dims[0] : 1;
+  product->m = trans_a ? a_cols : a_rows;
+  product->k = trans_a ? a_rows : a_cols;
+  product->n = trans_b ? b_rows : b_cols;
+  if ((trans_b ? b_cols : b_rows) != product->k) {
     return ffi::Error::InvalidArgument("lm_cpu_gemm: the operands' contracted sizes differ");
   }
-  product->lda = a_dims[1];
-  product->ldb = b_dims[1];
+  product->lda = a_cols;
+  product->ldb = b_cols;
+  product->a_size = a_rows * a_cols;
+  product->b_size = b_rows * b_cols;
   product->trans_a = trans_a;
   product->trans_b = trans_b;
   product->split_rows = product->m >= product->n;
   int64_t threads = pool.num_threads() > 0 ? pool.num_threads() : 1;
-  product->chunks = std::min<int64_t>(threads, product->split_rows ? product->m : product->n);
+  int64_t extent = product->batch > 1 ? product->batch : (product->split_rows ? product->m : product->n);
+  product->chunks = std::min<int64_t>(threads, extent);
   if (product->chunks < 1) product->chunks = 1;
   for (int64_t t = 1; t < product->chunks; ++t) pool.Schedule([product] { product->RunChunks(); });
   product->RunChunks();

@@ -119,18 +119,42 @@ def _warn_once(reason: str):
 
 
 def gemm(a: jax.Array, b: jax.Array, trans_a: bool = False, trans_b: bool = False) -> jax.Array:
-  """op(a) @ op(b) in float32 for 2-D float32 a and b, op = .T where asked; CPU backend only.
+  """op(a) @ op(b) in float32 for float32 a and b, op = transpose of the last two axes where
+  asked; 2-D, or 3-D with one batch size (one product per leading entry). CPU backend only.
 
   No transpose is materialised: a [T, C] activation and a [T, N] gradient give the weight
   gradient [C, N] as gemm(x, dy, trans_a=True)."""
-  if a.ndim != 2 or b.ndim != 2 or a.dtype != jnp.float32 or b.dtype != jnp.float32:
-    raise ValueError(f"gemm takes 2-D float32 operands, got {a.dtype}{list(a.shape)} and {b.dtype}{list(b.shape)}")
-  m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
-  k_b, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+  if (a.ndim not in (2, 3) or b.ndim != a.ndim or a.dtype != jnp.float32 or b.dtype != jnp.float32
+      or (a.ndim == 3 and a.shape[0] != b.shape[0])):
+    raise ValueError(f"gemm takes two 2-D float32 operands, or two 3-D with one batch size, got "
+                     f"{a.dtype}{list(a.shape)} and {b.dtype}{list(b.shape)}")
+  m, k = (a.shape[-1], a.shape[-2]) if trans_a else a.shape[-2:]
+  k_b, n = (b.shape[-1], b.shape[-2]) if trans_b else b.shape[-2:]
   if k != k_b:
     raise ValueError(f"gemm: op(a) is [{m}, {k}] and op(b) is [{k_b}, {n}]; the contracted sizes differ")
   if not available():
     raise Unavailable(_load())
   # vmap (lm/lr_sweep.py trains several LRs in one step) loops over the batch: one product each.
-  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((m, n), jnp.float32), vmap_method="sequential")
+  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(a.shape[:-2] + (m, n), jnp.float32), vmap_method="sequential")
   return call(a, b, trans_a=trans_a, trans_b=trans_b)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def batched_product(a: jax.Array, b: jax.Array, trans_b: bool = False) -> jax.Array:
+  """a @ op(b) for 3-D float32 [batch, m, k] a, differentiable: each gradient is one more
+  gemm with the transposes as flags (lm/attention.py's Q K^T and P V under 'blas')."""
+  return gemm(a, b, trans_b=trans_b)
+
+
+def _batched_product_fwd(a, b, trans_b):
+  return gemm(a, b, trans_b=trans_b), (a, b)
+
+
+def _batched_product_bwd(trans_b, residuals, dc):
+  a, b = residuals
+  if trans_b:  # c = a b^T: da = dc b, db = dc^T a
+    return gemm(dc, b), gemm(dc, a, trans_a=True)
+  return gemm(dc, b, trans_b=True), gemm(a, dc, trans_a=True)  # c = a b: da = dc b^T, db = a^T dc
+
+
+batched_product.defvjp(_batched_product_fwd, _batched_product_bwd)

@@ -140,11 +140,17 @@ BLAS_MIN_ROWS = 16
 GEMM_TRANSPOSES = {"TC,CN->TN": (False, False), "TN,CN->TC": (False, True), "TC,TN->CN": (True, False)}
 
 
+def blas_may_run(*arrays: jax.Array) -> bool:
+  """Whether OpenBLAS may compute on these arrays here: all float32, traced for one device
+  (no mesh, or a mesh of one), and lm/cpu_gemm.py's kernel available."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return (all(a.dtype == jnp.float32 for a in arrays) and (mesh.empty or mesh.size == 1)
+          and cpu_gemm.available())
+
+
 def _blas_runs(eq: str, a: jax.Array, b: jax.Array, out_dtype) -> bool:
   """Whether this 2-D product goes to OpenBLAS under 'blas' (module docstring)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  return (a.dtype == jnp.float32 and b.dtype == jnp.float32 and out_dtype in (None, jnp.float32)
-          and a.shape[0] >= BLAS_MIN_ROWS and (mesh.empty or mesh.size == 1) and cpu_gemm.available())
+  return out_dtype in (None, jnp.float32) and a.shape[0] >= BLAS_MIN_ROWS and blas_may_run(a, b)
 
 
 def _product(eq: str, a: jax.Array, b: jax.Array, b_axis: int, out_dtype, blas: bool) -> jax.Array:

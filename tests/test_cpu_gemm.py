@@ -27,6 +27,30 @@ def test_gemm_equals_numpys_product_for_every_transpose(m, k, n, trans_a, trans_
   np.testing.assert_allclose(np.asarray(got), a @ b, rtol=0, atol=1e-5 * np.abs(a).max() * np.abs(b).max() * k)
 
 
+@pytest.mark.parametrize("batch", [1, 2, 5], ids=["one", "as_many_as_threads", "more_than_threads"])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True)])
+def test_a_batched_gemm_is_one_product_per_leading_entry(batch, trans_a, trans_b):
+  rng = np.random.default_rng(batch)
+  a, b = rng.standard_normal((batch, 9, 6), np.float32), rng.standard_normal((batch, 6, 11), np.float32)
+  a_stored = a.transpose(0, 2, 1).copy() if trans_a else a
+  b_stored = b.transpose(0, 2, 1).copy() if trans_b else b
+  got = jax.jit(lambda a, b: cpu_gemm.gemm(a, b, trans_a, trans_b))(a_stored, b_stored)
+  np.testing.assert_allclose(np.asarray(got), a @ b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_batched_product_gradients_equal_autodiff_of_the_einsum(trans_b):
+  rng = np.random.default_rng(3)
+  a = jnp.asarray(rng.standard_normal((3, 7, 5)), jnp.float32)
+  b = jnp.asarray(rng.standard_normal((3, 4, 5) if trans_b else (3, 5, 4)), jnp.float32)
+  r = jnp.asarray(rng.standard_normal((3, 7, 4)), jnp.float32)
+  eq = "nmk,nsk->nms" if trans_b else "nmk,nks->nms"
+  ours = jax.jit(jax.grad(lambda a, b: jnp.sum(cpu_gemm.batched_product(a, b, trans_b) * r), (0, 1)))(a, b)
+  autodiff = jax.grad(lambda a, b: jnp.sum(jnp.einsum(eq, a, b) * r), (0, 1))(a, b)
+  for got, want in zip(ours, autodiff):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-5)
+
+
 def test_gemm_under_vmap_is_one_product_per_batch_entry():
   """lm/lr_sweep.py vmaps the train step over learning rates."""
   rng = np.random.default_rng(0)
@@ -36,7 +60,7 @@ def test_gemm_under_vmap_is_one_product_per_batch_entry():
 
 
 def test_gemm_names_a_bad_operand():
-  with pytest.raises(ValueError, match=r"gemm takes 2-D float32 operands, got bfloat16\[4, 3\]"):
+  with pytest.raises(ValueError, match=r"gemm takes two 2-D float32 operands, or two 3-D with one batch size, got bfloat16\[4, 3\]"):
     cpu_gemm.gemm(jnp.ones((4, 3), jnp.bfloat16), jnp.ones((3, 2)))
   with pytest.raises(ValueError, match=r"op\(a\) is \[4, 3\] and op\(b\) is \[2, 5\]; the contracted sizes differ"):
     cpu_gemm.gemm(jnp.ones((4, 3)), jnp.ones((2, 5)))
@@ -65,6 +89,27 @@ def test_blas_falls_back_to_xlas_product_on_a_mesh_of_several_devices():
   assert _uses_kernel(_loss, x, w)
   with jax.set_mesh(jax.make_mesh((jax.device_count(),), ("data",))):
     assert _uses_kernel(_loss, x, w) == (jax.device_count() == 1)
+
+
+@pytest.mark.parametrize("h,g", [(4, 4), (4, 2), (4, 1)], ids=["multi_head", "grouped", "multi_query"])
+def test_reference_attention_under_blas_equals_the_einsum_and_its_gradients(h, g):
+  """Q K^T and P V through OpenBLAS, packed documents masked, R query heads stacked as rows."""
+  from lm import attention
+  rng = np.random.default_rng(h * g)
+  b, l, k = 2, 16, 8
+  q, kk, v, r = (jnp.asarray(rng.standard_normal(shape), jnp.float32)
+                 for shape in ((b, l, h, k), (b, l, g, k), (b, l, g, k), (b, l, h, k)))
+  mask = attention.causal_segment_mask(jnp.asarray(np.repeat([[1, 2], [1, 1]], l // 2, axis=1)))
+
+  def out_and_grads(matmul):
+    run = lambda q, kk, v: attention.reference_attention(q, kk, v, mask, None, matmul)
+    return run(q, kk, v), jax.grad(lambda *a: jnp.sum(run(*a) * r), (0, 1, 2))(q, kk, v)
+
+  assert _uses_kernel(lambda q: attention.reference_attention(q, kk, v, mask, None, "blas"), q)
+  (out, grads), (out_einsum, grads_einsum) = jax.jit(lambda: (out_and_grads("blas"), out_and_grads("einsum")))()
+  np.testing.assert_allclose(np.asarray(out), np.asarray(out_einsum), rtol=0, atol=1e-6)
+  for got, want in zip(grads, grads_einsum):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-5 * np.abs(want).max())
 
 
 @pytest.mark.slow  # spawns a python process
