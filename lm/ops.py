@@ -33,7 +33,7 @@
                 benchmark shape the Llama-like step went from 4,651 to 4,193 ms and the
                 GPT-2-like from 4,103 to 3,682 (PROFILE.md, 2026-12-03). Where it cannot run it
                 is 'custom_vjp' exactly: another dtype, fewer than BLAS_MIN_ROWS rows
-                (decoding: Eigen's few-row product read the weights faster), or a mesh of more
+                (batch-1 decoding: Eigen's one-row product read the weights faster), or a mesh of more
                 than one device (a custom call has no sharding rule; XLA would gather its
                 operands onto every device).
   'auto'        'blas' on the CPU backend when lm/cpu_gemm.py's kernel builds there, else
@@ -134,8 +134,10 @@ def transposed_weight_gradient(x_TC: jax.Array, dy_TN: jax.Array) -> jax.Array:
 
 
 # 'blas': products over fewer rows (T) stay XLA's. A [1, 768] @ [768, 4096] decode product took
-# 0.31 ms in Eigen and 0.65 through OpenBLAS; at 8 rows they were level (0.78 / 0.73 ms).
-BLAS_MIN_ROWS = 16
+# 0.31 ms in Eigen and 0.65 through OpenBLAS, and batch-1 decoding of llama-100m ran 61 tokens/s
+# with Eigen's products against 38 with OpenBLAS's; at batch 8 OpenBLAS's made it 259 against
+# 220 (experiments/bench/inference.py, 2026-12-03).
+BLAS_MIN_ROWS = 8
 # The three 2-D equations of the custom VJP as OpenBLAS transposes (trans_a, trans_b).
 GEMM_TRANSPOSES = {"TC,CN->TN": (False, False), "TN,CN->TC": (False, True), "TC,TN->CN": (True, False)}
 
