@@ -183,6 +183,10 @@ def _weight_gradient(x_TC: jax.Array, dy_TN: jax.Array, blas: bool) -> jax.Array
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3, 4))
 def _dense(eq, x, w, out_dtype, blas):
   rows = _row_axes(eq)
+  if eq == TIED_DECODE_HEAD and blas:  # [T, D] @ [V, D]^T: the table's D axis contracted in place
+    x_TD = x.reshape(-1, x.shape[-1])
+    if out_dtype in (None, jnp.float32) and x_TD.shape[0] >= BLAS_MIN_ROWS and blas_may_run(x_TD, w):
+      return cpu_gemm.gemm(x_TD, w, trans_b=True).reshape(x.shape[:-1] + w.shape[:1])
   if rows is None:
     return jnp.einsum(eq, x, w, preferred_element_type=out_dtype)
   # the 2-D views (as in _dense_bwd): [T, C] @ [C, N], T rows, C contracted, N columns
@@ -190,6 +194,12 @@ def _dense(eq, x, w, out_dtype, blas):
   w_CN = w.reshape(x_TC.shape[1], -1)
   out_TN = _product("TC,CN->TN", x_TC, w_CN, 1, out_dtype, blas)
   return out_TN.reshape(x.shape[:rows] + w.shape[x.ndim - rows:])
+
+
+# lm/model.py's decoding head of a tied model: logits from the embedding table [V, D] as it is
+# (not a matrix product in disguise: w's last axis is contracted). Under 'blas' its forward is
+# one OpenBLAS call with b transposed; gradient-free code is all that uses it.
+TIED_DECODE_HEAD = "BLD,VD->BLV"
 
 
 def _dense_fwd(eq, x, w, out_dtype, blas):
