@@ -331,6 +331,25 @@ def test_peak_flops_is_measured_once_then_cached(tmp_path, monkeypatch):
   assert len(calls) == 3
 
 
+def test_a_cpu_float32_peak_times_openblas_too_and_a_cached_xla_only_peak_is_measured_again(tmp_path, monkeypatch):
+  """MFU divides by the best product lm has (lm/cpu_gemm.py); an entry cached before the
+  kernel existed (no 'product') would be the slower XLA product's, so it is measured again."""
+  from lm import cpu_gemm
+  if not cpu_gemm.available():
+    pytest.skip("lm/cpu_gemm.py's kernel is unavailable here")
+  assert flops.peak_product("float32") == "xla+openblas" and flops.peak_product("bfloat16") == "xla"
+  timed = []
+  real_gemm = cpu_gemm.gemm
+  monkeypatch.setattr(cpu_gemm, "gemm", lambda a, b: timed.append(a.shape) or real_gemm(a, b))
+  flops.measure_peak_flops("float32", 128, iters=1, trials=1)
+  assert timed  # the kernel was among the products timed
+  cache = tmp_path / "peak.json"
+  key = flops.peak_key("float32")
+  cache.write_text(json.dumps({key: {"flops_per_s": 1.0, "n": 256}}))
+  measured, _ = flops.peak_flops("float32", cache_file=str(cache), n=128)
+  assert measured > 1e8 and json.loads(cache.read_text())[key]["product"] == "xla+openblas"
+
+
 def test_a_runs_peak_is_measured_now_with_its_load_and_its_share_of_the_cores(tmp_path, monkeypatch):
   """A point pinned to 1 of the host's 2 cores: measured on that core, under the load it had; the
   cached whole-host figure x 1/2 is recorded beside it, and the cache is never written."""

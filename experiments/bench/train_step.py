@@ -12,8 +12,9 @@ default mode: the model's forward and, through AOTAutograd, its backward are com
 AdamW step stays eager, foreach). Compilation happens in the warm-up steps, so only
 compiled steps are timed; the compile seconds are printed beside the row.
 Every measurement runs in its own process, one after the other, never two at once. Each
-process also times a large matmul in its framework, so the analytic FLOP rate of the
-step can be read as a fraction of what the device can do (an MFU estimate).
+process also times a large matmul in its framework (for lm under model.matmul='blas', the
+faster of XLA's and OpenBLAS's), so the analytic FLOP rate of the step can be read as a
+fraction of what the device can do (an MFU estimate).
 The torch side needs the benchmark extra: pip install -e '.[bench]'. On a GPU both sides run
 there (torch with autocast in --dtype); --dtype=bfloat16 computes in bf16 with float32
 parameters on both sides, and the matmul peak is timed in that dtype.
@@ -126,6 +127,10 @@ def lm_worker(shape: str, family: str) -> dict:
   peak = matmul_gflops(lambda: mm(x).block_until_ready(), n)
   counts = flops.param_counts(mcfg)
   matmul = ops.resolve_matmul(mcfg.matmul)
+  if matmul == "blas" and _DTYPE.value == "float32":  # lm's products run through OpenBLAS: its peak too
+    from lm import cpu_gemm
+    gemm = jax.jit(cpu_gemm.gemm)
+    peak = max(peak, matmul_gflops(lambda: gemm(x, x).block_until_ready(), n))
   return {"impl": f"lm (jax {jax.__version__}, {_ATTENTION.value} attention, {matmul})", "params": counts.total, "step_s": seconds,
           "flops_6n": flops.flops_6n(mcfg), "flops_exact": flops.flops_exact(mcfg, s), "matmul_gflops": peak}
 
