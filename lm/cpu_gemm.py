@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import glob
 import hashlib
 import os
 import shutil
@@ -36,6 +35,8 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+
+from lm.cache import cache_root
 
 TARGET = "lm_cpu_gemm"
 _SOURCE = os.path.join(os.path.dirname(__file__), "cpu_gemm.cc")
@@ -51,14 +52,9 @@ def _openblas_lib_dir() -> str:
   except ImportError:
     raise Unavailable("the scipy-openblas32 package is not installed (pip install scipy-openblas32)") from None
   lib_dir = scipy_openblas32.get_lib_dir()
-  if not glob.glob(os.path.join(lib_dir, "libscipy_openblas.so")):
+  if not os.path.exists(os.path.join(lib_dir, "libscipy_openblas.so")):
     raise Unavailable(f"no libscipy_openblas.so in {lib_dir} (scipy-openblas32 ships it on Linux only)")
   return lib_dir
-
-
-def _cache_dir() -> str:
-  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(cache, "lm")
 
 
 def _build(lib_dir: str) -> str:
@@ -70,12 +66,12 @@ def _build(lib_dir: str) -> str:
   with open(_SOURCE, "rb") as f:
     source = f.read()
   key = hashlib.sha256(source + jaxlib.__version__.encode() + lib_dir.encode() + compiler.encode()).hexdigest()[:16]
-  path = os.path.join(_cache_dir(), f"cpu_gemm-{key}.so")
+  path = os.path.join(cache_root(), f"cpu_gemm-{key}.so")
   if os.path.exists(path):
     return path
-  os.makedirs(_cache_dir(), exist_ok=True)
+  os.makedirs(cache_root(), exist_ok=True)
   # Build beside the target and rename: processes building at once each finish a whole file.
-  fd, tmp = tempfile.mkstemp(suffix=".so", dir=_cache_dir())
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_root())
   os.close(fd)
   cmd = [compiler, "-O2", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}", _SOURCE,
          "-o", tmp, f"-L{lib_dir}", "-lscipy_openblas", f"-Wl,-rpath,{lib_dir}"]

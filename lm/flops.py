@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm import cpu_gemm
+from lm.cache import cache_root
 from lm.model import ModelConfig
 
 
@@ -401,8 +402,7 @@ def peak_product(dtype="float32", device=None) -> str:
 
 def default_cache_file() -> str:
   """~/.cache/lm/peak_flops.json, or $XDG_CACHE_HOME/lm/peak_flops.json."""
-  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(cache, "lm", "peak_flops.json")
+  return os.path.join(cache_root(), "peak_flops.json")
 
 
 def peak_flops(dtype="float32", device=None, *, cache_file: str | None = None, refresh: bool = False,

@@ -140,6 +140,10 @@ def transposed_weight_gradient(x_TC: jax.Array, dy_TN: jax.Array) -> jax.Array:
 BLAS_MIN_ROWS = 8
 # The three 2-D equations of the custom VJP as OpenBLAS transposes (trans_a, trans_b).
 GEMM_TRANSPOSES = {"TC,CN->TN": (False, False), "TN,CN->TC": (False, True), "TC,TN->CN": (True, False)}
+# lm/model.py's decoding head of a tied model: logits from the embedding table [V, D] as it is
+# (not a matrix product in disguise: w's last axis is contracted). Under 'blas' its forward is
+# one OpenBLAS call with b transposed; gradient-free code is all that uses it.
+TIED_DECODE_HEAD = "BLD,VD->BLV"
 
 
 def blas_may_run(*arrays: jax.Array) -> bool:
@@ -150,15 +154,15 @@ def blas_may_run(*arrays: jax.Array) -> bool:
           and cpu_gemm.available())
 
 
-def _blas_runs(eq: str, a: jax.Array, b: jax.Array, out_dtype) -> bool:
-  """Whether this 2-D product goes to OpenBLAS under 'blas' (module docstring)."""
+def _blas_runs(a: jax.Array, b: jax.Array, out_dtype) -> bool:
+  """Whether a 2-D product over a's rows goes to OpenBLAS under 'blas' (module docstring)."""
   return out_dtype in (None, jnp.float32) and a.shape[0] >= BLAS_MIN_ROWS and blas_may_run(a, b)
 
 
 def _product(eq: str, a: jax.Array, b: jax.Array, b_axis: int, out_dtype, blas: bool) -> jax.Array:
   """einsum(eq, a, b) for one of the 2-D equations: OpenBLAS under 'blas' where it runs, else
   XLA's product (in column blocks where they pay). a's rows are T."""
-  if blas and _blas_runs(eq, a, b, out_dtype):
+  if blas and _blas_runs(a, b, out_dtype):
     return cpu_gemm.gemm(a, b, *GEMM_TRANSPOSES[eq])
   return _column_blocked(eq, a, b, b_axis, out_dtype)
 
@@ -173,7 +177,7 @@ def _column_blocked(eq: str, a: jax.Array, b: jax.Array, b_axis: int, out_dtype=
 def _weight_gradient(x_TC: jax.Array, dy_TN: jax.Array, blas: bool) -> jax.Array:
   """dw_CN = x_TC^T dy_TN: OpenBLAS under 'blas' where it runs; else transposed when it has
   more columns than rows and blocks pay."""
-  if blas and _blas_runs("TC,TN->CN", x_TC, dy_TN, None):
+  if blas and _blas_runs(x_TC, dy_TN, None):
     return cpu_gemm.gemm(x_TC, dy_TN, trans_a=True)
   if _blocks_pay(x_TC.shape[0], dy_TN.shape[1]) and dy_TN.shape[1] > x_TC.shape[1]:
     return transposed_weight_gradient(x_TC, dy_TN)
@@ -185,7 +189,7 @@ def _dense(eq, x, w, out_dtype, blas):
   rows = _row_axes(eq)
   if eq == TIED_DECODE_HEAD and blas:  # [T, D] @ [V, D]^T: the table's D axis contracted in place
     x_TD = x.reshape(-1, x.shape[-1])
-    if out_dtype in (None, jnp.float32) and x_TD.shape[0] >= BLAS_MIN_ROWS and blas_may_run(x_TD, w):
+    if _blas_runs(x_TD, w, out_dtype):
       return cpu_gemm.gemm(x_TD, w, trans_b=True).reshape(x.shape[:-1] + w.shape[:1])
   if rows is None:
     return jnp.einsum(eq, x, w, preferred_element_type=out_dtype)
@@ -194,12 +198,6 @@ def _dense(eq, x, w, out_dtype, blas):
   w_CN = w.reshape(x_TC.shape[1], -1)
   out_TN = _product("TC,CN->TN", x_TC, w_CN, 1, out_dtype, blas)
   return out_TN.reshape(x.shape[:rows] + w.shape[x.ndim - rows:])
-
-
-# lm/model.py's decoding head of a tied model: logits from the embedding table [V, D] as it is
-# (not a matrix product in disguise: w's last axis is contracted). Under 'blas' its forward is
-# one OpenBLAS call with b transposed; gradient-free code is all that uses it.
-TIED_DECODE_HEAD = "BLD,VD->BLV"
 
 
 def _dense_fwd(eq, x, w, out_dtype, blas):

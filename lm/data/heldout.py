@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 
-from lm.data import sources
+from lm.cache import cache_root
 
 NAME = "heldout"  # what --text and train.eval_tasks call it
 ARCHIVE = "heldout.jsonl.xz"
@@ -42,7 +42,7 @@ def domains() -> list[str]:
 def folder(root: str | None = None) -> str:
   """DIR with one sub-folder per domain holding its documents as .txt (UTF-8, as shipped)."""
   raw = _raw()
-  root = root or os.path.dirname(sources.default_data_dir())  # ~/.cache/lm
+  root = root or cache_root()
   path = os.path.join(root, f"{NAME}-{hashlib.sha256(raw).hexdigest()[:12]}")
   if os.path.isdir(path):
     return path

@@ -18,6 +18,7 @@ from typing import Iterator
 
 import tensorflow_datasets as tfds
 
+from lm.cache import cache_root
 from lm.errors import ConfigError
 from lm.data import sotu
 
@@ -27,8 +28,7 @@ _PROBE = 1000  # examples read to check that a split holds any text at all
 
 def default_data_dir() -> str:
   """~/.cache/lm/tensorflow_datasets, or $XDG_CACHE_HOME/lm/tensorflow_datasets."""
-  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(cache, "lm", "tensorflow_datasets")
+  return os.path.join(cache_root(), "tensorflow_datasets")
 
 
 def data_dir(data_cfg) -> str:
