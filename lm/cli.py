@@ -48,11 +48,21 @@ _EIGEN_DOTS_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 _EIGEN_DOTS_JAXLIB = "0.10."
 
 
-def set_xla_flags():
-  """lm's process-wide XLA flags, for an entry point to call before jax starts a backend.
+def set_process_defaults():
+  """lm's process-wide settings, for an entry point to call before jax starts a backend:
+  the XLA flags (set_xla_flags) and, where jax computes on the CPU, glibc malloc settings
+  that keep freed memory for the next step (lm/host_memory.py says why). Library code never
+  sets them (importing lm changes nothing); tests/conftest.py sets the same for the test
+  process."""
+  from lm import host_memory  # local: only an entry point needs it
+  set_xla_flags()
+  host_memory.keep_freed_memory()
 
-  Library code never sets them (importing lm changes nothing); tests/conftest.py sets the
-  same for the test process. One flag today: on XLA:CPU, route f32 matmuls to Eigen rather
+
+def set_xla_flags():
+  """lm's process-wide XLA flags (set_process_defaults sets them).
+
+  One flag today: on XLA:CPU, route f32 matmuls to Eigen rather
   than the YNNPACK dot fusion. Measured on a 2-core AVX-512 EPYC (2026-11, jax 0.10.2): a
   4096x512 @ 512x2048 f32 dot ran at 92-125 GFLOP/s through YNNPACK and 147-206 GFLOP/s
   through Eigen, depending on the transposes (experiments/bench_train_step.py shows the

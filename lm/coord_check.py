@@ -169,6 +169,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  from lm.cli import set_xla_flags  # local: entry points set lm's XLA flags, importing lm does not
-  set_xla_flags()
+  from lm.cli import set_process_defaults  # local: entry points set lm's XLA flags, importing lm does not
+  set_process_defaults()
   main()

@@ -13,7 +13,7 @@ import sys
 from absl import app
 from absl import flags
 
-from lm.cli import parse_flags, quiet_logs, set_xla_flags
+from lm.cli import parse_flags, quiet_logs, set_process_defaults
 from lm.errors import ConfigError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run, an imported workdir, or a Hugging Face checkpoint directory.")
@@ -49,5 +49,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  set_xla_flags()  # process-wide, before jax starts a backend
+  set_process_defaults()  # process-wide, before jax starts a backend
   app.run(main, flags_parser=parse_flags)

@@ -48,7 +48,7 @@ from lm import decode
 from lm import loading
 from lm import scoring
 from lm import sharding
-from lm.cli import set_xla_flags
+from lm.cli import set_process_defaults
 from lm.errors import ConfigError
 from lm.hf import files as hf_files
 
@@ -152,7 +152,7 @@ class LMHarness(LM):
 
 def main() -> None:
   """lm_eval's command line, with the "lm" model registered (importing this module did it)."""
-  set_xla_flags()  # process-wide, before jax starts a backend
+  set_process_defaults()  # process-wide, before jax starts a backend
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
   cli_evaluate()
 

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from lm.errors import ConfigError, WorkdirError
 from lm import distributed  # defines the multi-process flags; imports jax only when called
-from lm.cli import parse_flags, quiet_logs, set_xla_flags
+from lm.cli import parse_flags, quiet_logs, set_process_defaults
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_INTERRUPTED = 0, 1, 3, 75, 130
 EXIT_STATUS = {"finished": EXIT_FINISHED, "diverged": EXIT_DIVERGED, "preempted": EXIT_PREEMPTED,
@@ -79,5 +79,5 @@ def _exit_together(code: int) -> None:
 
 
 if __name__ == "__main__":
-  set_xla_flags()  # process-wide, before jax starts a backend
+  set_process_defaults()  # process-wide, before jax starts a backend
   app.run(main, flags_parser=parse_flags)

@@ -1,5 +1,5 @@
 """Test session setup: 8 simulated CPU devices, so multi-device code runs in CI; the entry
-points' XLA flags (lm.cli.set_xla_flags), as `python -m lm.main` sets them; and, unlike
+points' XLA flags (lm.cli.set_process_defaults), as `python -m lm.main` sets them; and, unlike
 lm.main, LLVM's optimisation off, here and in the processes tests start, so that compiling
 costs less (below; the golden losses in tests/test_train.py hold at either level)."""
 
@@ -34,9 +34,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("LM_TEST_XLA_FLAGS", "--xla_backend_optimization_level=0")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {os.environ['LM_TEST_XLA_FLAGS']}".strip()
 
-from lm.cli import set_xla_flags  # noqa: E402
+from lm.cli import set_process_defaults  # noqa: E402
 
-set_xla_flags()  # before the first test starts jax's CPU backend
+set_process_defaults()  # before the first test starts jax's CPU backend
 
 import jax  # noqa: E402
 

@@ -183,6 +183,6 @@ def main():
 
 
 if __name__ == "__main__":
-  from lm.cli import set_xla_flags  # the entry point's process-wide XLA flags, before jax starts
-  set_xla_flags()
+  from lm.cli import set_process_defaults  # the entry point's process-wide settings (XLA flags, malloc), before jax starts
+  set_process_defaults()
   main()

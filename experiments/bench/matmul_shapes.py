@@ -15,7 +15,7 @@ for the machine at hand: GFLOP/s of each product of the benchmark step (4 layers
                computes it ('-' where the kernel is unavailable here).
 Each cell is the median of --repeats jitted calls after two warm-ups (train_step's
 median_step_seconds), in this one process,
-under the XLA flags lm's entry points set (lm.cli.set_xla_flags).
+under the XLA flags lm's entry points set (lm.cli.set_process_defaults).
 """
 
 from __future__ import annotations
@@ -86,6 +86,6 @@ def main():
 
 
 if __name__ == "__main__":
-  from lm.cli import set_xla_flags  # the entry points' XLA flags (Eigen dots on jaxlib 0.10), before jax starts
-  set_xla_flags()
+  from lm.cli import set_process_defaults  # the entry points' XLA flags (Eigen dots on jaxlib 0.10), before jax starts
+  set_process_defaults()
   main()

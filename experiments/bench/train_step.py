@@ -2,6 +2,7 @@
 
     python -m experiments.bench.train_step [--shapes=issue,small] [--steps=5] [--no_torch]
         [--no_compile] [--dtype=bfloat16] [--attention=xla] [--matmuls=auto,einsum]
+        [--peer_malloc=default,lm]
 
 For each shape and family (GPT-2-like: learned positions, LayerNorm, GELU, biases, tied
 head; Llama-like: RoPE, RMSNorm, SwiGLU, untied head), times a full training step
@@ -11,6 +12,11 @@ The transformers peers run twice: eager, and compiled with torch.compile (TorchI
 default mode: the model's forward and, through AOTAutograd, its backward are compiled; the
 AdamW step stays eager, foreach). Compilation happens in the warm-up steps, so only
 compiled steps are timed; the compile seconds are printed beside the row.
+Each peer runs under glibc's default malloc, as torch runs anywhere else, and again under the
+malloc settings lm's entry points set (lm/host_memory.py: freed memory is kept, so no step
+page-faults its buffers in again), which lm's row always has: those settings speed torch up
+too, more than lm (transformers eager GPT-2 2,853 -> 1,675 ms on the 2026-12-03 Xeon), so the
+like-for-like comparison is the second.
 Every measurement runs in its own process, one after the other, never two at once. Each
 process also times a large matmul in its framework (for lm under model.matmul='blas', the
 faster of XLA's and OpenBLAS's), so the analytic FLOP rate of the step can be read as a
@@ -37,6 +43,9 @@ _NO_COMPILE = flags.DEFINE_bool("no_compile", False, "Skip the torch.compile'd t
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (params stay float32).")
 _ATTENTION = flags.DEFINE_enum("attention", "reference", ["reference", "xla"], "lm's attention implementation.")
 _MATMULS = flags.DEFINE_list("matmuls", ["auto"], "lm rows, one per model.matmul choice (lm/ops.py).")
+_PEER_MALLOC = flags.DEFINE_list(
+    "peer_malloc", ["default", "lm"], "The transformers rows' malloc: 'default' (glibc's, as torch runs "
+    "anywhere else), 'lm' (lm/host_memory.py's settings, which lm's own row always has).")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: run one measurement and print JSON.")
 
 # (n_layers, d_model, n_heads, d_ff, vocab, seq_len, batch)
@@ -182,16 +191,22 @@ def torch_worker(shape: str, family: str, compiled: bool = False) -> dict:
           "flops_6n": flops.flops_6n(mcfg), "flops_exact": flops.flops_exact(mcfg, s), "matmul_gflops": peak}
 
 
-def measure(kind: str, shape: str, family: str, matmul: str = "auto") -> dict | None:
+def measure(kind: str, shape: str, family: str, matmul: str = "auto", malloc: str = "lm") -> dict | None:
   cmd = [sys.executable, "-m", "experiments.bench.train_step", f"--worker={kind}:{shape}:{family}",
          f"--steps={_STEPS.value}", f"--dtype={_DTYPE.value}", f"--attention={_ATTENTION.value}",
          f"--matmuls={matmul}"]
-  out = subprocess.run(cmd, capture_output=True, text=True)
+  # Every worker starts through set_process_defaults (below), so 'default' opts out of lm's malloc settings.
+  env = {**os.environ, "LM_KEEP_HOST_MEMORY": "0"} if malloc == "default" else None
+  out = subprocess.run(cmd, capture_output=True, text=True, env=env)
   rows = [line for line in out.stdout.splitlines() if line.startswith("{")]
   if out.returncode or not rows:
     print(f"  {kind} {shape} {family} failed:\n{out.stderr[-1500:]}", file=sys.stderr)
     return None
   return json.loads(rows[-1])
+
+
+PEER_NAMES = {"torch": "eager", "compiled": "torch.compile", "torch+lm": "eager (lm malloc)",
+              "compiled+lm": "torch.compile (lm malloc)"}
 
 
 def peer_kinds() -> tuple[str, ...]:
@@ -209,25 +224,27 @@ def main(argv):
     print(json.dumps(row))
     return
   print(f"load average before: {os.getloadavg()[0]:.2f}  ({os.cpu_count()} CPUs); compute dtype {_DTYPE.value}")
-  header = (f"{'shape':6} {'family':6} {'implementation':58} {'params':>11} {'step ms':>8} {'tokens/s':>9} "
+  header = (f"{'shape':6} {'family':6} {'implementation':66} {'params':>11} {'step ms':>8} {'tokens/s':>9} "
             f"{'6N GF/s':>8} {'exact GF/s':>10} {'matmul GF/s':>11} {'MFU':>6} {'compile s':>9}")
   print(header)
   results, rows, peaks = {}, [], []  # peaks: each process's own matmul GFLOP/s
-  runs = [("lm", m) for m in _MATMULS.value] + [(k, "auto") for k in peer_kinds()]
+  runs = [("lm", m, "lm") for m in _MATMULS.value] + [(k, "auto", a) for k in peer_kinds() for a in _PEER_MALLOC.value]
   for shape in SHAPES_FLAG.value:
     *_, s, b = SHAPES[shape]
     for family in FAMILIES_FLAG.value:
-      for kind, matmul in runs:
-        r = measure(kind, shape, family, matmul)
+      for kind, matmul, malloc in runs:
+        r = measure(kind, shape, family, matmul, malloc)
         if r is None:
           continue
         tps = b * s / r["step_s"]
         exact = tps * r["flops_exact"] / 1e9
         label = kind if kind != "lm" or len(_MATMULS.value) == 1 else f"lm matmul={matmul}"
+        if kind != "lm":
+          label, r["impl"] = (label, r["impl"]) if malloc == "default" else (f"{label}+lm", f"{r['impl']}, lm malloc")
         results[(shape, family, label)] = tps
         rows.append((shape, family, r["impl"], exact))
         compile_s = f"{r['compile_s']:>9.0f}" if "compile_s" in r else f"{'':>9}"
-        print(f"{shape:6} {family:6} {r['impl']:58} {r['params']:>11,} {r['step_s'] * 1e3:>8.0f} {tps:>9.0f} "
+        print(f"{shape:6} {family:6} {r['impl']:66} {r['params']:>11,} {r['step_s'] * 1e3:>8.0f} {tps:>9.0f} "
               f"{tps * r['flops_6n'] / 1e9:>8.1f} {exact:>10.1f} {r['matmul_gflops']:>11.1f} "
               f"{exact / r['matmul_gflops']:>6.1%} {compile_s}", flush=True)
         peaks.append(r["matmul_gflops"])
@@ -235,23 +252,22 @@ def main(argv):
     peak = max(peaks)
     print(f"\nexact GFLOP/s as a fraction of the best matmul any process of this run timed ({peak:.1f} GF/s):")
     for shape, family, impl, exact in rows:
-      print(f"  {shape} {family} {impl:58} {exact / peak:>6.1%}")
+      print(f"  {shape} {family} {impl:66} {exact / peak:>6.1%}")
   if peer_kinds():
     print("\nlm tokens/s relative to transformers (>1: lm is faster):")
     for shape in SHAPES_FLAG.value:
       for family in FAMILIES_FLAG.value:
-        eager, compiled = results.get((shape, family, "torch")), results.get((shape, family, "compiled"))
-        best = max((t for t in (eager, compiled) if t), default=None)
+        peers = {name: results.get((shape, family, key)) for key, name in PEER_NAMES.items()}
+        best = max((t for t in peers.values() if t), default=None)
         for label in [k for (sh, f, k) in results if sh == shape and f == family and k.startswith("lm")]:
           ours = results[(shape, family, label)]
-          parts = [f"{ours / eager:.2f}x eager" if eager else None,
-                   f"{ours / compiled:.2f}x torch.compile" if compiled else None,
-                   f"{ours / best:.2f}x the fastest peer" if best else None]
+          parts = [f"{ours / t:.2f}x {name}" for name, t in peers.items() if t]
+          parts.append(f"{ours / best:.2f}x the fastest peer" if best else None)
           print(f"  {shape} {family} {label}: " + ", ".join(p for p in parts if p))
   print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
-  from lm.cli import set_xla_flags  # the entry point's process-wide XLA flags, before jax starts
-  set_xla_flags()
+  from lm.cli import set_process_defaults  # the entry point's process-wide settings (XLA flags, malloc), before jax starts
+  set_process_defaults()
   app.run(main)

@@ -155,6 +155,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  from lm.cli import set_xla_flags  # local: entry points set lm's XLA flags
-  set_xla_flags()
+  from lm.cli import set_process_defaults  # local: entry points set lm's XLA flags
+  set_process_defaults()
   main()

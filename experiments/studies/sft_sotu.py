@@ -123,8 +123,8 @@ def compare(examples: str, workdirs: list[str], max_examples: int | None, max_ne
 
 
 def main():
-  from lm.cli import set_xla_flags  # the entry point's process-wide XLA flags, before jax starts
-  set_xla_flags()
+  from lm.cli import set_process_defaults  # the entry point's process-wide settings (XLA flags, malloc), before jax starts
+  set_process_defaults()
   parser = argparse.ArgumentParser(prog="python -m experiments.studies.sft_sotu", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
   b = sub.add_parser("build")

@@ -5,8 +5,8 @@ import sys
 from absl import app
 
 from experiments.sweep import main
-from lm.cli import parse_flags, set_xla_flags
+from lm.cli import parse_flags, set_process_defaults
 
 if __name__ == "__main__":
-  set_xla_flags()  # the dry run's probe runs jax in-process
+  set_process_defaults()  # the dry run's probe runs jax in-process
   app.run(lambda argv: sys.exit(main.main(argv)), flags_parser=parse_flags)
