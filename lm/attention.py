@@ -138,10 +138,11 @@ class Attention(nn.Module):
     return self.param(name, nn.with_logical_partitioning(nn.initializers.normal(std), axes),
                       shape, cfg.param_dtype).astype(cfg.dtype)
 
-  def _bias(self, name, shape, axes):
+  def _add_bias(self, y, name, shape, axes):
+    """y + the bias `name` (ops.add_rows: its gradient a product on the CPU)."""
     cfg = self.cfg
-    return self.param(name, nn.with_logical_partitioning(nn.initializers.zeros, axes),
-                      shape, cfg.param_dtype).astype(cfg.dtype)
+    b = self.param(name, nn.with_logical_partitioning(nn.initializers.zeros, axes), shape, cfg.param_dtype)
+    return ops.add_rows(y, b.astype(cfg.dtype), cfg.matmul)
 
   @nn.compact
   def __call__(self, x_BLD, segment_ids_BL, positions_BL):
@@ -157,9 +158,9 @@ class Attention(nn.Module):
     k_BLGK = dense("BLD,DGK->BLGK", x_BLD, wk_DGK, matmul=cfg.matmul)
     v_BLGK = dense("BLD,DGK->BLGK", x_BLD, wv_DGK, matmul=cfg.matmul)
     if cfg.use_bias:
-      q_BLHK += self._bias("q_bias", (h, k), ("heads", "head_dim"))
-      k_BLGK += self._bias("k_bias", (g, k), ("kv_heads", "head_dim"))
-      v_BLGK += self._bias("v_bias", (g, k), ("kv_heads", "head_dim"))
+      q_BLHK = self._add_bias(q_BLHK, "q_bias", (h, k), ("heads", "head_dim"))
+      k_BLGK = self._add_bias(k_BLGK, "k_bias", (g, k), ("kv_heads", "head_dim"))
+      v_BLGK = self._add_bias(v_BLGK, "v_bias", (g, k), ("kv_heads", "head_dim"))
     if cfg.positions == "rope":
       inv_freq_F = None  # the unscaled rates, computed inside rope() exactly as before
       if cfg.rope_scaling != "none":
@@ -180,5 +181,5 @@ class Attention(nn.Module):
     out_BLHK = nn.with_logical_constraint(out_BLHK, ("batch", "length", "heads", "head_dim"))
     y_BLD = dense("BLHK,HKD->BLD", out_BLHK, wo_HKD, matmul=cfg.matmul)
     if cfg.use_bias:
-      y_BLD += self._bias("o_bias", (d,), ("embed",))
+      y_BLD = self._add_bias(y_BLD, "o_bias", (d,), ("embed",))
     return y_BLD

@@ -19,7 +19,7 @@ import flax.linen as nn
 from lm import parameterization as param_lib
 from lm.attention import ATTENTIONS, ROPE_SCALINGS, Attention
 from lm.errors import ConfigError
-from lm.ops import MATMULS, dense, dots_saveable
+from lm.ops import MATMULS, add_rows, dense, dots_saveable, scale_rows
 from lm.parameterization import PARAMETERIZATIONS
 
 # The choices of each option live beside the code that dispatches on them.
@@ -150,10 +150,10 @@ class Norm(nn.Module):
     x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + cfg.norm_eps)
     scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
                        (d,), cfg.param_dtype)
-    x = x * scale.astype(jnp.float32)
+    x = scale_rows(x, scale.astype(jnp.float32), cfg.matmul)  # x * scale (its gradient a product on the CPU)
     if cfg.norm == "layernorm" and cfg.use_bias:
-      x = x + self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                         (d,), cfg.param_dtype).astype(jnp.float32)
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (d,), cfg.param_dtype)
+      x = add_rows(x, bias.astype(jnp.float32), cfg.matmul)
     return x.astype(cfg.dtype)
 
 
@@ -171,11 +171,11 @@ class Mlp(nn.Module):
       return self.param(name, nn.with_logical_partitioning(nn.initializers.normal(s), axes),
                         shape, cfg.param_dtype).astype(cfg.dtype)
 
-    def bias(name, n, axes):
+    def add_bias(y, name, shape, axes):  # y + the bias (ops.add_rows: its gradient a product on the CPU)
       if not cfg.use_bias:
-        return 0.0
-      return self.param(name, nn.with_logical_partitioning(nn.initializers.zeros, axes),
-                        (n,), cfg.param_dtype).astype(cfg.dtype)
+        return y
+      b = self.param(name, nn.with_logical_partitioning(nn.initializers.zeros, axes), shape, cfg.param_dtype)
+      return add_rows(y, b.astype(cfg.dtype), cfg.matmul)
 
     if cfg.mlp == "swiglu":
       # gate and up projections as one (D, 2, F) weight: one matmul instead of two (the
@@ -183,16 +183,14 @@ class Mlp(nn.Module):
       # The pair axis is never sharded, so each tensor shard keeps its gates and ups.
       wi_D2F = weight("wi", (d, 2, f), ("embed", None, "mlp"), std)
       gate_up_BL2F = dense("BLD,DCF->BLCF", x_BLD, wi_D2F, matmul=cfg.matmul)
-      if cfg.use_bias:
-        gate_up_BL2F += self.param("wi_bias", nn.with_logical_partitioning(nn.initializers.zeros, (None, "mlp")),
-                                   (2, f), cfg.param_dtype).astype(cfg.dtype)
+      gate_up_BL2F = add_bias(gate_up_BL2F, "wi_bias", (2, f), (None, "mlp"))
       h_BLF = nn.silu(gate_up_BL2F[:, :, 0]) * gate_up_BL2F[:, :, 1]
     else:
       h_BLF = dense("BLD,DF->BLF", x_BLD, weight("wi", (d, f), ("embed", "mlp"), std), matmul=cfg.matmul)
-      h_BLF = nn.gelu(h_BLF + bias("wi_bias", f, ("mlp",)), approximate=True)
+      h_BLF = nn.gelu(add_bias(h_BLF, "wi_bias", (f,), ("mlp",)), approximate=True)
     h_BLF = nn.with_logical_constraint(h_BLF, ("batch", "length", "mlp"))
     y_BLD = dense("BLF,FD->BLD", h_BLF, weight("wo", (f, d), ("mlp", "embed"), out_std), matmul=cfg.matmul)
-    return y_BLD + bias("wo_bias", d, ("embed",))
+    return add_bias(y_BLD, "wo_bias", (d,), ("embed",))
 
 
 class Block(nn.Module):

@@ -98,10 +98,12 @@ def _xla_flops(cfg, seq=SEQ):
 
 
 def _jaxpr_dot_flops(jaxpr) -> int:
-  """2 * prod(output) * prod(contracted) over every dot_general, into sub-jaxprs (x scan length)."""
+  """2 * prod(output) * prod(contracted) over every dot_general, into sub-jaxprs (x scan length),
+  but a 1-D lhs: lm.ops.add_rows and scale_rows sum a cotangent over its rows as ones[T] @ g[T, N], the
+  reduction jax's own rule does as a reduce_sum, which the analytic count leaves out too."""
   total = 0
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
+    if eqn.primitive.name == "dot_general" and eqn.invars[0].aval.ndim > 1:
       (contract, _), _ = eqn.params["dimension_numbers"]
       lhs = eqn.invars[0].aval.shape
       total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[i] for i in contract)

@@ -185,7 +185,9 @@ def _saved_residuals(cfg: ModelConfig) -> Counter:
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
     print_saved_residuals(lambda p: jnp.mean(model.apply({"params": p}, TOKENS[:, :-1])), params)
-  return Counter(m.group(1) for m in re.finditer(r"^(\w+\[[\d,]*\])", out.getvalue(), re.MULTILINE))
+  # 'dtype[shape]' with unit axes dropped: autodiff keeps a norm's scale as [1, 1, D], scale_rows as [D]
+  return Counter(f"{m.group(1)}[{','.join(d for d in m.group(2).split(',') if d not in ('', '1'))}]"
+                 for m in re.finditer(r"^(\w+)\[([\d,]*)\]", out.getvalue(), re.MULTILINE))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -225,3 +227,32 @@ def test_an_unknown_matmul_is_a_config_error_naming_the_field():
   expected = r"model.matmul='fast' is not one of \('auto', 'blas', 'custom_vjp', 'einsum'\); set --config.model.matmul"
   with pytest.raises(ConfigError, match=expected):
     ModelConfig.from_config(tiny_config(matmul="fast").model, 97)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("p_shape", [(8,), (2, 8)])
+@pytest.mark.parametrize("matmul", ["blas", "custom_vjp", "einsum"])
+@pytest.mark.parametrize("op", ["add_rows", "scale_rows"])
+def test_row_parameters_give_autodiffs_values_and_gradients(op, matmul, p_shape, dtype):
+  """y + b and x * s for a parameter over the trailing axes: the parameter's gradient is a
+  sum over the rows (a ones-vector product on the CPU paths, jax's reduce_sum under
+  'einsum'), equal to rounding; the activation's gradient and the value are jax's."""
+  rng = np.random.default_rng(0)
+  p = jnp.asarray(rng.normal(size=p_shape), dtype)
+  x = jnp.asarray(rng.normal(size=(3, 5) + p_shape), dtype)
+  plain = {"add_rows": jnp.add, "scale_rows": jnp.multiply}[op]
+
+  def loss(fn, x, p):
+    return jnp.sum(jnp.tanh(fn(x, p)).astype(jnp.float32))
+  ours = jax.value_and_grad(functools.partial(loss, lambda x, p: getattr(ops, op)(x, p, matmul)), (0, 1))(x, p)
+  theirs = jax.value_and_grad(functools.partial(loss, plain), (0, 1))(x, p)
+  assert ours[0] == theirs[0]
+  np.testing.assert_array_equal(ours[1][0], theirs[1][0])
+  ours_g, theirs_g = np.asarray(ours[1][1], np.float32), np.asarray(theirs[1][1], np.float32)
+  assert ours[1][1].dtype == p.dtype and ours_g.shape == p_shape
+  assert np.max(np.abs(ours_g - theirs_g)) <= TOLERANCE[jnp.dtype(dtype).type] * np.max(np.abs(theirs_g))
+
+
+def test_a_row_parameter_that_is_not_the_trailing_axes_is_named():
+  with pytest.raises(ValueError, match=r"p\[4\] is not the trailing axes of x\[3, 5, 8\]"):
+    ops.add_rows(jnp.ones((3, 5, 8)), jnp.ones(4))
