@@ -46,6 +46,8 @@ def parse_flags(argv):
 # was measured on.
 _EIGEN_DOTS_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 _EIGEN_DOTS_JAXLIB = "0.10."
+# --xla_disable_hlo_passes is XLA's generic pass switch (an unknown pass name is ignored).
+_NO_TREE_REDUCTIONS_FLAG = "--xla_disable_hlo_passes=tree_reduction_rewriter"
 
 
 def set_process_defaults():
@@ -60,22 +62,37 @@ def set_process_defaults():
 
 
 def set_xla_flags():
-  """lm's process-wide XLA flags (set_process_defaults sets them).
+  """lm's process-wide XLA flags (set_process_defaults sets them). Only the CPU backend
+  reads them, and only when it starts; calling this again changes nothing. Set
+  LM_XLA_CPU_DEFAULTS=1 to keep all of XLA's choices.
 
-  One flag today: on XLA:CPU, route f32 matmuls to Eigen rather
-  than the YNNPACK dot fusion. Measured on a 2-core AVX-512 EPYC (2026-11, jax 0.10.2): a
-  4096x512 @ 512x2048 f32 dot ran at 92-125 GFLOP/s through YNNPACK and 147-206 GFLOP/s
-  through Eigen, depending on the transposes (experiments/bench_train_step.py shows the
-  effect on a whole step). Only the CPU backend reads it, and only when it starts. Set
-  LM_XLA_CPU_DEFAULTS=1, or put your own xla_cpu_experimental_ynn_fusion_type in XLA_FLAGS,
-  to keep XLA's choice. Calling it again changes nothing.
+  1. On jaxlib 0.10, route f32 matmuls to Eigen rather than the YNNPACK dot fusion (unless
+     XLA_FLAGS names xla_cpu_experimental_ynn_fusion_type). Measured on a 2-core AVX-512 EPYC
+     (2026-11, jax 0.10.2): a 4096x512 @ 512x2048 f32 dot ran at 92-125 GFLOP/s through
+     YNNPACK and 147-206 GFLOP/s through Eigen, depending on the transposes.
+  2. Where jax computes on the CPU (lm.host_memory.accelerator_expected is False), turn off
+     XLA:CPU's tree_reduction_rewriter (unless XLA_FLAGS names xla_disable_hlo_passes). The
+     pass splits every large reduction into a reduce-window of 32 and a second reduce, and
+     XLA:CPU's reduce-window loop is slow: a row max of [4096, 8192] (the loss's log-sum-exp)
+     took 75 ms on one core of the 2026-12-03 Xeon, 11 ms as one reduce; the attention's row
+     max of [128, 256, 256] 17.8 ms against 1.4. The GPT-2-like benchmark step went from
+     1,870-1,920 ms to 1,700-1,780 (experiments/results/cpu_benchmarks/PROFILE.md). XLA:CPU's
+     reduce emitter keeps vector-wide partial sums, so a row's sum is still not one serial chain.
+     Column sums (a bias's gradient), which the pass helped, are products in lm (ops.add_rows).
   """
+  from lm import host_memory  # local: only an entry point needs it
   flags_now = os.environ.get("XLA_FLAGS", "")
-  if os.environ.get("LM_XLA_CPU_DEFAULTS") == "1" or "ynn_fusion_type" in flags_now:
+  if os.environ.get("LM_XLA_CPU_DEFAULTS") == "1":
     return
-  try:
-    from jaxlib.version import __version__ as jaxlib_version  # local: jaxlib may be absent; only this needs it
-  except ImportError:
-    return
-  if jaxlib_version.startswith(_EIGEN_DOTS_JAXLIB):
-    os.environ["XLA_FLAGS"] = f"{flags_now} {_EIGEN_DOTS_FLAG}".strip()
+  added = []
+  if "ynn_fusion_type" not in flags_now:
+    try:
+      from jaxlib.version import __version__ as jaxlib_version  # local: jaxlib may be absent; only this needs it
+    except ImportError:
+      jaxlib_version = ""
+    if jaxlib_version.startswith(_EIGEN_DOTS_JAXLIB):
+      added.append(_EIGEN_DOTS_FLAG)
+  if "xla_disable_hlo_passes" not in flags_now and not host_memory.accelerator_expected():
+    added.append(_NO_TREE_REDUCTIONS_FLAG)
+  if added:
+    os.environ["XLA_FLAGS"] = " ".join([flags_now, *added]).strip()

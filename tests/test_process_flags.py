@@ -68,30 +68,43 @@ def test_importing_a_command_line_module_leaves_the_environment_as_it_was(module
 def clean_env(monkeypatch):
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   monkeypatch.delenv("LM_XLA_CPU_DEFAULTS", raising=False)
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # the tree-reduction flag is for the CPU: tested below
   monkeypatch.setattr(cli, "_EIGEN_DOTS_JAXLIB", "")  # any jaxlib: the version gate is tested below
   return monkeypatch
 
 
-def test_set_xla_flags_appends_the_eigen_dots_flag_once(clean_env):
+EIGEN, NO_TREE = "--xla_cpu_experimental_ynn_fusion_type=", "--xla_disable_hlo_passes=tree_reduction_rewriter"
+
+
+def test_set_xla_flags_appends_each_flag_once(clean_env):
   clean_env.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
   cli.set_xla_flags()
   cli.set_xla_flags()
-  assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_cpu_experimental_ynn_fusion_type="
+  assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {EIGEN} {NO_TREE}"
 
 
-@pytest.mark.parametrize("env", [{"LM_XLA_CPU_DEFAULTS": "1"},
-                                 {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}])
-def test_set_xla_flags_keeps_a_users_choice(clean_env, env):
+@pytest.mark.parametrize("env, expected", [
+    ({"LM_XLA_CPU_DEFAULTS": "1"}, None),
+    ({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}, f"--xla_cpu_experimental_ynn_fusion_type=dot {NO_TREE}"),
+    ({"XLA_FLAGS": "--xla_disable_hlo_passes=algsimp"}, f"--xla_disable_hlo_passes=algsimp {EIGEN}"),
+])
+def test_set_xla_flags_keeps_a_users_choice(clean_env, env, expected):
   for k, v in env.items():
     clean_env.setenv(k, v)
   cli.set_xla_flags()
-  assert os.environ.get("XLA_FLAGS") == env.get("XLA_FLAGS")
+  assert os.environ.get("XLA_FLAGS") == expected
 
 
 def test_set_xla_flags_leaves_an_unmeasured_jaxlib_alone(clean_env):
   clean_env.setattr(cli, "_EIGEN_DOTS_JAXLIB", "no jaxlib version starts with this")
   cli.set_xla_flags()
-  assert "XLA_FLAGS" not in os.environ
+  assert os.environ["XLA_FLAGS"] == NO_TREE
+
+
+def test_set_xla_flags_keeps_the_tree_reductions_on_an_accelerator(clean_env):
+  clean_env.setenv("JAX_PLATFORMS", "cuda")
+  cli.set_xla_flags()
+  assert os.environ["XLA_FLAGS"] == EIGEN
 
 
 def test_the_test_process_runs_with_the_entry_points_flags():
