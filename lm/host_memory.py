@@ -6,8 +6,8 @@ frees it when the execution ends. glibc serves an allocation that large with mma
 threshold cannot exceed 32 MB) and returns it with munmap, so each step the kernel maps and
 zeroes the whole buffer again: 305,000 minor page faults and about 0.5 CPU-seconds of system
 time a step. On the 2-core Xeon of 2026-12-03 the GPT-2-like step went from 2,150-2,340 ms
-to 1,950, the Llama-like from 2,490 to 2,200, with no page fault in a steady step
-(experiments/results/cpu_benchmarks/PROFILE.md, "2026-12-03, Xeon").
+to 1,926-1,993, the Llama-like from about 2,490 to 2,105-2,271, with no page fault in a
+steady step (experiments/results/cpu_benchmarks/PROFILE.md, "2026-12-03, Xeon").
 
 What: three glibc malloc settings (mallopt), as the MALLOC_* environment variables would set
 them at start-up:
