@@ -20,10 +20,20 @@
 
 namespace ffi = xla::ffi;
 
+// The BLAS: OpenBLAS from the scipy-openblas32 wheel (its symbols prefixed scipy_), or, built
+// with -DLM_GEMM_MKL, Intel MKL from the mkl wheel (lm/cpu_gemm.py chooses and links).
+#ifdef LM_GEMM_MKL
+#define LM_SGEMM cblas_sgemm
+#define LM_SET_THREADS MKL_Set_Num_Threads
+#else
+#define LM_SGEMM scipy_cblas_sgemm
+#define LM_SET_THREADS scipy_openblas_set_num_threads
+#endif
+
 extern "C" {
-void scipy_cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                       const float* a, int lda, const float* b, int ldb, float beta, float* c, int ldc);
-void scipy_openblas_set_num_threads(int threads);
+void LM_SGEMM(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a, int lda,
+              const float* b, int ldb, float beta, float* c, int ldc);
+void LM_SET_THREADS(int threads);
 }
 
 namespace {
@@ -43,7 +53,7 @@ struct Product {
     for (int64_t i; (i = next.fetch_add(1)) < chunks;) {
       if (batch > 1) {  // chunk i: batch entries lo..hi, one whole product each
         for (int64_t e = batch * i / chunks; e < batch * (i + 1) / chunks; ++e) {
-          scipy_cblas_sgemm(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, m, n, k, 1.0f,
+          LM_SGEMM(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, m, n, k, 1.0f,
                             a + e * a_size, lda, b + e * b_size, ldb, 0.0f, c + e * m * n, n);
         }
         done.fetch_add(1, std::memory_order_release);
@@ -52,11 +62,11 @@ struct Product {
       int64_t extent = split_rows ? m : n, lo = extent * i / chunks, hi = extent * (i + 1) / chunks;
       if (split_rows) {  // rows lo..hi of op(A): A's rows, or its columns when transposed
         const float* a_lo = trans_a ? a + lo : a + lo * lda;
-        scipy_cblas_sgemm(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, hi - lo, n, k,
+        LM_SGEMM(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, hi - lo, n, k,
                           1.0f, a_lo, lda, b, ldb, 0.0f, c + lo * n, n);
       } else {  // columns lo..hi of op(B): B's columns, or its rows when transposed
         const float* b_lo = trans_b ? b + lo * ldb : b + lo;
-        scipy_cblas_sgemm(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, m, hi - lo, k,
+        LM_SGEMM(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, m, hi - lo, k,
                           1.0f, a, lda, b_lo, ldb, 0.0f, c + lo, n);
       }
       done.fetch_add(1, std::memory_order_release);
@@ -102,7 +112,7 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::
 
 }  // namespace
 
-extern "C" void LmCpuGemmInit() { scipy_openblas_set_num_threads(1); }
+extern "C" void LmCpuGemmInit() { LM_SET_THREADS(1); }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LmCpuGemm, Gemm,
                               ffi::Ffi::Bind()

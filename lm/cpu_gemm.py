@@ -17,6 +17,14 @@ The kernel splits each product into one chunk per XLA intra-op thread and runs e
 single-threaded, so XLA's scheduler alone shares the cores (OpenBLAS's own threads beside
 XLA's made the step 15% slower than Eigen).
 
+MKL instead: with the mkl wheel installed (pip install -e '.[mkl]'), the kernel links Intel's
+libmkl_rt instead (`blas()`; LM_CPU_GEMM_BLAS=openblas or =mkl chooses), and decoding's
+few-row products go to it too (lm/ops.py MKL_MIN_ROWS). On the 2-core Xeon of 2026-12-03, in
+alternating processes, the GPT-2-like step took 1,802-1,899 ms with MKL against 1,935-2,025
+with OpenBLAS, the Llama-like 2,155-2,217 against 2,345-2,432; batch-8 decoding of llama-100m
+42.3 against 59.8 ms a token (experiments/results/cpu_benchmarks/README.md). It is not the
+default because of its size (a 229 MB wheel, ~1.1 GB with its dependencies; x86 only).
+
 When it is unavailable (no compiler, no wheel, another OS), `available()` says why once, in
 a warning, and lm uses the XLA product ('custom_vjp'); nothing else changes. Values equal
 XLA's product to rounding (a K-long sum may be ordered differently; tests/test_cpu_gemm.py).
@@ -27,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -46,7 +55,10 @@ class Unavailable(RuntimeError):
   """The kernel cannot be built or loaded here; the message says why and what to do."""
 
 
-def _openblas_lib_dir() -> str:
+BLASES = ("openblas", "mkl")
+
+
+def _openblas() -> tuple[str, str, list[str]]:
   try:
     import scipy_openblas32  # local: an optional, Linux-only dependency (setup.cfg)
   except ImportError:
@@ -54,18 +66,47 @@ def _openblas_lib_dir() -> str:
   lib_dir = scipy_openblas32.get_lib_dir()
   if not os.path.exists(os.path.join(lib_dir, "libscipy_openblas.so")):
     raise Unavailable(f"no libscipy_openblas.so in {lib_dir} (scipy-openblas32 ships it on Linux only)")
-  return lib_dir
+  return "openblas", lib_dir, ["-lscipy_openblas"]
 
 
-def _build(lib_dir: str) -> str:
-  """The compiled kernel's path: the cached file, or a new build of lm/cpu_gemm.cc."""
+def _mkl() -> tuple[str, str, list[str]] | None:
+  """The mkl wheel's libmkl_rt (lm's 'mkl' extra), or None where it is not installed."""
+  try:
+    files = importlib.metadata.distribution("mkl").files or []
+  except importlib.metadata.PackageNotFoundError:
+    return None
+  for f in files:
+    if f.name.startswith("libmkl_rt.so"):
+      path = os.path.realpath(f.locate())
+      return "mkl", os.path.dirname(path), [f"-l:{os.path.basename(path)}", "-DLM_GEMM_MKL"]
+  return None
+
+
+def blas() -> tuple[str, str, list[str]]:
+  """(name, library directory, compiler flags) of the BLAS the kernel links: LM_CPU_GEMM_BLAS
+  if set ('openblas' or 'mkl'), else MKL where the mkl wheel is installed (pip install
+  'lm[mkl]': its single-threaded products ran 3-13% faster than OpenBLAS's on the 2026-12-03
+  Xeon, the step about 6%), else OpenBLAS."""
+  choice = os.environ.get("LM_CPU_GEMM_BLAS", "")
+  if choice not in ("",) + BLASES:
+    raise Unavailable(f"LM_CPU_GEMM_BLAS={choice!r} is not one of {BLASES}")
+  mkl = _mkl() if choice in ("", "mkl") else None
+  if choice == "mkl" and mkl is None:
+    raise Unavailable("LM_CPU_GEMM_BLAS=mkl, but the mkl package is not installed (pip install mkl)")
+  return mkl or _openblas()
+
+
+def _build(library: tuple[str, str, list[str]]) -> str:
+  """The compiled kernel's path: the cached file, or a new build of lm/cpu_gemm.cc against
+  `library` (blas())."""
+  name, lib_dir, link = library
   import jaxlib  # local: the version is part of the cache key (the FFI headers come with it)
   compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
   if compiler is None:
     raise Unavailable("no C++ compiler (install g++, or set CXX)")
   with open(_SOURCE, "rb") as f:
     source = f.read()
-  key = hashlib.sha256(source + jaxlib.__version__.encode() + lib_dir.encode() + compiler.encode()).hexdigest()[:16]
+  key = hashlib.sha256(source + jaxlib.__version__.encode() + " ".join([lib_dir, *link, compiler]).encode()).hexdigest()[:16]
   path = os.path.join(cache_root(), f"cpu_gemm-{key}.so")
   if os.path.exists(path):
     return path
@@ -74,7 +115,7 @@ def _build(lib_dir: str) -> str:
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_root())
   os.close(fd)
   cmd = [compiler, "-O2", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}", _SOURCE,
-         "-o", tmp, f"-L{lib_dir}", "-lscipy_openblas", f"-Wl,-rpath,{lib_dir}"]
+         "-o", tmp, f"-L{lib_dir}", *link, f"-Wl,-rpath,{lib_dir}"]
   result = subprocess.run(cmd, capture_output=True, text=True)
   if result.returncode != 0:
     os.unlink(tmp)
@@ -90,13 +131,22 @@ def _load() -> str | None:
   if os.environ.get("LM_CPU_GEMM") == "0":
     return "LM_CPU_GEMM=0"
   try:
-    lib_dir = _openblas_lib_dir()
-    lib = ctypes.CDLL(_build(lib_dir))
+    library = blas()
+    lib = ctypes.CDLL(_build(library))
     lib.LmCpuGemmInit()  # OpenBLAS's own pool to one thread: the kernel splits over XLA's
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.LmCpuGemm), platform="cpu")
   except (Unavailable, OSError) as e:
     return str(e)
+  _LINKED.append(library[0])
   return None
+
+
+_LINKED: list[str] = []
+
+
+def linked_blas() -> str | None:
+  """'openblas' or 'mkl': the library the loaded kernel calls; None where it is unavailable."""
+  return _LINKED[0] if available() else None
 
 
 def available() -> bool:

@@ -28,7 +28,7 @@
                 dot, so values match the plain product to rounding (not bitwise). At the benchmark
                 shape, in alternating runs (two each), the step took 7% (Llama-like) and
                 10% (GPT-2-like) less time on average (PROFILE.md has the measurements).
-  'blas'        'custom_vjp' with the 2-D float32 products computed by OpenBLAS through an
+  'blas'        'custom_vjp' with the 2-D float32 products computed by OpenBLAS (or MKL) through an
                 XLA FFI call (lm/cpu_gemm.py: why, and how it is built), XLA:CPU only. At the
                 benchmark shape the Llama-like step went from 4,651 to 4,193 ms and the
                 GPT-2-like from 4,103 to 3,682 (PROFILE.md, 2026-12-03). Where it cannot run it
@@ -138,6 +138,10 @@ def transposed_weight_gradient(x_TC: jax.Array, dy_TN: jax.Array) -> jax.Array:
 # with Eigen's products against 38 with OpenBLAS's; at batch 8 OpenBLAS's made it 259 against
 # 220 (experiments/bench/inference.py, 2026-12-03).
 BLAS_MIN_ROWS = 8
+# MKL's few-row products are fast: with the kernel linked to MKL (lm/cpu_gemm.py), batch-1
+# decoding on the 2026-12-03 Xeon took 17.6 ms a token for llama-100m with every product
+# through MKL against 22.0 with Eigen's below 8 rows (gpt2-10m 1.52 against 2.39 ms).
+MKL_MIN_ROWS = 1
 # The three 2-D equations of the custom VJP as OpenBLAS transposes (trans_a, trans_b).
 GEMM_TRANSPOSES = {"TC,CN->TN": (False, False), "TN,CN->TC": (False, True), "TC,TN->CN": (True, False)}
 # lm/model.py's decoding head of a tied model: logits from the embedding table [V, D] as it is
@@ -156,7 +160,8 @@ def blas_may_run(*arrays: jax.Array) -> bool:
 
 def _blas_runs(a: jax.Array, b: jax.Array, out_dtype) -> bool:
   """Whether a 2-D product over a's rows goes to OpenBLAS under 'blas' (module docstring)."""
-  return out_dtype in (None, jnp.float32) and a.shape[0] >= BLAS_MIN_ROWS and blas_may_run(a, b)
+  min_rows = MKL_MIN_ROWS if cpu_gemm.linked_blas() == "mkl" else BLAS_MIN_ROWS
+  return out_dtype in (None, jnp.float32) and a.shape[0] >= min_rows and blas_may_run(a, b)
 
 
 def _product(eq: str, a: jax.Array, b: jax.Array, b_axis: int, out_dtype, blas: bool) -> jax.Array:

@@ -75,11 +75,15 @@ def _loss(x, w):
 
 
 def test_blas_runs_the_forward_and_both_gradients_at_training_rows_only():
+  """With OpenBLAS from BLAS_MIN_ROWS rows; with MKL (the 'mkl' extra) from MKL_MIN_ROWS."""
   w = jnp.ones((8, 24))
   train = jax.jit(jax.grad(_loss, (0, 1))).lower(jnp.ones((2, 16, 8)), w).as_text()
   assert train.count(f"custom_call @{cpu_gemm.TARGET}(") == 3  # forward, dx, dw
-  few_rows = jnp.ones((1, ops.BLAS_MIN_ROWS - 1, 8))  # batch-1 decoding's one row, and up to this
-  assert not _uses_kernel(jax.grad(_loss, (0, 1)), few_rows, w)
+  min_rows = ops.MKL_MIN_ROWS if cpu_gemm.linked_blas() == "mkl" else ops.BLAS_MIN_ROWS
+  assert _uses_kernel(jax.grad(_loss, (0, 1)), jnp.ones((1, min_rows, 8)), w)
+  if min_rows > 1:
+    few_rows = jnp.ones((1, min_rows - 1, 8))  # batch-1 decoding's one row, and up to this
+    assert not _uses_kernel(jax.grad(_loss, (0, 1)), few_rows, w)
   bf16 = jnp.ones((2, 16, 8), jnp.bfloat16), jnp.ones((8, 24), jnp.bfloat16)
   assert not _uses_kernel(jax.grad(_loss, (0, 1)), *bf16)
 
@@ -133,3 +137,17 @@ def test_a_kernel_that_cannot_be_built_is_reported_and_lm_uses_xlas_product(tmp_
   assert "lm's OpenBLAS matmul for XLA:CPU is unavailable (compiling" in result.stdout
   assert "using XLA's own product" in result.stdout and "LM_CPU_GEMM=0" in result.stdout
   assert not list(tmp_path.glob("lm/*.so"))  # the failed build left no file behind
+
+
+def test_the_blas_choice_follows_lm_cpu_gemm_blas(monkeypatch):
+  monkeypatch.setenv("LM_CPU_GEMM_BLAS", "openblas")
+  assert cpu_gemm.blas()[0] == "openblas"
+  monkeypatch.setenv("LM_CPU_GEMM_BLAS", "atlas")
+  with pytest.raises(cpu_gemm.Unavailable, match=r"LM_CPU_GEMM_BLAS='atlas' is not one of \('openblas', 'mkl'\)"):
+    cpu_gemm.blas()
+  monkeypatch.setenv("LM_CPU_GEMM_BLAS", "mkl")
+  monkeypatch.setattr(cpu_gemm, "_mkl", lambda: None)  # as where the mkl wheel is not installed
+  with pytest.raises(cpu_gemm.Unavailable, match=r"the mkl package is not installed \(pip install mkl\)"):
+    cpu_gemm.blas()
+  monkeypatch.delenv("LM_CPU_GEMM_BLAS")
+  assert cpu_gemm.blas()[0] == "openblas"  # no mkl: OpenBLAS

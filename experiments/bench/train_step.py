@@ -136,10 +136,12 @@ def lm_worker(shape: str, family: str) -> dict:
   peak = matmul_gflops(lambda: mm(x).block_until_ready(), n)
   counts = flops.param_counts(mcfg)
   matmul = ops.resolve_matmul(mcfg.matmul)
-  if matmul == "blas" and _DTYPE.value == "float32":  # lm's products run through OpenBLAS: its peak too
-    from lm import cpu_gemm
+  from lm import cpu_gemm
+  if matmul == "blas" and _DTYPE.value == "float32":  # lm's products run through the kernel's BLAS: its peak too
     gemm = jax.jit(cpu_gemm.gemm)
     peak = max(peak, matmul_gflops(lambda: gemm(x, x).block_until_ready(), n))
+  if matmul == "blas":
+    matmul = f"blas: {cpu_gemm.linked_blas()}"  # OpenBLAS, or MKL where the mkl extra is installed
   return {"impl": f"lm (jax {jax.__version__}, {_ATTENTION.value} attention, {matmul})", "params": counts.total, "step_s": seconds,
           "flops_6n": flops.flops_6n(mcfg), "flops_exact": flops.flops_exact(mcfg, s), "matmul_gflops": peak}
 
