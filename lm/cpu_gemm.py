@@ -99,7 +99,7 @@ def blas() -> tuple[str, str, list[str]]:
 def _build(library: tuple[str, str, list[str]]) -> str:
   """The compiled kernel's path: the cached file, or a new build of lm/cpu_gemm.cc against
   `library` (blas())."""
-  name, lib_dir, link = library
+  _, lib_dir, link = library
   import jaxlib  # local: the version is part of the cache key (the FFI headers come with it)
   compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
   if compiler is None:

@@ -158,10 +158,14 @@ def blas_may_run(*arrays: jax.Array) -> bool:
           and cpu_gemm.available())
 
 
+def blas_min_rows() -> int:
+  """The fewest rows a product needs to go to the kernel: MKL_MIN_ROWS where it links MKL, else BLAS_MIN_ROWS."""
+  return MKL_MIN_ROWS if cpu_gemm.linked_blas() == "mkl" else BLAS_MIN_ROWS
+
+
 def _blas_runs(a: jax.Array, b: jax.Array, out_dtype) -> bool:
-  """Whether a 2-D product over a's rows goes to OpenBLAS under 'blas' (module docstring)."""
-  min_rows = MKL_MIN_ROWS if cpu_gemm.linked_blas() == "mkl" else BLAS_MIN_ROWS
-  return out_dtype in (None, jnp.float32) and a.shape[0] >= min_rows and blas_may_run(a, b)
+  """Whether a 2-D product over a's rows goes to the kernel under 'blas' (module docstring)."""
+  return out_dtype in (None, jnp.float32) and a.shape[0] >= blas_min_rows() and blas_may_run(a, b)
 
 
 def _product(eq: str, a: jax.Array, b: jax.Array, b_axis: int, out_dtype, blas: bool) -> jax.Array:

@@ -79,7 +79,8 @@ def test_blas_runs_the_forward_and_both_gradients_at_training_rows_only():
   w = jnp.ones((8, 24))
   train = jax.jit(jax.grad(_loss, (0, 1))).lower(jnp.ones((2, 16, 8)), w).as_text()
   assert train.count(f"custom_call @{cpu_gemm.TARGET}(") == 3  # forward, dx, dw
-  min_rows = ops.MKL_MIN_ROWS if cpu_gemm.linked_blas() == "mkl" else ops.BLAS_MIN_ROWS
+  min_rows = ops.blas_min_rows()
+  assert min_rows == (ops.MKL_MIN_ROWS if cpu_gemm.linked_blas() == "mkl" else ops.BLAS_MIN_ROWS)
   assert _uses_kernel(jax.grad(_loss, (0, 1)), jnp.ones((1, min_rows, 8)), w)
   if min_rows > 1:
     few_rows = jnp.ones((1, min_rows - 1, 8))  # batch-1 decoding's one row, and up to this

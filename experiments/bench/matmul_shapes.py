@@ -86,6 +86,6 @@ def main():
 
 
 if __name__ == "__main__":
-  from lm.cli import set_process_defaults  # the entry points' XLA flags (Eigen dots on jaxlib 0.10), before jax starts
+  from lm.cli import set_process_defaults  # the entry points' settings (XLA flags, malloc), before jax starts
   set_process_defaults()
   main()

@@ -241,8 +241,8 @@ def main(argv):
         tps = b * s / r["step_s"]
         exact = tps * r["flops_exact"] / 1e9
         label = kind if kind != "lm" or len(_MATMULS.value) == 1 else f"lm matmul={matmul}"
-        if kind != "lm":
-          label, r["impl"] = (label, r["impl"]) if malloc == "default" else (f"{label}+lm", f"{r['impl']}, lm malloc")
+        if kind != "lm" and malloc == "lm":
+          label, r["impl"] = f"{label}+lm", f"{r['impl']}, lm malloc"
         results[(shape, family, label)] = tps
         rows.append((shape, family, r["impl"], exact))
         compile_s = f"{r['compile_s']:>9.0f}" if "compile_s" in r else f"{'':>9}"
