@@ -7,19 +7,26 @@ shapes at 170-185 (experiments/bench/matmul_shapes.py prints both). The weight p
 three quarters of a CPU training step, so model.matmul='blas' (lm/ops.py; what 'auto' picks
 on a CPU backend when this kernel is available) routes them here.
 
-What it is: lm/cpu_gemm.cc, about 100 lines of C++ against the XLA FFI headers jaxlib ships
+What it is: lm/cpu_gemm.cc, about 300 lines of C++ against the XLA FFI headers jaxlib ships
 (jax.ffi.include_dir()), calling `sgemm` of the OpenBLAS in the scipy-openblas32 wheel (the
 build numpy and scipy ship, as a package of its own, so its thread setting is lm's alone).
-It is compiled with the system's C++ compiler ($CXX, else g++) on first use, like
-torch.compile's C++ kernels, into ~/.cache/lm/ (or $XDG_CACHE_HOME/lm), keyed by a hash of
-the source, the jaxlib version and the library path; later processes load the cached file.
+It is compiled with the system's C++ compiler ($CXX, else g++, -O3 -march=native) on first
+use, like torch.compile's C++ kernels, into ~/.cache/lm/ (or $XDG_CACHE_HOME/lm), keyed by a
+hash of the source, the jaxlib version, the library path and the CPU (its model and flags);
+later processes load the cached file.
 The kernel splits each product into one chunk per XLA intra-op thread and runs each chunk
 single-threaded, so XLA's scheduler alone shares the cores (OpenBLAS's own threads beside
 XLA's made the step 15% slower than Eigen).
 
+Few rows: a product of at most FEW_ROWS rows (decoding's, one per sequence, and its
+attention over the KV cache) runs the kernel's own loops instead of sgemm: a BLAS's sgemm is
+built for many rows, and on the 2-core Xeon of 2026-12-03 OpenBLAS read the weights of an
+[8, 768] @ [768, 4096] product at 6-10 GB/s, MKL at 10, these loops at 18-25 (the read
+bandwidth is 30); at one row all three read 25-37. Batch-8 decoding of llama-100m went from
+55.3 to 22.9 ms a token (experiments/results/cpu_benchmarks/README.md).
+
 MKL instead: with the mkl wheel installed (pip install -e '.[mkl]'), the kernel links Intel's
-libmkl_rt instead (`blas()`; LM_CPU_GEMM_BLAS=openblas or =mkl chooses), and decoding's
-few-row products go to it too (lm/ops.py MKL_MIN_ROWS). On the 2-core Xeon of 2026-12-03, in
+libmkl_rt instead (`blas()`; LM_CPU_GEMM_BLAS=openblas or =mkl chooses). On the 2-core Xeon of 2026-12-03, in
 alternating processes, the GPT-2-like step took 1,802-1,899 ms with MKL against 1,935-2,025
 with OpenBLAS, the Llama-like 2,155-2,217 against 2,345-2,432; batch-8 decoding of llama-100m
 42.3 against 59.8 ms a token (experiments/results/cpu_benchmarks/README.md). It is not the
@@ -37,6 +44,7 @@ import functools
 import hashlib
 import importlib.metadata
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -56,6 +64,9 @@ class Unavailable(RuntimeError):
 
 
 BLASES = ("openblas", "mkl")
+# Products with at most this many rows (decoding's: one per sequence) run the kernel's own
+# few-row loops rather than the BLAS's sgemm (lm/cpu_gemm.cc says why; numbers in the docstring).
+FEW_ROWS = 16
 
 
 def _openblas() -> tuple[str, str, list[str]]:
@@ -96,6 +107,16 @@ def blas() -> tuple[str, str, list[str]]:
   return mkl or _openblas()
 
 
+def _cpu_signature() -> str:
+  """The CPU's model and instruction-set flags (/proc/cpuinfo), which -march=native compiles for."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      lines = f.read().split("\n\n")[0].splitlines()
+  except OSError:
+    return platform.machine() + platform.processor()
+  return " ".join(line for line in lines if line.split(":")[0].strip() in ("model name", "flags", "Features"))
+
+
 def _build(library: tuple[str, str, list[str]]) -> str:
   """The compiled kernel's path: the cached file, or a new build of lm/cpu_gemm.cc against
   `library` (blas())."""
@@ -106,7 +127,9 @@ def _build(library: tuple[str, str, list[str]]) -> str:
     raise Unavailable("no C++ compiler (install g++, or set CXX)")
   with open(_SOURCE, "rb") as f:
     source = f.read()
-  key = hashlib.sha256(source + jaxlib.__version__.encode() + " ".join([lib_dir, *link, compiler]).encode()).hexdigest()[:16]
+  # -march=native: the file is for this CPU only (a home directory shared by a cluster's nodes holds one per CPU)
+  key = hashlib.sha256(source + jaxlib.__version__.encode()
+                       + " ".join([lib_dir, *link, compiler, _cpu_signature()]).encode()).hexdigest()[:16]
   path = os.path.join(cache_root(), f"cpu_gemm-{key}.so")
   if os.path.exists(path):
     return path
@@ -114,7 +137,7 @@ def _build(library: tuple[str, str, list[str]]) -> str:
   # Build beside the target and rename: processes building at once each finish a whole file.
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_root())
   os.close(fd)
-  cmd = [compiler, "-O2", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}", _SOURCE,
+  cmd = [compiler, "-O3", "-march=native", *os.environ.get("LM_XX", "").split(), "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}", _SOURCE,
          "-o", tmp, f"-L{lib_dir}", *link, f"-Wl,-rpath,{lib_dir}"]
   result = subprocess.run(cmd, capture_output=True, text=True)
   if result.returncode != 0:
@@ -164,12 +187,16 @@ def _warn_once(reason: str):
                 stacklevel=3)
 
 
-def gemm(a: jax.Array, b: jax.Array, trans_a: bool = False, trans_b: bool = False) -> jax.Array:
+def gemm(a: jax.Array, b: jax.Array, trans_a: bool = False, trans_b: bool = False,
+         few_rows: bool | None = None) -> jax.Array:
   """op(a) @ op(b) in float32 for float32 a and b, op = transpose of the last two axes where
   asked; 2-D, or 3-D with one batch size (one product per leading entry). CPU backend only.
 
   No transpose is materialised: a [T, C] activation and a [T, N] gradient give the weight
-  gradient [C, N] as gemm(x, dy, trans_a=True)."""
+  gradient [C, N] as gemm(x, dy, trans_a=True).
+
+  few_rows: whether the kernel's own few-row loops compute it instead of the BLAS (lm/cpu_gemm.cc;
+  a not transposed only); None: where op(a) has at most FEW_ROWS rows."""
   if (a.ndim not in (2, 3) or b.ndim != a.ndim or a.dtype != jnp.float32 or b.dtype != jnp.float32
       or (a.ndim == 3 and a.shape[0] != b.shape[0])):
     raise ValueError(f"gemm takes two 2-D float32 operands, or two 3-D with one batch size, got "
@@ -178,11 +205,15 @@ def gemm(a: jax.Array, b: jax.Array, trans_a: bool = False, trans_b: bool = Fals
   k_b, n = (b.shape[-1], b.shape[-2]) if trans_b else b.shape[-2:]
   if k != k_b:
     raise ValueError(f"gemm: op(a) is [{m}, {k}] and op(b) is [{k_b}, {n}]; the contracted sizes differ")
+  if few_rows and trans_a:
+    raise ValueError("gemm: few_rows takes a not transposed (trans_a=False)")
+  if few_rows is None:
+    few_rows = not trans_a and m <= FEW_ROWS
   if not available():
     raise Unavailable(_load())
   # vmap (lm/lr_sweep.py trains several LRs in one step) loops over the batch: one product each.
   call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(a.shape[:-2] + (m, n), jnp.float32), vmap_method="sequential")
-  return call(a, b, trans_a=trans_a, trans_b=trans_b)
+  return call(a, b, trans_a=trans_a, trans_b=trans_b, few_rows=bool(few_rows))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

@@ -213,10 +213,22 @@ def sample_logits(logits_BV, keys_B, temperature, top_k: int | None, top_p) -> j
   return jnp.take_along_axis(ids_BC, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
+def first_argmax(x_BV: jax.Array) -> jax.Array:
+  """jnp.argmax(x_BV, axis=-1) as int32 (the first maximum; the first NaN where there is one),
+  as two plain reductions: XLA:CPU runs argmax's (value, index) reduce element by element, and
+  inside the decode loop it took 0.9-2.6 ms of a llama-100m batch-8 step for [8, 4096] logits on
+  the 2026-12-03 Xeon; a max and a min vectorise."""
+  v = x_BV.shape[-1]
+  max_B1 = jnp.max(x_BV, axis=-1, keepdims=True)
+  hit_BV = (x_BV == max_B1) | jnp.isnan(x_BV)
+  ids_BV = jax.lax.broadcasted_iota(jnp.int32, x_BV.shape, x_BV.ndim - 1)
+  return jnp.min(jnp.where(hit_BV, ids_BV, v), axis=-1)
+
+
 def _choose(static: _Static, logits_BV, key, step, temperature, top_p):
   """(token_B, log-probability_B) of token number `step`."""
   if static.greedy:
-    token_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    token_B = first_argmax(logits_BV)
   else:
     step_key = jax.random.fold_in(key, step)
     keys_B = jax.vmap(lambda b: jax.random.fold_in(step_key, b))(jnp.arange(logits_BV.shape[0]))

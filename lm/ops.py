@@ -32,10 +32,10 @@
                 XLA FFI call (lm/cpu_gemm.py: why, and how it is built), XLA:CPU only. At the
                 benchmark shape the Llama-like step went from 4,651 to 4,193 ms and the
                 GPT-2-like from 4,103 to 3,682 (PROFILE.md, 2026-12-03). Where it cannot run it
-                is 'custom_vjp' exactly: another dtype, fewer than BLAS_MIN_ROWS rows
-                (batch-1 decoding: Eigen's one-row product read the weights faster), or a mesh of more
-                than one device (a custom call has no sharding rule; XLA would gather its
-                operands onto every device).
+                is 'custom_vjp' exactly: another dtype, or a mesh of more than one device (a
+                custom call has no sharding rule; XLA would gather its operands onto every
+                device). Products of at most cpu_gemm.FEW_ROWS rows (decoding's) run the
+                kernel's own few-row loops instead of the BLAS.
   'auto'        'blas' on the CPU backend when lm/cpu_gemm.py's kernel builds there, else
                 'custom_vjp' (it warns once why); 'einsum' elsewhere. Resolved when the model
                 is traced (jax.default_backend(), the backend jit places it on), not when a
@@ -133,15 +133,6 @@ def transposed_weight_gradient(x_TC: jax.Array, dy_TN: jax.Array) -> jax.Array:
   return jax.lax.optimization_barrier(jnp.einsum("TN,TC->NC", dy_TN, x_TC)).T
 
 
-# 'blas': products over fewer rows (T) stay XLA's. A [1, 768] @ [768, 4096] decode product took
-# 0.31 ms in Eigen and 0.65 through OpenBLAS, and batch-1 decoding of llama-100m ran 61 tokens/s
-# with Eigen's products against 38 with OpenBLAS's; at batch 8 OpenBLAS's made it 259 against
-# 220 (experiments/bench/inference.py, 2026-12-03).
-BLAS_MIN_ROWS = 8
-# MKL's few-row products are fast: with the kernel linked to MKL (lm/cpu_gemm.py), batch-1
-# decoding on the 2026-12-03 Xeon took 17.6 ms a token for llama-100m with every product
-# through MKL against 22.0 with Eigen's below 8 rows (gpt2-10m 1.52 against 2.39 ms).
-MKL_MIN_ROWS = 1
 # The three 2-D equations of the custom VJP as OpenBLAS transposes (trans_a, trans_b).
 GEMM_TRANSPOSES = {"TC,CN->TN": (False, False), "TN,CN->TC": (False, True), "TC,TN->CN": (True, False)}
 # lm/model.py's decoding head of a tied model: logits from the embedding table [V, D] as it is
@@ -158,14 +149,9 @@ def blas_may_run(*arrays: jax.Array) -> bool:
           and cpu_gemm.available())
 
 
-def blas_min_rows() -> int:
-  """The fewest rows a product needs to go to the kernel: MKL_MIN_ROWS where it links MKL, else BLAS_MIN_ROWS."""
-  return MKL_MIN_ROWS if cpu_gemm.linked_blas() == "mkl" else BLAS_MIN_ROWS
-
-
 def _blas_runs(a: jax.Array, b: jax.Array, out_dtype) -> bool:
   """Whether a 2-D product over a's rows goes to the kernel under 'blas' (module docstring)."""
-  return out_dtype in (None, jnp.float32) and a.shape[0] >= blas_min_rows() and blas_may_run(a, b)
+  return out_dtype in (None, jnp.float32) and blas_may_run(a, b)
 
 
 def _product(eq: str, a: jax.Array, b: jax.Array, b_axis: int, out_dtype, blas: bool) -> jax.Array:

@@ -74,19 +74,53 @@ def _loss(x, w):
   return jnp.sum(jnp.sin(ops.dense("BLD,DF->BLF", x, w, matmul="blas")))
 
 
-def test_blas_runs_the_forward_and_both_gradients_at_training_rows_only():
-  """With OpenBLAS from BLAS_MIN_ROWS rows; with MKL (the 'mkl' extra) from MKL_MIN_ROWS."""
+def _few_rows_flags(fn, *args) -> list[bool]:
+  """The few_rows attribute of each kernel call in fn's lowered program."""
+  text = jax.jit(fn).lower(*args).as_text()
+  calls = [line for line in text.splitlines() if f"custom_call @{cpu_gemm.TARGET}(" in line]
+  return ["few_rows = true" in line for line in calls]
+
+
+def test_blas_runs_the_forward_and_both_gradients_at_every_row_count_in_float32_only():
+  """Training's many rows go to the BLAS; decoding's few (at most FEW_ROWS) to the kernel's own
+  loops, the weight gradient (a transposed) always to the BLAS."""
   w = jnp.ones((8, 24))
-  train = jax.jit(jax.grad(_loss, (0, 1))).lower(jnp.ones((2, 16, 8)), w).as_text()
-  assert train.count(f"custom_call @{cpu_gemm.TARGET}(") == 3  # forward, dx, dw
-  min_rows = ops.blas_min_rows()
-  assert min_rows == (ops.MKL_MIN_ROWS if cpu_gemm.linked_blas() == "mkl" else ops.BLAS_MIN_ROWS)
-  assert _uses_kernel(jax.grad(_loss, (0, 1)), jnp.ones((1, min_rows, 8)), w)
-  if min_rows > 1:
-    few_rows = jnp.ones((1, min_rows - 1, 8))  # batch-1 decoding's one row, and up to this
-    assert not _uses_kernel(jax.grad(_loss, (0, 1)), few_rows, w)
+  assert _few_rows_flags(jax.grad(_loss, (0, 1)), jnp.ones((2, 16, 8)), w) == [False] * 3  # forward, dx, dw
+  one_row = jnp.ones((1, 1, 8))
+  assert _few_rows_flags(jax.grad(_loss, (0, 1)), one_row, w) == [True, True, False]
+  few = jnp.ones((1, cpu_gemm.FEW_ROWS, 8))
+  assert _few_rows_flags(_loss, few, w) == [True]
+  assert _few_rows_flags(_loss, jnp.ones((1, cpu_gemm.FEW_ROWS + 1, 8)), w) == [False]
   bf16 = jnp.ones((2, 16, 8), jnp.bfloat16), jnp.ones((8, 24), jnp.bfloat16)
   assert not _uses_kernel(jax.grad(_loss, (0, 1)), *bf16)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 16])
+@pytest.mark.parametrize("k,n", [(1, 1), (9, 17), (40, 130), (384, 200)], ids=["tiny", "odd", "tails", "wide"])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_the_few_row_loops_equal_numpys_product(m, k, n, trans_b):
+  """Every register-tile shape (rows 1-8, a second group past 8), vector and single-column
+  tails, a contraction shorter and longer than one block of B's rows."""
+  rng = np.random.default_rng(m * 1000 + k + n)
+  a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+  fn = jax.jit(lambda a, b: cpu_gemm.gemm(a, b, trans_b=trans_b, few_rows=True))
+  got = fn(a, b.T.copy() if trans_b else b)
+  np.testing.assert_allclose(np.asarray(got), a @ b, rtol=0, atol=1e-5 * np.abs(a).max() * np.abs(b).max() * k)
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_batched_few_row_loops_are_one_product_per_leading_entry(trans_b):
+  """The KV-cache attention's products (lm/kv_cache.py): [R L, K] @ [K, S] for each (B, G)."""
+  rng = np.random.default_rng(7)
+  a, b = rng.standard_normal((5, 3, 64), np.float32), rng.standard_normal((5, 64, 37), np.float32)
+  b_stored = b.transpose(0, 2, 1).copy() if trans_b else b
+  got = jax.jit(lambda a, b: cpu_gemm.gemm(a, b, trans_b=trans_b, few_rows=True))(a, b_stored)
+  np.testing.assert_allclose(np.asarray(got), a @ b, rtol=0, atol=1e-4)
+
+
+def test_the_few_row_loops_refuse_a_transposed_a():
+  with pytest.raises(ValueError, match=r"few_rows takes a not transposed"):
+    cpu_gemm.gemm(jnp.ones((8, 2)), jnp.ones((8, 3)), trans_a=True, few_rows=True)
 
 
 def test_blas_falls_back_to_xlas_product_on_a_mesh_of_several_devices():
