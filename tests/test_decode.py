@@ -200,3 +200,16 @@ def test_a_prompt_too_long_for_the_context_gets_only_advice_that_works(prompt_le
   with pytest.raises(ValueError) as e:
     decode.check_prompts([[3] * prompt_len], vocab_size=97, max_seq_len=32, max_new_tokens=new_tokens)
   assert str(e.value).endswith(advice) and "to 0" not in str(e.value) and "last 0" not in str(e.value)
+
+
+def test_first_argmax_equals_jnp_argmax_with_ties_and_nans():
+  """Greedy decoding's token choice (two reductions instead of argmax's variadic one)."""
+  x = np.random.default_rng(0).standard_normal((6, 37)).astype(np.float32)
+  x[1, [3, 20]] = 9.0           # a tie: the first wins
+  x[2, [5, 30]] = np.nan        # a NaN: the first NaN wins, as in jnp.argmax
+  x[3, :] = -np.inf             # all -inf: index 0
+  x[4, 36] = np.inf
+  got = jax.jit(decode.first_argmax)(x)
+  assert got.dtype == jnp.int32
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.argmax(x, axis=-1)))
+  assert np.asarray(got)[:5].tolist() == [int(np.argmax(x[0])), 3, 5, 0, 36]
