@@ -123,16 +123,30 @@ void FewRowsNN(const float* a, int64_t lda, const float* b, int64_t ldb, float* 
   }
 }
 
-inline float Sum(Vec v) {
-  float s = 0.0f;
-  for (int i = 0; i < kLanes; ++i) s += v[i];
-  return s;
+typedef float Vec8 __attribute__((vector_size(8 * sizeof(float))));
+typedef float Vec4 __attribute__((vector_size(4 * sizeof(float))));
+
+// The sum of a vector's lanes, halving it in registers (lane by lane through memory made the
+// horizontal sums cost more than the products in TileNT).
+inline float Sum4(Vec4 v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+inline float Sum8(Vec8 v) {
+  return Sum4(__builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7));
 }
+#if defined(__AVX512F__)
+inline float Sum(Vec v) {
+  return Sum8(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+              __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
+}
+#else
+inline float Sum(Vec v) { return Sum8(v); }
+#endif
 
 // C[0:R, 0:NR] = A[0:R, 0:k] B[0:NR, 0:k]^T: NR rows of B streamed side by side.
 template <int R, int NR>
 void TileNT(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t k) {
-  Vec acc[R][NR] = {};
+  Vec acc[R][NR];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NR; ++j) acc[r][j] = Vec{};
   int64_t kk = 0;
   for (; kk + kLanes <= k; kk += kLanes) {
     Vec bv[NR];

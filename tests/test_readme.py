@@ -129,6 +129,7 @@ COMMANDS = {  # README command -> how this test runs it, in running order
     "python -m experiments.bench.train_step": BENCH,
     "python -m experiments.bench.data": BENCH,
     "python -m experiments.bench.matmul_shapes": Run(("--tokens=64", "--blocks=4096", "--repeats=1")),
+    "python -m experiments.bench.decode_products": Run(("--rows=1,3", "--layers=1", "--repeats=1")),
     "python3 -m experiments.launch.slurm --per_point --max_running=16 --gpus_per_node=8 --time=4:00:00 "
     "--partition=gpu --sweep=\"--config=experiments/sweeps/isoflop_cpu.py --sweep_dir=/shared/$USER/sweeps/iso1\" "
     "--wait --dry_run": CLUSTER,
