@@ -3,16 +3,17 @@
 // row-major, written straight into XLA's output buffer; or, for 3-D operands, one such
 // product per entry of the leading (batch) axis: C[i] = op(A[i]) op(B[i]).
 //
-// Few rows (decoding: one row per sequence; `few_rows`, which lm/cpu_gemm.py sets): a BLAS's
-// sgemm is built for many rows and read the weights of a [8, 768] @ [768, 4096] product at
-// 13 GB/s on the 2026-12-03 Xeon (OpenBLAS; 6 GB/s at [8, 768] @ [768, 768]) where the memory
-// gives 31. Such products run the kernels below instead: every element of B is read once, in
-// blocks of kBlockK rows streamed left to right (the next block prefetched), into register tiles of C (GCC vector extensions, so AVX-512,
-// AVX2 or whatever -march=native finds).
+// Few rows (`few_rows`, which lm/cpu_gemm.py sets for at most FEW_ROWS rows: decoding, one row
+// per sequence): a BLAS's sgemm is built for many rows, and on the 2026-12-03 Xeon OpenBLAS read
+// the weights of an [8, 768] @ [768, 4096] product at 6-7 GB/s (MKL 9.5) where the memory reads
+// 29-31. Such products run the loops below instead (19-23 GB/s there;
+// experiments/bench/decode_products.py): every element of B is read once, in blocks of kBlockK
+// rows streamed left to right with the next block prefetched, into register tiles of C (GCC
+// vector extensions: AVX-512, AVX2, or what -march=native finds).
 //
 // Threads: the product is cut into as many chunks as XLA's intra-op pool has threads (batch
-// entries; or, for one matrix, rows, or columns when it has few rows), and each chunk is
-// single-threaded sgemm. OpenBLAS's own
+// entries; or, for one matrix, rows, or columns when it has few rows or takes the few-row
+// loops), and each chunk is single-threaded. OpenBLAS's own
 // thread pool is set to one thread (this OpenBLAS, from the scipy-openblas32 wheel, is used
 // by nothing else), so the cores are shared by one scheduler, XLA's, instead of two that
 // contend. The caller claims chunks too, and a pool task that starts after every chunk is

@@ -20,10 +20,11 @@ XLA's made the step 15% slower than Eigen).
 
 Few rows: a product of at most FEW_ROWS rows (decoding's, one per sequence, and its
 attention over the KV cache) runs the kernel's own loops instead of sgemm: a BLAS's sgemm is
-built for many rows, and on the 2-core Xeon of 2026-12-03 OpenBLAS read the weights of an
-[8, 768] @ [768, 4096] product at 6-10 GB/s, MKL at 10, these loops at 18-25 (the read
-bandwidth is 30); at one row all three read 25-37. Batch-8 decoding of llama-100m went from
-55.3 to 22.9 ms a token (experiments/results/cpu_benchmarks/README.md).
+built for many rows. On the 2-core Xeon of 2026-12-03, at [8, 768] @ [768, 4096], OpenBLAS read
+the weights at 6-7 GB/s, MKL and XLA's dot at 9-10, these loops at 21-23 (the memory reads
+29-31); `python -m experiments.bench.decode_products` prints the table for your machine.
+Batch-8 decoding of llama-100m went from 55.3 to 22.9 ms a token
+(experiments/results/cpu_benchmarks/README.md).
 
 MKL instead: with the mkl wheel installed (pip install -e '.[mkl]'), the kernel links Intel's
 libmkl_rt instead (`blas()`; LM_CPU_GEMM_BLAS=openblas or =mkl chooses). On the 2-core Xeon of 2026-12-03, in
