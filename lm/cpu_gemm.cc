@@ -6,7 +6,7 @@
 // Few rows (`few_rows`, which lm/cpu_gemm.py sets for at most FEW_ROWS rows: decoding, one row
 // per sequence): a BLAS's sgemm is built for many rows, and on the 2026-12-03 Xeon OpenBLAS read
 // the weights of an [8, 768] @ [768, 4096] product at 6-7 GB/s (MKL 9.5) where the memory reads
-// 29-31. Such products run the loops below instead (19-23 GB/s there;
+// 29-31. Such products run the loops below instead (21-23 GB/s there;
 // experiments/bench/decode_products.py): every element of B is read once, in blocks of kBlockK
 // rows streamed left to right with the next block prefetched, into register tiles of C (GCC
 // vector extensions: AVX-512, AVX2, or what -march=native finds).
@@ -128,16 +128,19 @@ typedef float Vec8 __attribute__((vector_size(8 * sizeof(float))));
 typedef float Vec4 __attribute__((vector_size(4 * sizeof(float))));
 
 // The sum of a vector's lanes, halving it in registers (lane by lane through memory made the
-// horizontal sums cost more than the products in TileNT).
+// horizontal sums cost more than the products in TileNT). The halves are taken with memcpy,
+// which compilers turn into register extracts (__builtin_shufflevector needs GCC 12).
+template <typename Half, typename Whole>
+inline Half AddHalves(Whole v) {
+  Half lo, hi;
+  std::memcpy(&lo, &v, sizeof lo);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+  return lo + hi;
+}
 inline float Sum4(Vec4 v) { return (v[0] + v[2]) + (v[1] + v[3]); }
-inline float Sum8(Vec8 v) {
-  return Sum4(__builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7));
-}
+inline float Sum8(Vec8 v) { return Sum4(AddHalves<Vec4>(v)); }
 #if defined(__AVX512F__)
-inline float Sum(Vec v) {
-  return Sum8(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-              __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
-}
+inline float Sum(Vec v) { return Sum8(AddHalves<Vec8>(v)); }
 #else
 inline float Sum(Vec v) { return Sum8(v); }
 #endif

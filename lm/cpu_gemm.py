@@ -23,14 +23,15 @@ attention over the KV cache) runs the kernel's own loops instead of sgemm: a BLA
 built for many rows. On the 2-core Xeon of 2026-12-03, at [8, 768] @ [768, 4096], OpenBLAS read
 the weights at 6-7 GB/s, MKL and XLA's dot at 9-10, these loops at 21-23 (the memory reads
 29-31); `python -m experiments.bench.decode_products` prints the table for your machine.
-Batch-8 decoding of llama-100m went from 55.3 to 22.9 ms a token
+Batch-8 decoding of llama-100m went from 55.3 to 22.5 ms a token
 (experiments/results/cpu_benchmarks/README.md).
 
 MKL instead: with the mkl wheel installed (pip install -e '.[mkl]'), the kernel links Intel's
 libmkl_rt instead (`blas()`; LM_CPU_GEMM_BLAS=openblas or =mkl chooses). On the 2-core Xeon of 2026-12-03, in
 alternating processes, the GPT-2-like step took 1,802-1,899 ms with MKL against 1,935-2,025
-with OpenBLAS, the Llama-like 2,155-2,217 against 2,345-2,432; batch-8 decoding of llama-100m
-42.3 against 59.8 ms a token (experiments/results/cpu_benchmarks/README.md). It is not the
+with OpenBLAS, the Llama-like 2,155-2,217 against 2,345-2,432
+(experiments/results/cpu_benchmarks/README.md); decoding's products of at most FEW_ROWS rows
+take the few-row loops whichever library is linked. It is not the
 default because of its size (a 229 MB wheel, ~1.1 GB with its dependencies; x86 only).
 
 When it is unavailable (no compiler, no wheel, another OS), `available()` says why once, in
@@ -128,9 +129,12 @@ def _build(library: tuple[str, str, list[str]]) -> str:
     raise Unavailable("no C++ compiler (install g++, or set CXX)")
   with open(_SOURCE, "rb") as f:
     source = f.read()
-  # -march=native: the file is for this CPU only (a home directory shared by a cluster's nodes holds one per CPU)
+  flags = ["-O3", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}"]
+  libraries = [f"-L{lib_dir}", *link, f"-Wl,-rpath,{lib_dir}"]
+  # -march=native: the file is for this CPU only (a home directory shared by a cluster's nodes
+  # holds one per CPU), so the key has the CPU, and every flag.
   key = hashlib.sha256(source + jaxlib.__version__.encode()
-                       + " ".join([lib_dir, *link, compiler, _cpu_signature()]).encode()).hexdigest()[:16]
+                       + " ".join([compiler, *flags, *libraries, _cpu_signature()]).encode()).hexdigest()[:16]
   path = os.path.join(cache_root(), f"cpu_gemm-{key}.so")
   if os.path.exists(path):
     return path
@@ -138,9 +142,11 @@ def _build(library: tuple[str, str, list[str]]) -> str:
   # Build beside the target and rename: processes building at once each finish a whole file.
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_root())
   os.close(fd)
-  cmd = [compiler, "-O3", "-march=native", *os.environ.get("LM_XX", "").split(), "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}", _SOURCE,
-         "-o", tmp, f"-L{lib_dir}", *link, f"-Wl,-rpath,{lib_dir}"]
-  result = subprocess.run(cmd, capture_output=True, text=True)
+  for arch in (["-march=native"], []):  # some compilers (ppc64le, s390x GCC) want -mcpu= instead: then portable
+    cmd = [compiler, *flags, *arch, _SOURCE, "-o", tmp, *libraries]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode == 0:
+      break
   if result.returncode != 0:
     os.unlink(tmp)
     tail = (result.stderr or result.stdout).strip().splitlines()[-3:]

@@ -67,7 +67,7 @@ class ModelConfig:
   dtype: Any = _option("float32", DTYPES)        # compute dtype (a name or a numpy / jax dtype)
   param_dtype: Any = _option("float32", DTYPES)
   attention: str = _option("xla", ATTENTIONS)    # 'cudnn': GPU only
-  matmul: str = _option("auto", MATMULS)         # weight matmuls' VJP (lm/ops.py); auto: custom_vjp on CPU only
+  matmul: str = _option("auto", MATMULS)         # weight matmuls' VJP (lm/ops.py); auto: blas on CPU
   remat: str = _option("none", REMATS)
   scan_layers: bool = False
   # Hyperparameter transfer (lm/parameterization.py holds the rules and their sources).

@@ -1,5 +1,6 @@
-"""lm/cpu_gemm.py: the OpenBLAS product equals numpy's, and model.matmul='blas' uses it only
-where it may (float32, training-size rows, one device), falling back to XLA's otherwise."""
+"""lm/cpu_gemm.py: the OpenBLAS product and the kernel's own few-row loops equal numpy's, and
+model.matmul='blas' uses the kernel only where it may (float32, one device), the few-row loops
+at up to FEW_ROWS rows, falling back to XLA's product otherwise."""
 
 import subprocess
 import sys
@@ -108,14 +109,17 @@ def test_the_few_row_loops_equal_numpys_product(m, k, n, trans_b):
   np.testing.assert_allclose(np.asarray(got), a @ b, rtol=0, atol=1e-5 * np.abs(a).max() * np.abs(b).max() * k)
 
 
+@pytest.mark.parametrize("m", [3, 9, 16])
+@pytest.mark.parametrize("batch,k,n", [(5, 64, 37), (4, 256, 130)], ids=["one_chunk", "two_chunks"])
 @pytest.mark.parametrize("trans_b", [False, True])
-def test_batched_few_row_loops_are_one_product_per_leading_entry(trans_b):
-  """The KV-cache attention's products (lm/kv_cache.py): [R L, K] @ [K, S] for each (B, G)."""
-  rng = np.random.default_rng(7)
-  a, b = rng.standard_normal((5, 3, 64), np.float32), rng.standard_normal((5, 64, 37), np.float32)
+def test_batched_few_row_loops_are_one_product_per_leading_entry(m, batch, k, n, trans_b):
+  """The KV-cache attention's products (lm/kv_cache.py): [R L, K] @ [K, S] for each (B, G); the
+  larger shape is split over two threads (more than the kernel's 32K elements of B per chunk)."""
+  rng = np.random.default_rng(m * 100 + batch)
+  a, b = rng.standard_normal((batch, m, k), np.float32), rng.standard_normal((batch, k, n), np.float32)
   b_stored = b.transpose(0, 2, 1).copy() if trans_b else b
   got = jax.jit(lambda a, b: cpu_gemm.gemm(a, b, trans_b=trans_b, few_rows=True))(a, b_stored)
-  np.testing.assert_allclose(np.asarray(got), a @ b, rtol=0, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(got), a @ b, rtol=0, atol=2e-5 * k)
 
 
 def test_the_few_row_loops_refuse_a_transposed_a():
