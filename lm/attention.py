@@ -97,7 +97,7 @@ def reference_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, scale: float | None =
   s, g = k_BSGK.shape[1], k_BSGK.shape[2]
   r = h // g
   q_BLGRK = q_BLHK.reshape(b, l, g, r, k)
-  blas = ops.resolve_matmul(matmul) == "blas" and ops.blas_may_run(q_BLHK, k_BSGK, v_BSGK)
+  blas = ops.blas_computes(matmul, q_BLHK, k_BSGK, v_BSGK)
   if blas:
     q_NMK = q_BLGRK.transpose(0, 2, 3, 1, 4).reshape(b * g, r * l, k)  # N = B G, M = R L
     k_NSK = k_BSGK.transpose(0, 2, 1, 3).reshape(b * g, s, k)

@@ -210,9 +210,14 @@ struct Product {
   void RunChunks() {
     for (int64_t i; (i = next.fetch_add(1)) < chunks;) {
       auto few = trans_b ? FewRowsNT : FewRowsNN;
-      if (few_rows && batch > 1) {  // chunk i: batch entries lo..hi, all columns of each
+      if (batch > 1) {  // chunk i: batch entries lo..hi, one whole product each
         for (int64_t e = batch * i / chunks; e < batch * (i + 1) / chunks; ++e) {
-          few(a + e * a_size, lda, b + e * b_size, ldb, c + e * m * n, m, n, k, 0, n);
+          if (few_rows) {
+            few(a + e * a_size, lda, b + e * b_size, ldb, c + e * m * n, m, n, k, 0, n);
+          } else {
+            LM_SGEMM(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, m, n, k, 1.0f,
+                     a + e * a_size, lda, b + e * b_size, ldb, 0.0f, c + e * m * n, n);
+          }
         }
         done.fetch_add(1, std::memory_order_release);
         continue;
@@ -224,23 +229,15 @@ struct Product {
         done.fetch_add(1, std::memory_order_release);
         continue;
       }
-      if (batch > 1) {  // chunk i: batch entries lo..hi, one whole product each
-        for (int64_t e = batch * i / chunks; e < batch * (i + 1) / chunks; ++e) {
-          LM_SGEMM(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, m, n, k, 1.0f,
-                            a + e * a_size, lda, b + e * b_size, ldb, 0.0f, c + e * m * n, n);
-        }
-        done.fetch_add(1, std::memory_order_release);
-        continue;
-      }
       int64_t extent = split_rows ? m : n, lo = extent * i / chunks, hi = extent * (i + 1) / chunks;
       if (split_rows) {  // rows lo..hi of op(A): A's rows, or its columns when transposed
         const float* a_lo = trans_a ? a + lo : a + lo * lda;
         LM_SGEMM(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, hi - lo, n, k,
-                          1.0f, a_lo, lda, b, ldb, 0.0f, c + lo * n, n);
+                 1.0f, a_lo, lda, b, ldb, 0.0f, c + lo * n, n);
       } else {  // columns lo..hi of op(B): B's columns, or its rows when transposed
         const float* b_lo = trans_b ? b + lo * ldb : b + lo;
         LM_SGEMM(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, m, hi - lo, k,
-                          1.0f, a, lda, b_lo, ldb, 0.0f, c + lo, n);
+                 1.0f, a, lda, b_lo, ldb, 0.0f, c + lo, n);
       }
       done.fetch_add(1, std::memory_order_release);
     }

@@ -48,14 +48,14 @@ def cached_attention(q_BLHK, k_BGKS, v_BGSK, mask_B1LS, k_BLGK, v_BLGK, mask_B1L
   """
   b, l, h, k = q_BLHK.shape
   g, s = k_BGKS.shape[1], k_BGKS.shape[3]
-  q_BGRLK = q_BLHK.reshape(b, l, g, h // g, k).transpose(0, 2, 3, 1, 4)
+  r = h // g
+  q_BGRLK = q_BLHK.reshape(b, l, g, r, k).transpose(0, 2, 3, 1, 4)
   if scale is None:
     q_BGRLK = q_BGRLK / jnp.sqrt(jnp.float32(k)).astype(q_BLHK.dtype)
   else:
     q_BGRLK = q_BGRLK * jnp.asarray(scale, q_BLHK.dtype)
-  blas = ops.resolve_matmul(matmul) == "blas" and ops.blas_may_run(q_BLHK, k_BGKS, v_BGSK)
+  blas = ops.blas_computes(matmul, q_BLHK, k_BGKS, v_BGSK)
   if blas:
-    r = h // g
     old_BGRLS = cpu_gemm.gemm(q_BGRLK.reshape(b * g, r * l, k), k_BGKS.reshape(b * g, k, s)).reshape(b, g, r, l, s)
   else:
     old_BGRLS = jnp.einsum("BGRLK,BGKS->BGRLS", q_BGRLK, k_BGKS, preferred_element_type=jnp.float32)

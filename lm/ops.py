@@ -149,6 +149,13 @@ def blas_may_run(*arrays: jax.Array) -> bool:
           and cpu_gemm.available())
 
 
+def blas_computes(matmul: str, *arrays: jax.Array) -> bool:
+  """Whether products over these arrays go to lm/cpu_gemm.py's kernel: `matmul` (model.matmul)
+  resolves to 'blas' here and the kernel may run on them (blas_may_run). The attention's
+  products (lm/attention.py, lm/kv_cache.py) ask this; the weight products' _dense is given it."""
+  return resolve_matmul(matmul) == "blas" and blas_may_run(*arrays)
+
+
 def _blas_runs(a: jax.Array, b: jax.Array, out_dtype) -> bool:
   """Whether a 2-D product over a's rows goes to the kernel under 'blas' (module docstring)."""
   return out_dtype in (None, jnp.float32) and blas_may_run(a, b)
