@@ -129,6 +129,19 @@ def hf_logits(model, tokens: np.ndarray) -> np.ndarray:
     return model(torch.as_tensor(tokens, dtype=torch.long)).logits.float().numpy()
 
 
+def hf_logits_float64(model, tokens: np.ndarray) -> np.ndarray:
+  """transformers' logits computed in float64 on a copy of `model`: the reference lm's float32
+  logits are held to. transformers' own float32 logits are not a stable one: in a CI run and a
+  local run of a test subset on 2026-12-03, GPT-2's row at position 24 of 40 came out up to
+  1.6e-4 away from lm's (30 of its 320 logits past 1e-4), while lm's logits were the values
+  that, in every run since, are within 3e-6 of these float64 ones (so are transformers' there).
+  Runs of the same tests in the same order did not reproduce it, nor 300 repeats in one process."""
+  import copy
+  import torch
+  with torch.no_grad():
+    return copy.deepcopy(model).double()(torch.as_tensor(tokens, dtype=torch.long)).logits.numpy()
+
+
 def hf_greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
   import torch
   with torch.no_grad():

@@ -1,6 +1,6 @@
 """Parity with transformers: small random Llama / GPT-2 checkpoints built locally.
 
-lm's float32 logits after import equal transformers' within 1e-4; lm's KV-cache greedy
+lm's float32 logits after import equal transformers' (computed in float64) within 1e-4; lm's KV-cache greedy
 decoding produces transformers' generate() tokens; export then re-import is exact, and
 transformers loads lm's export to the same logits. Three checkpoints cover the options:
 GPT-2 (learned positions, LayerNorm, biases, tied); Llama with GQA, an untied head, llama3
@@ -59,9 +59,11 @@ def test_logits_equal_transformers(case):
   assert tokens.shape[1] >= 20
   model = Transformer(importer.model_config(cfg))
   ours = np.asarray(jax.jit(model.apply)({"params": params}, tokens))
-  theirs = H.hf_logits(hf_model, tokens)
+  theirs = H.hf_logits_float64(hf_model, tokens)
   assert ours.shape == theirs.shape
-  np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+  np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0,
+                             err_msg=f"transformers' own float32 logits are "
+                                     f"{np.abs(H.hf_logits(hf_model, tokens) - theirs).max():.2e} from these")
   if "llama3" in name or "linear" in name:  # the scaling matters here: without it the logits differ
     plain = Transformer(dataclasses.replace(importer.model_config(cfg), rope_scaling="none"))
     assert np.abs(np.asarray(jax.jit(plain.apply)({"params": params}, tokens)) - theirs).max() > 1e-3
