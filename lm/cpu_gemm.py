@@ -162,16 +162,26 @@ def _load() -> str | None:
     return "LM_CPU_GEMM=0"
   try:
     library = blas()
-    lib = ctypes.CDLL(_build(library))
+    path = _build(library)
+    lib = ctypes.CDLL(path)
     lib.LmCpuGemmInit()  # OpenBLAS's own pool to one thread: the kernel splits over XLA's
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.LmCpuGemm), platform="cpu")
   except (Unavailable, OSError) as e:
     return str(e)
   _LINKED.append(library[0])
+  _LIBRARY.append(path)
   return None
 
 
 _LINKED: list[str] = []
+_LIBRARY: list[str] = []
+
+
+def library_path() -> str:
+  """The loaded kernel's file in ~/.cache/lm (its name has the build's key); Unavailable if none."""
+  if not available():
+    raise Unavailable(_load())
+  return _LIBRARY[0]
 
 
 def linked_blas() -> str | None:

@@ -35,7 +35,9 @@
                 is 'custom_vjp' exactly: another dtype, or a mesh of more than one device (a
                 custom call has no sharding rule; XLA would gather its operands onto every
                 device). Products of at most cpu_gemm.FEW_ROWS rows (decoding's) run the
-                kernel's own few-row loops instead of the BLAS.
+                kernel's own few-row loops instead of the BLAS, and those of up to a few hundred
+                rows (a prefill's) XLA's product where it measured faster on this host
+                (lm/cpu_gemm_rows.py).
   'auto'        'blas' on the CPU backend when lm/cpu_gemm.py's kernel builds there, else
                 'custom_vjp' (it warns once why); 'einsum' elsewhere. Resolved when the model
                 is traced (jax.default_backend(), the backend jit places it on), not when a
@@ -60,7 +62,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from lm import cpu_gemm
+from lm import cpu_gemm, cpu_gemm_rows
 
 MATMULS = ("auto", "blas", "custom_vjp", "einsum")
 
@@ -164,7 +166,7 @@ def _blas_runs(a: jax.Array, b: jax.Array, out_dtype) -> bool:
 def _product(eq: str, a: jax.Array, b: jax.Array, b_axis: int, out_dtype, blas: bool) -> jax.Array:
   """einsum(eq, a, b) for one of the 2-D equations: OpenBLAS under 'blas' where it runs, else
   XLA's product (in column blocks where they pay). a's rows are T."""
-  if blas and _blas_runs(a, b, out_dtype):
+  if blas and _blas_runs(a, b, out_dtype) and not cpu_gemm_rows.xla_computes(a.shape[0]):
     return cpu_gemm.gemm(a, b, *GEMM_TRANSPOSES[eq])
   return _column_blocked(eq, a, b, b_axis, out_dtype)
 
