@@ -132,6 +132,7 @@ class Attention(nn.Module):
   """Multi-head / grouped-query / multi-query causal self-attention."""
   cfg: "ModelConfig"  # noqa: F821 (lm.model.ModelConfig; a string to avoid an import cycle)
   decode: bool = False  # read and extend the KV cache (the `cache` collection, lm/kv_cache.py)
+  fresh_cache: bool = False  # decode into a cache known to be empty: attend over the new keys only
 
   def _proj(self, name, shape, axes, std):
     cfg = self.cfg
@@ -175,7 +176,8 @@ class Attention(nn.Module):
     mask_B1LL = causal_segment_mask(segment_ids_BL)
     scale = param_lib.attention_scale(cfg)  # None: 1/sqrt(K)
     if self.decode:
-      out_BLHK = kv_cache.attend_with_cache(self, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, mask_B1LL, scale)
+      out_BLHK = kv_cache.attend_with_cache(self, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, mask_B1LL, scale,
+                                            self.fresh_cache)
     else:
       out_BLHK = attend(q_BLHK, k_BLGK, v_BLGK, mask_B1LL, cfg.attention, scale, cfg.matmul)
     out_BLHK = nn.with_logical_constraint(out_BLHK, ("batch", "length", "heads", "head_dim"))

@@ -177,14 +177,18 @@ def init_cache(model: Transformer, batch: int, slots: int, mesh=None, rules=None
     return jax.jit(lambda: _zeros_cache(model, batch, slots))()
 
 
-def forward_with_cache(model, params, cache, tokens_BL, segment_ids_BL, positions_BL, last_only=False):
+def forward_with_cache(model, params, cache, tokens_BL, segment_ids_BL, positions_BL, last_only=False,
+                       fresh=False):
   """Run L tokens through the model, reading and extending the cache -> (logits, cache).
 
   The tokens go into the next L free slots of every row; size the cache for the whole
   sequence (a write past the last slot is clamped by dynamic_update_slice and overwrites it).
+  fresh=True: the cache is new (nothing written: index 0), so attention skips its slots; the
+  logits and the cache are what fresh=False gives, to rounding.
   """
-  logits, mutated = decoding(model).apply({"params": _unwrap(params), "cache": cache}, tokens_BL,
-                                          segment_ids_BL, positions_BL, last_only=last_only, mutable=["cache"])
+  decoder = Transformer(model.cfg, decode=True, fresh_cache=True) if fresh else decoding(model)
+  logits, mutated = decoder.apply({"params": _unwrap(params), "cache": cache}, tokens_BL, segment_ids_BL,
+                                  positions_BL, last_only=last_only, mutable=["cache"])
   return logits, mutated["cache"]
 
 
@@ -257,7 +261,7 @@ def _start(static: _Static, max_new_tokens: int, params, tokens_BP, segment_ids_
   b, p = tokens_BP.shape
   cache = _zeros_cache(static.model, b, p + max_new_tokens - 1)
   logits_B1V, cache = forward_with_cache(static.model, params, cache, tokens_BP, segment_ids_BP, positions_BP,
-                                         last_only=True)
+                                         last_only=True, fresh=True)
   token_B, logp_B = _choose(static, logits_B1V[:, 0], key, 0, temperature, top_p)
   state = State(cache=None,
                 tokens_BN=jnp.full((b, max_new_tokens), pad_id, jnp.int32),

@@ -32,7 +32,7 @@ V_CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")   # values [B, G, S, 
 
 
 def cached_attention(q_BLHK, k_BGKS, v_BGSK, mask_B1LS, k_BLGK, v_BLGK, mask_B1LL, scale: float | None = None,
-                     matmul: str = "einsum"):
+                     matmul: str = "einsum", fresh: bool = False):
   """reference_attention over [cache slots, new keys]: one softmax, without concatenating the cache.
 
   Returns the output and the new keys [B, G, K, L] and values [B, G, L, K] in the cache's
@@ -49,6 +49,8 @@ def cached_attention(q_BLHK, k_BGKS, v_BGSK, mask_B1LS, k_BLGK, v_BLGK, mask_B1L
   [L, K]^T and [R L, L] @ [L, K]: XLA's batched dot ran them at ~70 GFLOP/s, 1.4 ms per layer
   of a batch-8, 64-token llama-100m prefill, which took 3% less time (404.5 against 416.8 ms,
   medians of 8, alternating in one process). At L = 1 they are a few multiply-adds and stay XLA's.
+  fresh: the caller knows no slot is written yet (every slot masked): the slots are skipped, the
+  products over them and half the softmax's width (a prefill into a new cache).
   """
   b, l, h, k = q_BLHK.shape
   g, s = k_BGKS.shape[1], k_BGKS.shape[3]
@@ -59,7 +61,11 @@ def cached_attention(q_BLHK, k_BGKS, v_BGSK, mask_B1LS, k_BLGK, v_BLGK, mask_B1L
   else:
     q_BGRLK = q_BGRLK * jnp.asarray(scale, q_BLHK.dtype)
   blas = ops.blas_computes(matmul, q_BLHK, k_BGKS, v_BGSK)
-  if blas:
+  if fresh:
+    s = 0
+    old_BGRLS = jnp.zeros((b, g, r, l, 0), jnp.float32)
+    mask_B1LS = mask_B1LS[..., :0]
+  elif blas:
     old_BGRLS = cpu_gemm.gemm(q_BGRLK.reshape(b * g, r * l, k), k_BGKS.reshape(b * g, k, s)).reshape(b, g, r, l, s)
   else:
     old_BGRLS = jnp.einsum("BGRLK,BGKS->BGRLS", q_BGRLK, k_BGKS, preferred_element_type=jnp.float32)
@@ -74,7 +80,9 @@ def cached_attention(q_BLHK, k_BGKS, v_BGSK, mask_B1LS, k_BLGK, v_BLGK, mask_B1L
   mask_B1LT = jnp.concatenate([mask_B1LS, mask_B1LL], axis=-1)
   logits_BGRLT = jnp.where(mask_B1LT[:, :, None], logits_BGRLT, jnp.finfo(jnp.float32).min)
   probs_BGRLT = jax.nn.softmax(logits_BGRLT, axis=-1).astype(v_BGSK.dtype)
-  if blas:
+  if fresh:
+    old_BGRLK = 0
+  elif blas:
     old_BGRLK = cpu_gemm.gemm(probs_BGRLT[..., :s].reshape(b * g, r * l, s), v_BGSK.reshape(b * g, s, k))
     old_BGRLK = old_BGRLK.reshape(b, g, r, l, k)
   else:
@@ -92,14 +100,15 @@ def cached_attention(q_BLHK, k_BGKS, v_BGSK, mask_B1LS, k_BLGK, v_BLGK, mask_B1L
   return out_BGRLK.transpose(0, 3, 1, 2, 4).reshape(b, l, h, k), k_BGKL, v_BGLK
 
 
-def attend_with_cache(layer: nn.Module, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, mask_B1LL, scale=None):
+def attend_with_cache(layer: nn.Module, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, mask_B1LL, scale=None,
+                      fresh: bool = False):
   """Attend over `layer`'s cached slots and the L new keys, then append the new keys to the cache.
 
   The cache variables are declared on `layer` (the calling Attention module, inside its
   compact __call__), so they live at its path: cache/layer_0/attn/k, ... The first (init)
   call only creates the cache, sized by its input (lm.decode inits with tokens [B, S] under
   eval_shape for S slots), and attends as over an empty cache: no slot is written yet, so
-  no old slot is visible (s < i = 0).
+  no old slot is visible (s < i = 0). fresh: the caller knows i = 0 (cached_attention).
   """
   b, l, g, k = k_BLGK.shape
   initialized = layer.has_variable("cache", "k")
@@ -116,7 +125,7 @@ def attend_with_cache(layer: nn.Module, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, 
   # Slots written before this call (s < i) of the query's own segment.
   old_B1LS = ((jnp.arange(slots) < i)[None, None, :] & (segment_ids_BL[:, :, None] == seg_BS[:, None, :]))[:, None]
   out_BLHK, k_BGKL, v_BGLK = cached_attention(q_BLHK, k_cache.value, v_cache.value, old_B1LS,
-                                              k_BLGK, v_BLGK, mask_B1LL, scale, layer.cfg.matmul)
+                                              k_BLGK, v_BLGK, mask_B1LL, scale, layer.cfg.matmul, fresh)
   if not initialized:
     return out_BLHK
   # One slot index for the whole batch (prompts are left-padded to a common length), so

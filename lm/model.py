@@ -197,12 +197,13 @@ class Block(nn.Module):
   """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
   cfg: ModelConfig
   decode: bool = False
+  fresh_cache: bool = False
 
   @nn.compact
   def __call__(self, x_BLD, segment_ids_BL, positions_BL):
     branch = _residual_branch(self.cfg)
-    x_BLD = x_BLD + branch(Attention(self.cfg, self.decode, name="attn")(Norm(self.cfg, name="attn_norm")(x_BLD),
-                                                             segment_ids_BL, positions_BL))
+    attn = Attention(self.cfg, self.decode, self.fresh_cache, name="attn")
+    x_BLD = x_BLD + branch(attn(Norm(self.cfg, name="attn_norm")(x_BLD), segment_ids_BL, positions_BL))
     x_BLD = x_BLD + branch(Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x_BLD)))
     x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
     return x_BLD, None  # (carry, per-layer output) so the block can run under nn.scan
@@ -244,9 +245,12 @@ class Transformer(nn.Module):
   decode=True: every attention layer reads and extends a KV cache in the `cache`
   collection (apply with mutable=["cache"]); lm/decode.py drives it. last_only=True
   returns only the last position's logits [B, 1, V] (all a left-padded prefill needs).
+  fresh_cache=True (with decode): the cache is known to be empty (lm/decode.py's prefill into a
+  new cache), so the attention skips its slots, every one masked (lm/kv_cache.py).
   """
   cfg: ModelConfig
   decode: bool = False
+  fresh_cache: bool = False
 
   @nn.compact
   def __call__(self, tokens_BL, segment_ids_BL=None, positions_BL=None, last_only=False):
@@ -273,11 +277,12 @@ class Transformer(nn.Module):
       # flat in depth.
       x_BLD, _ = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
                          in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers,
-                         metadata_params={nn.PARTITION_NAME: "layers"})(cfg, self.decode, name="layers")(
+                         metadata_params={nn.PARTITION_NAME: "layers"})(cfg, self.decode, self.fresh_cache,
+                                                                        name="layers")(
                              x_BLD, segment_ids_BL, positions_BL)
     else:
       for i in range(cfg.n_layers):
-        x_BLD, _ = block(cfg, self.decode, name=f"layer_{i}")(x_BLD, segment_ids_BL, positions_BL)
+        x_BLD, _ = block(cfg, self.decode, self.fresh_cache, name=f"layer_{i}")(x_BLD, segment_ids_BL, positions_BL)
 
     if last_only:
       x_BLD = x_BLD[:, -1:]  # a 128-token prefill at V 32k, d 768: saves 127 * 2 * 768 * 32k = 6.2 GFLOP

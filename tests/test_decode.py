@@ -47,11 +47,12 @@ def _model(**overrides):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _prefill_then_steps(model, params, batch: decode.Prompts, extra_BT):
-  """Logits of a prefill, then of T single-token steps feeding extra_BT, all through the cache."""
+  """Logits of a prefill (into a new cache, as lm.decode's: fresh), then of T single-token steps
+  feeding extra_BT, all through the cache."""
   b, t = extra_BT.shape
   cache = decode.init_cache(model, b, batch.tokens_BP.shape[1] + t)
   prefill_BPV, cache = decode.forward_with_cache(model, params, cache, batch.tokens_BP, batch.segment_ids_BP,
-                                                 batch.positions_BP)
+                                                 batch.positions_BP, fresh=True)
   def step(cache, token_position_B2):
     tokens_B1, positions_B1 = token_position_B2[:, :1], token_position_B2[:, 1:]
     logits_B1V, cache = decode.forward_with_cache(model, params, cache, tokens_B1, jnp.ones_like(tokens_B1),
@@ -81,6 +82,24 @@ def test_cached_logits_equal_full_forward_step_by_step(variant):
     np.testing.assert_allclose(prefill[b, width - n:], ref[b, :n], rtol=1e-5, atol=1e-5, err_msg=f"row {b}")
     for t in range(STEPS):
       np.testing.assert_allclose(steps[t, b], ref[b, n + t], rtol=1e-5, atol=1e-5, err_msg=f"row {b} step {t}")
+
+
+@pytest.mark.parametrize("variant", ["xla-rope-gqa-scan", "reference-learned-gqa"])
+def test_a_fresh_prefill_gives_the_logits_and_cache_of_one_over_the_empty_cache(variant):
+  """fresh=True skips the new cache's slots (all masked); nothing else may change."""
+  model, params = _model(**VARIANTS[variant])
+  batch = decode.left_pad([np.asarray(p, np.int32) for p in PROMPTS], bucket=8)
+  def prefill(fresh):
+    cache = decode.init_cache(model, len(PROMPTS), 12)
+    return jax.jit(functools.partial(decode.forward_with_cache, model, fresh=fresh))(
+        params, cache, batch.tokens_BP, batch.segment_ids_BP, batch.positions_BP)
+  (fresh_logits, fresh_cache), (logits, cache) = prefill(True), prefill(False)
+  np.testing.assert_allclose(fresh_logits, logits, rtol=0, atol=1e-6)
+  assert jax.tree.structure(fresh_cache) == jax.tree.structure(cache)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6), fresh_cache, cache)
+  indices = [int(np.max(x)) for path, x in jax.tree_util.tree_leaves_with_path(fresh_cache)
+             if jax.tree_util.keystr(path).endswith("['index']")]
+  assert indices and set(indices) == {batch.tokens_BP.shape[1]}  # the next free slot: after the prompt
 
 
 @pytest.fixture(scope="module")
