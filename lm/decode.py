@@ -142,8 +142,8 @@ def left_pad(prompts: list[np.ndarray], bucket: int = 16, batch_multiple: int = 
 
 
 def decoding(model: Transformer) -> Transformer:
-  """The decode=True twin of a Transformer (same parameters)."""
-  return model if model.decode else Transformer(model.cfg, decode=True)
+  """The decode=True twin of a Transformer (same parameters), reading its cache (not fresh_cache)."""
+  return model if model.decode and not model.fresh_cache else Transformer(model.cfg, decode=True)
 
 
 def _unwrap(params):
@@ -183,10 +183,10 @@ def forward_with_cache(model, params, cache, tokens_BL, segment_ids_BL, position
 
   The tokens go into the next L free slots of every row; size the cache for the whole
   sequence (a write past the last slot is clamped by dynamic_update_slice and overwrites it).
-  fresh=True: the cache is new (nothing written: index 0), so attention skips its slots; the
-  logits and the cache are what fresh=False gives, to rounding.
+  fresh=True: the tokens start the cache again (slots 0 ... L - 1, whatever it held), without
+  attending over its slots; on a new cache the logits and the cache are fresh=False's, to rounding.
   """
-  decoder = Transformer(model.cfg, decode=True, fresh_cache=True) if fresh else decoding(model)
+  decoder = Transformer(model.cfg, decode=True, fresh_cache=fresh)
   logits, mutated = decoder.apply({"params": _unwrap(params), "cache": cache}, tokens_BL, segment_ids_BL,
                                   positions_BL, last_only=last_only, mutable=["cache"])
   return logits, mutated["cache"]

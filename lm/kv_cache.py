@@ -49,8 +49,9 @@ def cached_attention(q_BLHK, k_BGKS, v_BGSK, mask_B1LS, k_BLGK, v_BLGK, mask_B1L
   [L, K]^T and [R L, L] @ [L, K]: XLA's batched dot ran them at ~70 GFLOP/s, 1.4 ms per layer
   of a batch-8, 64-token llama-100m prefill, which took 3% less time (404.5 against 416.8 ms,
   medians of 8, alternating in one process). At L = 1 they are a few multiply-adds and stay XLA's.
-  fresh: the caller knows no slot is written yet (every slot masked): the slots are skipped, the
-  products over them and half the softmax's width (a prefill into a new cache).
+  fresh: the cache's slots are skipped (attend_with_cache starts it again), the products over
+  them and their share of the softmax's width: a prefill into a new cache, where every slot is
+  masked anyway.
   """
   b, l, h, k = q_BLHK.shape
   g, s = k_BGKS.shape[1], k_BGKS.shape[3]
@@ -108,7 +109,9 @@ def attend_with_cache(layer: nn.Module, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, 
   compact __call__), so they live at its path: cache/layer_0/attn/k, ... The first (init)
   call only creates the cache, sized by its input (lm.decode inits with tokens [B, S] under
   eval_shape for S slots), and attends as over an empty cache: no slot is written yet, so
-  no old slot is visible (s < i = 0). fresh: the caller knows i = 0 (cached_attention).
+  no old slot is visible (s < i = 0). fresh: start the cache again, whatever it holds: the L
+  tokens attend only to each other (cached_attention) and go into slots 0 ... L - 1, and the
+  next free slot is L (the slots after it are never visible; later calls overwrite them).
   """
   b, l, g, k = k_BLGK.shape
   initialized = layer.has_variable("cache", "k")
@@ -119,7 +122,7 @@ def attend_with_cache(layer: nn.Module, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, 
   seg_cache = layer.variable("cache", "segment_ids",
                              nn.with_logical_partitioning(jnp.zeros, ("batch", "length")), (b, l), jnp.int32)
   index = layer.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-  i = index.value
+  i = jnp.zeros((), jnp.int32) if fresh else index.value
   seg_BS = seg_cache.value
   slots = seg_BS.shape[1]
   # Slots written before this call (s < i) of the query's own segment.

@@ -245,8 +245,9 @@ class Transformer(nn.Module):
   decode=True: every attention layer reads and extends a KV cache in the `cache`
   collection (apply with mutable=["cache"]); lm/decode.py drives it. last_only=True
   returns only the last position's logits [B, 1, V] (all a left-padded prefill needs).
-  fresh_cache=True (with decode): the cache is known to be empty (lm/decode.py's prefill into a
-  new cache), so the attention skips its slots, every one masked (lm/kv_cache.py).
+  fresh_cache=True (with decode): the call starts the cache again: its tokens attend only to each
+  other and fill slots 0 ... L - 1 (lm/decode.py's prefill; lm/kv_cache.py). Only that call:
+  decoding steps use decode=True alone.
   """
   cfg: ModelConfig
   decode: bool = False

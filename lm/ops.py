@@ -35,9 +35,9 @@
                 is 'custom_vjp' exactly: another dtype, or a mesh of more than one device (a
                 custom call has no sharding rule; XLA would gather its operands onto every
                 device). Products of at most cpu_gemm.FEW_ROWS rows (decoding's) run the
-                kernel's own few-row loops instead of the BLAS, and those of up to a few hundred
-                rows (a prefill's) XLA's product where it measured faster on this host
-                (lm/cpu_gemm_rows.py).
+                kernel's own few-row loops instead of the BLAS; the forward x @ w of 17 to
+                256 rows over a weight of at least 1M elements (a prefill's) is XLA's
+                product where that measured faster on the host (lm/cpu_gemm_rows.py).
   'auto'        'blas' on the CPU backend when lm/cpu_gemm.py's kernel builds there, else
                 'custom_vjp' (it warns once why); 'einsum' elsewhere. Resolved when the model
                 is traced (jax.default_backend(), the backend jit places it on), not when a
@@ -166,7 +166,7 @@ def _blas_runs(a: jax.Array, b: jax.Array, out_dtype) -> bool:
 def _product(eq: str, a: jax.Array, b: jax.Array, b_axis: int, out_dtype, blas: bool) -> jax.Array:
   """einsum(eq, a, b) for one of the 2-D equations: OpenBLAS under 'blas' where it runs, else
   XLA's product (in column blocks where they pay). a's rows are T."""
-  if blas and _blas_runs(a, b, out_dtype) and not cpu_gemm_rows.xla_computes(a.shape[0]):
+  if blas and _blas_runs(a, b, out_dtype):
     return cpu_gemm.gemm(a, b, *GEMM_TRANSPOSES[eq])
   return _column_blocked(eq, a, b, b_axis, out_dtype)
 
@@ -200,7 +200,8 @@ def _dense(eq, x, w, out_dtype, blas):
   # the 2-D views (as in _dense_bwd): [T, C] @ [C, N], T rows, C contracted, N columns
   x_TC = x.reshape(math.prod(x.shape[:rows]), -1)
   w_CN = w.reshape(x_TC.shape[1], -1)
-  out_TN = _product("TC,CN->TN", x_TC, w_CN, 1, out_dtype, blas)
+  xla = blas and cpu_gemm_rows.xla_computes(x_TC.shape[0], w_CN.size)  # a prefill's, where XLA's dot wins here
+  out_TN = _product("TC,CN->TN", x_TC, w_CN, 1, out_dtype, blas and not xla)
   return out_TN.reshape(x.shape[:rows] + w.shape[x.ndim - rows:])
 
 

@@ -37,7 +37,7 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {os.environ['LM_TE
 # Medium-row products (lm/cpu_gemm_rows.py) go to the BLAS, as on a host that measured no gain
 # for XLA's product, so that what a test lowers does not depend on the host it runs on;
 # tests/test_cpu_gemm_rows.py sets and measures the limit itself. Inherited by the processes tests start.
-os.environ.setdefault("LM_CPU_GEMM_XLA_ROWS", "0")
+os.environ["LM_CPU_GEMM_XLA_ROWS"] = "0"
 
 from lm.cli import set_process_defaults  # noqa: E402
 

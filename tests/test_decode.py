@@ -84,22 +84,41 @@ def test_cached_logits_equal_full_forward_step_by_step(variant):
       np.testing.assert_allclose(steps[t, b], ref[b, n + t], rtol=1e-5, atol=1e-5, err_msg=f"row {b} step {t}")
 
 
+def _slots(cache, p: int) -> dict:
+  """The first p slots of every cache array (k [..., K, S], v [..., S, K], segment ids [..., S]),
+  and the next free slot, by path."""
+  def first(path, x):
+    name = jax.tree_util.keystr(path)
+    return x[..., :p] if name.endswith(("['k']", "['segment_ids']")) else x[..., :p, :] if name.endswith("['v']") else x
+  return jax.tree_util.tree_map_with_path(first, cache)
+
+
 @pytest.mark.parametrize("variant", ["xla-rope-gqa-scan", "reference-learned-gqa"])
-def test_a_fresh_prefill_gives_the_logits_and_cache_of_one_over_the_empty_cache(variant):
-  """fresh=True skips the new cache's slots (all masked); nothing else may change."""
+def test_a_fresh_prefill_reads_no_slot_and_starts_the_cache_again(variant):
+  """fresh=True: NaN in every slot does not reach the logits; on a cache another prompt filled,
+  the logits, the written slots, the next free slot and the next step's logits are those of a
+  prefill into a new cache."""
   model, params = _model(**VARIANTS[variant])
   batch = decode.left_pad([np.asarray(p, np.int32) for p in PROMPTS], bucket=8)
-  def prefill(fresh):
-    cache = decode.init_cache(model, len(PROMPTS), 12)
-    return jax.jit(functools.partial(decode.forward_with_cache, model, fresh=fresh))(
-        params, cache, batch.tokens_BP, batch.segment_ids_BP, batch.positions_BP)
-  (fresh_logits, fresh_cache), (logits, cache) = prefill(True), prefill(False)
-  np.testing.assert_allclose(fresh_logits, logits, rtol=0, atol=1e-6)
-  assert jax.tree.structure(fresh_cache) == jax.tree.structure(cache)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6), fresh_cache, cache)
-  indices = [int(np.max(x)) for path, x in jax.tree_util.tree_leaves_with_path(fresh_cache)
-             if jax.tree_util.keystr(path).endswith("['index']")]
-  assert indices and set(indices) == {batch.tokens_BP.shape[1]}  # the next free slot: after the prompt
+  p = batch.tokens_BP.shape[1]
+  run = jax.jit(functools.partial(decode.forward_with_cache, model), static_argnames="fresh")
+  prompt = (batch.tokens_BP, batch.segment_ids_BP, batch.positions_BP)
+  new = decode.init_cache(model, len(PROMPTS), 12)
+  ref_logits, ref_cache = run(params, new, *prompt, fresh=False)
+
+  nan = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan) if jnp.issubdtype(x.dtype, jnp.floating) else x, new)
+  nan_logits, _ = run(params, nan, *prompt, fresh=True)
+  assert np.isfinite(nan_logits).all()  # without fresh, 0 * NaN in P V makes every logit NaN
+  np.testing.assert_allclose(nan_logits, ref_logits, rtol=0, atol=1e-6)
+
+  other = np.random.default_rng(1).integers(1, VOCAB, batch.tokens_BP.shape).astype(np.int32)
+  _, used = run(params, new, other, np.ones_like(other), batch.positions_BP, fresh=False)
+  logits, cache = run(params, used, *prompt, fresh=True)
+  np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6), _slots(cache, p), _slots(ref_cache, p))
+  token_B1, position_B1 = jnp.full((len(PROMPTS), 1), 7, jnp.int32), batch.lengths_B[:, None]
+  step = [run(params, c, token_B1, jnp.ones_like(token_B1), position_B1, fresh=False)[0] for c in (cache, ref_cache)]
+  np.testing.assert_allclose(step[0], step[1], rtol=0, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
