@@ -132,7 +132,7 @@ class Attention(nn.Module):
   """Multi-head / grouped-query / multi-query causal self-attention."""
   cfg: "ModelConfig"  # noqa: F821 (lm.model.ModelConfig; a string to avoid an import cycle)
   decode: bool = False  # read and extend the KV cache (the `cache` collection, lm/kv_cache.py)
-  fresh_cache: bool = False  # decode into a cache known to be empty: attend over the new keys only
+  fresh_cache: bool = False  # with decode: start the cache again, the new keys attending only to each other
 
   def _proj(self, name, shape, axes, std):
     cfg = self.cfg

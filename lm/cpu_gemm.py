@@ -168,25 +168,23 @@ def _load() -> str | None:
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.LmCpuGemm), platform="cpu")
   except (Unavailable, OSError) as e:
     return str(e)
-  _LINKED.append(library[0])
-  _LIBRARY.append(path)
+  _LOADED.append((library[0], path))
   return None
 
 
-_LINKED: list[str] = []
-_LIBRARY: list[str] = []
+_LOADED: list[tuple[str, str]] = []  # (the BLAS's name, the kernel's file), once loaded
 
 
 def library_path() -> str:
   """The loaded kernel's file in ~/.cache/lm (its name has the build's key); Unavailable if none."""
   if not available():
     raise Unavailable(_load())
-  return _LIBRARY[0]
+  return _LOADED[0][1]
 
 
 def linked_blas() -> str | None:
   """'openblas' or 'mkl': the library the loaded kernel calls; None where it is unavailable."""
-  return _LINKED[0] if available() else None
+  return _LOADED[0][0] if available() else None
 
 
 def available() -> bool:

@@ -62,7 +62,7 @@ def limit_from(times_ms: dict) -> int:
 
 def measure() -> dict:
   """{rows: {"xla": ms, "blas": ms}}: the chain's median time through each product, for each
-  of ROWS (run in the subprocess that calibrate() starts; jax on the CPU)."""
+  of ROWS (what `python -m lm.cpu_gemm_rows` prints: _measure_in_subprocess runs it)."""
   import jax
   import jax.numpy as jnp
   import numpy as np

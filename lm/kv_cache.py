@@ -54,7 +54,7 @@ def cached_attention(q_BLHK, k_BGKS, v_BGSK, mask_B1LS, k_BLGK, v_BLGK, mask_B1L
   masked anyway.
   """
   b, l, h, k = q_BLHK.shape
-  g, s = k_BGKS.shape[1], k_BGKS.shape[3]
+  g, s = k_BGKS.shape[1], 0 if fresh else k_BGKS.shape[3]  # s: the slots attended over
   r = h // g
   q_BGRLK = q_BLHK.reshape(b, l, g, r, k).transpose(0, 2, 3, 1, 4)
   if scale is None:
@@ -63,9 +63,7 @@ def cached_attention(q_BLHK, k_BGKS, v_BGSK, mask_B1LS, k_BLGK, v_BLGK, mask_B1L
     q_BGRLK = q_BGRLK * jnp.asarray(scale, q_BLHK.dtype)
   blas = ops.blas_computes(matmul, q_BLHK, k_BGKS, v_BGSK)
   if fresh:
-    s = 0
-    old_BGRLS = jnp.zeros((b, g, r, l, 0), jnp.float32)
-    mask_B1LS = mask_B1LS[..., :0]
+    old_BGRLS, mask_B1LS = jnp.zeros((b, g, r, l, 0), jnp.float32), mask_B1LS[..., :0]
   elif blas:
     old_BGRLS = cpu_gemm.gemm(q_BGRLK.reshape(b * g, r * l, k), k_BGKS.reshape(b * g, k, s)).reshape(b, g, r, l, s)
   else:
