@@ -53,19 +53,30 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: str = "none", factor: fl
   return jnp.where(medium_F, smoothed_F, scaled_F)
 
 
-def rope(x_BLHK: jax.Array, positions_BL: jax.Array, theta: float, inv_freq_F: jax.Array | None = None) -> jax.Array:
+def rope(x_BLHK: jax.Array, positions_BL: jax.Array, theta: float, inv_freq_F: jax.Array | None = None,
+         materialize: bool = False) -> jax.Array:
   """Rotary position embedding, "rotate half" layout (Su et al. 2021, as in Llama / HF).
 
   Channel i is paired with channel i + K/2 and the pair is rotated by angle
   position * theta^(-2i/K) (or position * inv_freq_F[i], see rope_inv_freq).
   Computed in float32, returned in x's dtype.
+
+  materialize: compute cos and sin once, as arrays of their own ([B, L, K/2], through the
+  kernel's copy, cpu_gemm.materialize), before the rotation. Otherwise XLA:CPU fuses them into
+  the rotation's loop and evaluates both for every output element, 2 H times each angle. In
+  the Llama-like benchmark step (experiments/bench/train_step.py, 2 cores of the 2026-12-03 Xeon,
+  one process, alternating) the step took 2,416 instead of 2,503 ms and 2,358 instead of 2,450;
+  llama-100m's 64-token prefill ran 648-666 instead of 609-616 tokens/s at batch 1. The values
+  equal the fused ones to rounding (XLA's cos inside a fusion is not its cos alone, bit for bit).
   """
   k = x_BLHK.shape[-1]
   if inv_freq_F is None:
     inv_freq_F = theta ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)  # F = K/2
   angle_BLF = positions_BL[..., None].astype(jnp.float32) * inv_freq_F
-  cos_BL1F = jnp.cos(angle_BLF)[:, :, None, :]
-  sin_BL1F = jnp.sin(angle_BLF)[:, :, None, :]
+  cos_BLF, sin_BLF = jnp.cos(angle_BLF), jnp.sin(angle_BLF)
+  if materialize:
+    cos_BLF, sin_BLF = cpu_gemm.materialize(cos_BLF), cpu_gemm.materialize(sin_BLF)
+  cos_BL1F, sin_BL1F = cos_BLF[:, :, None, :], sin_BLF[:, :, None, :]
   x1, x2 = jnp.split(x_BLHK.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos_BL1F - x2 * sin_BL1F, x2 * cos_BL1F + x1 * sin_BL1F], axis=-1)
   return out.astype(x_BLHK.dtype)
@@ -167,8 +178,10 @@ class Attention(nn.Module):
       if cfg.rope_scaling != "none":
         inv_freq_F = rope_inv_freq(k, cfg.rope_theta, cfg.rope_scaling, cfg.rope_scaling_factor,
                                    cfg.rope_low_freq_factor, cfg.rope_high_freq_factor, cfg.rope_original_max_len)
-      q_BLHK = rope(q_BLHK, positions_BL, cfg.rope_theta, inv_freq_F)
-      k_BLGK = rope(k_BLGK, positions_BL, cfg.rope_theta, inv_freq_F)
+      # On the CPU (the switch: where the kernel runs), over more rows than a decode step's.
+      materialize = ops.blas_computes(cfg.matmul, q_BLHK) and positions_BL.size > cpu_gemm.FEW_ROWS
+      q_BLHK = rope(q_BLHK, positions_BL, cfg.rope_theta, inv_freq_F, materialize)
+      k_BLGK = rope(k_BLGK, positions_BL, cfg.rope_theta, inv_freq_F, materialize)
     q_BLHK = nn.with_logical_constraint(q_BLHK, ("batch", "length", "heads", "head_dim"))
     k_BLGK = nn.with_logical_constraint(k_BLGK, ("batch", "length", "kv_heads", "head_dim"))
     v_BLGK = nn.with_logical_constraint(v_BLGK, ("batch", "length", "kv_heads", "head_dim"))

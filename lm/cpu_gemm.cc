@@ -3,6 +3,8 @@
 // row-major, written straight into XLA's output buffer; or, for 3-D operands, one such
 // product per entry of the leading (batch) axis: C[i] = op(A[i]) op(B[i]).
 //
+// Also lm_cpu_materialize, a copy (at the end of the file; lm/cpu_gemm.py's materialize).
+//
 // Few rows (`few_rows`, which lm/cpu_gemm.py sets for at most FEW_ROWS rows: decoding, one row
 // per sequence): a BLAS's sgemm is built for many rows, and on the 2026-12-03 Xeon OpenBLAS read
 // the weights of an [8, 768] @ [768, 4096] product at 6-7 GB/s (MKL 9.5) where the memory reads
@@ -286,6 +288,15 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::
   return ffi::Error::Success();
 }
 
+// lm_cpu_materialize: y = x, a copy into XLA's output buffer. XLA cannot fuse a custom call,
+// so the producer of x is computed once into a buffer of its own instead of being fused into
+// (and recomputed for every element of) each consumer (lm/cpu_gemm.py's materialize says why).
+ffi::Error Materialize(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
+  if (x.size_bytes() != y->size_bytes()) return ffi::Error::InvalidArgument("lm_cpu_materialize: sizes differ");
+  std::memcpy(y->untyped_data(), x.untyped_data(), x.size_bytes());
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 extern "C" void LmCpuGemmInit() { LM_SET_THREADS(1); }
@@ -299,3 +310,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LmCpuGemm, Gemm,
                                   .Attr<bool>("trans_a")
                                   .Attr<bool>("trans_b")
                                   .Attr<bool>("few_rows"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LmCpuMaterialize, Materialize,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());

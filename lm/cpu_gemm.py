@@ -34,6 +34,10 @@ with OpenBLAS, the Llama-like 2,155-2,217 against 2,345-2,432
 take the few-row loops whichever library is linked. It is not the
 default because of its size (a 229 MB wheel, ~1.1 GB with its dependencies; x86 only).
 
+Materialize: the kernel also has a copy (`materialize(x)`), for values XLA:CPU would otherwise
+recompute inside every consumer's loop; RoPE's cos and sin (lm/attention.py) were 3.5% of the
+Llama-like training step that way.
+
 When it is unavailable (no compiler, no wheel, another OS), `available()` says why once, in
 a warning, and lm uses the XLA product ('custom_vjp'); nothing else changes. Values equal
 XLA's product to rounding (a K-long sum may be ordered differently; tests/test_cpu_gemm.py).
@@ -58,6 +62,7 @@ import jax.numpy as jnp
 from lm.cache import cache_root
 
 TARGET = "lm_cpu_gemm"
+MATERIALIZE_TARGET = "lm_cpu_materialize"
 _SOURCE = os.path.join(os.path.dirname(__file__), "cpu_gemm.cc")
 
 
@@ -166,6 +171,7 @@ def _load() -> str | None:
     lib = ctypes.CDLL(path)
     lib.LmCpuGemmInit()  # OpenBLAS's own pool to one thread: the kernel splits over XLA's
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.LmCpuGemm), platform="cpu")
+    jax.ffi.register_ffi_target(MATERIALIZE_TARGET, jax.ffi.pycapsule(lib.LmCpuMaterialize), platform="cpu")
   except (Unavailable, OSError) as e:
     return str(e)
   _LOADED.append((library[0], path))
@@ -250,3 +256,20 @@ def _batched_product_bwd(trans_b, residuals, dc):
 
 
 batched_product.defvjp(_batched_product_fwd, _batched_product_bwd)
+
+
+@jax.custom_jvp
+def materialize(x: jax.Array) -> jax.Array:
+  """x, copied into a buffer of its own by the kernel: XLA:CPU cannot fuse a custom call, so
+  x's producer runs once instead of inside each consumer's loop. (An optimization barrier does
+  not do it: XLA:CPU removes barriers before fusion.) The value is x, bitwise; the tangent passes
+  through. lm/attention.py's rope() uses it for cos and sin. CPU backend only, like gemm."""
+  if not available():
+    raise Unavailable(_load())
+  call = jax.ffi.ffi_call(MATERIALIZE_TARGET, jax.ShapeDtypeStruct(x.shape, x.dtype), vmap_method="broadcast_all")
+  return call(x)
+
+
+@materialize.defjvp
+def _materialize_jvp(primals, tangents):
+  return materialize(primals[0]), tangents[0]

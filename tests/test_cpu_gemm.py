@@ -190,3 +190,38 @@ def test_the_blas_choice_follows_lm_cpu_gemm_blas(monkeypatch):
     cpu_gemm.blas()
   monkeypatch.delenv("LM_CPU_GEMM_BLAS")
   assert cpu_gemm.blas()[0] == "openblas"  # no mkl: OpenBLAS
+
+
+def test_materialize_is_a_bitwise_copy_whose_tangent_passes_through():
+  rng = np.random.default_rng(0)
+  x, w = rng.standard_normal((3, 5, 7), np.float32), rng.standard_normal((3, 5, 7), np.float32)
+  assert cpu_gemm.MATERIALIZE_TARGET in jax.jit(cpu_gemm.materialize).lower(x).as_text()
+  np.testing.assert_array_equal(np.asarray(jax.jit(cpu_gemm.materialize)(x)), x)
+  ints = np.arange(12, dtype=np.int32).reshape(3, 4)
+  np.testing.assert_array_equal(np.asarray(jax.jit(cpu_gemm.materialize)(ints)), ints)
+  np.testing.assert_array_equal(np.asarray(jax.jit(jax.vmap(cpu_gemm.materialize))(x)), x)
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(cpu_gemm.materialize(x)) * w)))(x)
+  np.testing.assert_allclose(np.asarray(grad), np.cos(x) * w, rtol=1e-6, atol=1e-6)
+
+
+def test_rope_materializes_cos_and_sin_on_the_cpu_path_over_more_rows_than_a_decode_step():
+  """XLA:CPU otherwise evaluates cos and sin inside the rotation, for every head and channel."""
+  from lm.attention import Attention, rope
+  from tests.helpers import tiny_model_config
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((2, 16, 4, 8)), jnp.float32)
+  positions = jnp.asarray(rng.integers(0, 1000, (2, 16)), jnp.int32)
+  fused, materialized = (jax.jit(lambda x, p, m=m: rope(x, p, 10000.0, None, m))(x, positions) for m in (False, True))
+  np.testing.assert_allclose(np.asarray(materialized), np.asarray(fused), rtol=0, atol=1e-5)
+
+  def materializes(matmul, batch, length):
+    module = Attention(tiny_model_config(positions="rope", matmul=matmul))
+    x_BLD = jnp.ones((batch, length, 32))
+    ids = jnp.ones((batch, length), jnp.int32)
+    pos = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    params = module.init(jax.random.key(0), x_BLD, ids, pos)
+    return cpu_gemm.MATERIALIZE_TARGET in jax.jit(module.apply).lower(params, x_BLD, ids, pos).as_text()
+
+  assert materializes("blas", 2, 16)
+  assert not materializes("blas", 1, cpu_gemm.FEW_ROWS)  # decode steps: a few rows
+  assert not materializes("einsum", 2, 16)  # not the CPU switch
