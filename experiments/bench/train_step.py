@@ -2,7 +2,7 @@
 
     python -m experiments.bench.train_step [--shapes=issue,small] [--steps=5] [--no_torch]
         [--no_compile] [--dtype=bfloat16] [--attention=xla] [--matmuls=auto,einsum]
-        [--peer_malloc=default,lm]
+        [--peer_malloc=default,lm] [--rounds=3]
 
 For each shape and family (GPT-2-like: learned positions, LayerNorm, GELU, biases, tied
 head; Llama-like: RoPE, RMSNorm, SwiGLU, untied head), times a full training step
@@ -17,7 +17,11 @@ malloc settings lm's entry points set (lm/host_memory.py: freed memory is kept, 
 page-faults its buffers in again), which lm's row always has: those settings speed torch up
 too, more than lm (transformers eager GPT-2 2,853 -> 1,675 ms on the 2026-12-03 Xeon), so the
 like-for-like comparison is the second.
-Every measurement runs in its own process, one after the other, never two at once. Each
+Every measurement runs in its own process, one after the other, never two at once.
+--rounds=N runs each family's list N times, every other round in reverse order, and the
+ratios are the medians over rounds, each round's ratio between neighbours in time, with the
+range: this host drifts 5-10% over minutes (2026-12-03, the same code read 0.91x and 0.99x
+of one peer in two runs), more than most changes are worth. Each
 process also times a large matmul in its framework (for lm under model.matmul='blas', the
 faster of XLA's and OpenBLAS's), so the analytic FLOP rate of the step can be read as a
 fraction of what the device can do (an MFU estimate).
@@ -46,6 +50,7 @@ _MATMULS = flags.DEFINE_list("matmuls", ["auto"], "lm rows, one per model.matmul
 _PEER_MALLOC = flags.DEFINE_list(
     "peer_malloc", ["default", "lm"], "The transformers rows' malloc: 'default' (glibc's, as torch runs "
     "anywhere else), 'lm' (lm/host_memory.py's settings, which lm's own row always has).")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "Times each family's measurements run, alternating their order.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: run one measurement and print JSON.")
 
 # (n_layers, d_model, n_heads, d_ff, vocab, seq_len, batch)
@@ -217,6 +222,20 @@ def peer_kinds() -> tuple[str, ...]:
   return ("torch",) if _NO_COMPILE.value else ("torch", "compiled")
 
 
+def _median(by_round: dict) -> float:
+  values = sorted(by_round.values())
+  return (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2
+
+
+def _ratio(ours: dict, theirs: dict) -> str:
+  """lm's tokens/s over a peer's: the median of the rounds' ratios, and their range if several."""
+  by_round = {r: ours[r] / theirs[r] for r in ours if r in theirs}
+  if not by_round:
+    return "n/a"
+  text = f"{_median(by_round):.2f}x"
+  return text if len(by_round) == 1 else f"{text} ({min(by_round.values()):.2f}-{max(by_round.values()):.2f})"
+
+
 def main(argv):
   del argv
   if _WORKER.value:
@@ -234,7 +253,7 @@ def main(argv):
   for shape in SHAPES_FLAG.value:
     *_, s, b = SHAPES[shape]
     for family in FAMILIES_FLAG.value:
-      for kind, matmul, malloc in runs:
+      for kind, matmul, malloc, round_ in [(*run, i) for i in range(_ROUNDS.value) for run in (runs if i % 2 == 0 else runs[::-1])]:
         r = measure(kind, shape, family, matmul, malloc)
         if r is None:
           continue
@@ -243,7 +262,7 @@ def main(argv):
         label = kind if kind != "lm" or len(_MATMULS.value) == 1 else f"lm matmul={matmul}"
         if kind != "lm" and malloc == "lm":
           label, r["impl"] = f"{label}+lm", f"{r['impl']}, lm malloc"
-        results[(shape, family, label)] = tps
+        results.setdefault((shape, family, label), {})[round_] = tps
         rows.append((shape, family, r["impl"], exact))
         compile_s = f"{r['compile_s']:>9.0f}" if "compile_s" in r else f"{'':>9}"
         print(f"{shape:6} {family:6} {r['impl']:66} {r['params']:>11,} {r['step_s'] * 1e3:>8.0f} {tps:>9.0f} "
@@ -260,11 +279,12 @@ def main(argv):
     for shape in SHAPES_FLAG.value:
       for family in FAMILIES_FLAG.value:
         peers = {name: results.get((shape, family, key)) for key, name in PEER_NAMES.items()}
-        best = max((t for t in peers.values() if t), default=None)
+        peers = {name: t for name, t in peers.items() if t}
+        best = max(peers.values(), key=_median, default=None)  # by median tokens/s over rounds
         for label in [k for (sh, f, k) in results if sh == shape and f == family and k.startswith("lm")]:
           ours = results[(shape, family, label)]
-          parts = [f"{ours / t:.2f}x {name}" for name, t in peers.items() if t]
-          parts.append(f"{ours / best:.2f}x the fastest peer" if best else None)
+          parts = [f"{_ratio(ours, t)} {name}" for name, t in peers.items()]
+          parts.append(f"{_ratio(ours, best)} the fastest peer" if best else None)
           print(f"  {shape} {family} {label}: " + ", ".join(p for p in parts if p))
   print(f"load average after: {os.getloadavg()[0]:.2f}")
 
