@@ -127,6 +127,7 @@ COMMANDS = {  # README command -> how this test runs it, in running order
     "gcloud compute tpus queued-resources delete <name> --zone=<zone> --force --quiet": CLUSTER,
     "pip install -U \"jax[cuda12]\"": CLUSTER,
     "python -m experiments.bench.train_step": BENCH,
+    "python -m experiments.bench.train_step --rounds=3 --peer_malloc=lm": BENCH,
     "python -m experiments.bench.data": BENCH,
     "python -m experiments.bench.matmul_shapes": Run(("--tokens=64", "--blocks=4096", "--repeats=1")),
     "python -m experiments.bench.decode_products": Run(("--rows=1,3", "--layers=1", "--repeats=1")),
