@@ -63,11 +63,13 @@ def rope(x_BLHK: jax.Array, positions_BL: jax.Array, theta: float, inv_freq_F: j
 
   materialize: compute cos and sin once, as arrays of their own ([B, L, K/2], through the
   kernel's copy, cpu_gemm.materialize), before the rotation. Otherwise XLA:CPU fuses them into
-  the rotation's loop and evaluates both for every output element, 2 H times each angle. In
+  the rotation's loop and evaluates both for every output element: 2 H times each angle for q,
+  2 G for k, and as often again in the gradients. In
   the Llama-like benchmark step (experiments/bench/train_step.py, 2 cores of the 2026-12-03 Xeon,
   one process, alternating) the step took 2,416 instead of 2,503 ms and 2,358 instead of 2,450;
   llama-100m's 64-token prefill ran 648-666 instead of 609-616 tokens/s at batch 1. The values
-  equal the fused ones to rounding (XLA's cos inside a fusion is not its cos alone, bit for bit).
+  were bitwise the fused ones in every check (the test allows rounding: XLA need not evaluate
+  cos inside a fusion exactly as alone).
   """
   k = x_BLHK.shape[-1]
   if inv_freq_F is None:
@@ -178,7 +180,8 @@ class Attention(nn.Module):
       if cfg.rope_scaling != "none":
         inv_freq_F = rope_inv_freq(k, cfg.rope_theta, cfg.rope_scaling, cfg.rope_scaling_factor,
                                    cfg.rope_low_freq_factor, cfg.rope_high_freq_factor, cfg.rope_original_max_len)
-      # On the CPU (the switch: where the kernel runs), over more rows than a decode step's.
+      # On the CPU (the switch: where the kernel runs), over more than FEW_ROWS rows: training,
+      # prefills of 17+ tokens, decode steps at batch 17+ (only these sizes were timed end to end).
       materialize = ops.blas_computes(cfg.matmul, q_BLHK) and positions_BL.size > cpu_gemm.FEW_ROWS
       q_BLHK = rope(q_BLHK, positions_BL, cfg.rope_theta, inv_freq_F, materialize)
       k_BLGK = rope(k_BLGK, positions_BL, cfg.rope_theta, inv_freq_F, materialize)

@@ -19,8 +19,8 @@ too, more than lm (transformers eager GPT-2 2,853 -> 1,675 ms on the 2026-12-03 
 like-for-like comparison is the second.
 Every measurement runs in its own process, one after the other, never two at once.
 --rounds=N runs each family's list N times, every other round in reverse order, and the
-ratios are the medians over rounds, each round's ratio between neighbours in time, with the
-range: this host drifts 5-10% over minutes (2026-12-03, the same code read 0.91x and 0.99x
+ratios are the medians of each round's ratio (measurements minutes apart, not hours), with
+their range: this host drifts 5-10% over minutes (2026-12-03, the same code read 0.91x and 0.99x
 of one peer in two runs), more than most changes are worth. Each
 process also times a large matmul in its framework (for lm under model.matmul='blas', the
 faster of XLA's and OpenBLAS's), so the analytic FLOP rate of the step can be read as a
@@ -50,7 +50,8 @@ _MATMULS = flags.DEFINE_list("matmuls", ["auto"], "lm rows, one per model.matmul
 _PEER_MALLOC = flags.DEFINE_list(
     "peer_malloc", ["default", "lm"], "The transformers rows' malloc: 'default' (glibc's, as torch runs "
     "anywhere else), 'lm' (lm/host_memory.py's settings, which lm's own row always has).")
-_ROUNDS = flags.DEFINE_integer("rounds", 1, "Times each family's measurements run, alternating their order.")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "Times each family's measurements run, alternating their order.",
+                               lower_bound=1)
 _WORKER = flags.DEFINE_string("worker", None, "Internal: run one measurement and print JSON.")
 
 # (n_layers, d_model, n_heads, d_ff, vocab, seq_len, batch)
@@ -233,7 +234,11 @@ def _ratio(ours: dict, theirs: dict) -> str:
   if not by_round:
     return "n/a"
   text = f"{_median(by_round):.2f}x"
-  return text if len(by_round) == 1 else f"{text} ({min(by_round.values()):.2f}-{max(by_round.values()):.2f})"
+  if len(by_round) > 1:
+    text += f" ({min(by_round.values()):.2f}-{max(by_round.values()):.2f})"
+  if len(by_round) < _ROUNDS.value:  # a measurement failed (its error went to stderr)
+    text += f" [{len(by_round)} of {_ROUNDS.value} rounds]"
+  return text
 
 
 def main(argv):
