@@ -32,6 +32,7 @@ parameters on both sides, and the matmul peak is timed in that dtype.
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -223,17 +224,12 @@ def peer_kinds() -> tuple[str, ...]:
   return ("torch",) if _NO_COMPILE.value else ("torch", "compiled")
 
 
-def _median(by_round: dict) -> float:
-  values = sorted(by_round.values())
-  return (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2
-
-
 def _ratio(ours: dict, theirs: dict) -> str:
   """lm's tokens/s over a peer's: the median of the rounds' ratios, and their range if several."""
   by_round = {r: ours[r] / theirs[r] for r in ours if r in theirs}
   if not by_round:
     return "n/a"
-  text = f"{_median(by_round):.2f}x"
+  text = f"{statistics.median(by_round.values()):.2f}x"
   if len(by_round) > 1:
     text += f" ({min(by_round.values()):.2f}-{max(by_round.values()):.2f})"
   if len(by_round) < _ROUNDS.value:  # a measurement failed (its error went to stderr)
@@ -285,7 +281,7 @@ def main(argv):
       for family in FAMILIES_FLAG.value:
         peers = {name: results.get((shape, family, key)) for key, name in PEER_NAMES.items()}
         peers = {name: t for name, t in peers.items() if t}
-        best = max(peers.values(), key=_median, default=None)  # by median tokens/s over rounds
+        best = max(peers.values(), key=lambda t: statistics.median(t.values()), default=None)  # by median tokens/s over rounds
         for label in [k for (sh, f, k) in results if sh == shape and f == family and k.startswith("lm")]:
           ours = results[(shape, family, label)]
           parts = [f"{_ratio(ours, t)} {name}" for name, t in peers.items()]
