@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from lm import cpu_gemm, kv_cache, ops
+from lm import cpu_attention, cpu_gemm, kv_cache, ops
 from lm import parameterization as param_lib
 from lm.ops import dense
 
@@ -104,7 +104,8 @@ def reference_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, scale: float | None =
   device: lm/ops.py), Q K^T and P V are OpenBLAS products batched over (B, G), the R query
   heads of a kv head stacked as rows ([R L, K] @ [K, S]); the same dots, summed in another
   order. XLA:CPU's batched dot ran these products (the benchmark's 256 x 64 x 256, 128 of
-  them) at about 56 GFLOP/s in the training step.
+  them) at about 56 GFLOP/s in the training step. (The model's Attention, outside decoding,
+  calls lm/cpu_attention.py's fused kernel instead where this would use OpenBLAS.)
   """
   b, l, h, k = q_BLHK.shape
   s, g = k_BSGK.shape[1], k_BSGK.shape[2]
@@ -189,13 +190,16 @@ class Attention(nn.Module):
     k_BLGK = nn.with_logical_constraint(k_BLGK, ("batch", "length", "kv_heads", "head_dim"))
     v_BLGK = nn.with_logical_constraint(v_BLGK, ("batch", "length", "kv_heads", "head_dim"))
 
-    mask_B1LL = causal_segment_mask(segment_ids_BL)
     scale = param_lib.attention_scale(cfg)  # None: 1/sqrt(K)
     if self.decode:
-      out_BLHK = kv_cache.attend_with_cache(self, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, mask_B1LL, scale,
-                                            self.fresh_cache)
+      out_BLHK = kv_cache.attend_with_cache(self, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL,
+                                            causal_segment_mask(segment_ids_BL), scale, self.fresh_cache)
+    elif cfg.attention == "reference" and ops.blas_computes(cfg.matmul, q_BLHK, k_BLGK, v_BLGK):
+      # The CPU switch: the same attention in one fused kernel (lm/cpu_attention.py), 60 -> 40 ms a layer.
+      out_BLHK = cpu_attention.causal_attention(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, scale)
     else:
-      out_BLHK = attend(q_BLHK, k_BLGK, v_BLGK, mask_B1LL, cfg.attention, scale, cfg.matmul)
+      out_BLHK = attend(q_BLHK, k_BLGK, v_BLGK, causal_segment_mask(segment_ids_BL), cfg.attention, scale,
+                        cfg.matmul)
     out_BLHK = nn.with_logical_constraint(out_BLHK, ("batch", "length", "heads", "head_dim"))
     y_BLD = dense("BLHK,HKD->BLD", out_BLHK, wo_HKD, matmul=cfg.matmul)
     if cfg.use_bias:

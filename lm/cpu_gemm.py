@@ -34,6 +34,9 @@ with OpenBLAS, the Llama-like 2,155-2,217 against 2,345-2,432
 take the few-row loops whichever library is linked. It is not the
 default because of its size (a 229 MB wheel, ~1.1 GB with its dependencies; x86 only).
 
+Attention: the same library holds lm/cpu_attention.cc, the training step's causal attention
+fused into one pass per block of queries (lm/cpu_attention.py says why and what it computes).
+
 Materialize: the kernel also has a copy (`materialize(x)`), for values XLA:CPU would otherwise
 recompute inside every consumer's loop; RoPE's cos and sin (lm/attention.py) were 3.5% of the
 Llama-like training step that way.
@@ -63,7 +66,12 @@ from lm.cache import cache_root
 
 TARGET = "lm_cpu_gemm"
 MATERIALIZE_TARGET = "lm_cpu_materialize"
-_SOURCE = os.path.join(os.path.dirname(__file__), "cpu_gemm.cc")
+ATTENTION_TARGETS = {"lm_cpu_attention_fwd": "LmCpuAttentionFwd", "lm_cpu_attention_bwd": "LmCpuAttentionBwd"}
+_DIR = os.path.dirname(__file__)
+_SOURCE = os.path.join(_DIR, "cpu_gemm.cc")
+# Compiled into one library: the products, the fused attention (lm/cpu_attention.py), their BLAS header.
+_SOURCES = (_SOURCE, os.path.join(_DIR, "cpu_attention.cc"))
+_HEADERS = (os.path.join(_DIR, "cpu_blas.h"),)
 
 
 class Unavailable(RuntimeError):
@@ -132,8 +140,10 @@ def _build(library: tuple[str, str, list[str]]) -> str:
   compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
   if compiler is None:
     raise Unavailable("no C++ compiler (install g++, or set CXX)")
-  with open(_SOURCE, "rb") as f:
-    source = f.read()
+  source = b""
+  for name in _SOURCES + _HEADERS:
+    with open(name, "rb") as f:
+      source += f.read()
   flags = ["-O3", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}"]
   libraries = [f"-L{lib_dir}", *link, f"-Wl,-rpath,{lib_dir}"]
   # -march=native: the file is for this CPU only (a home directory shared by a cluster's nodes
@@ -148,14 +158,14 @@ def _build(library: tuple[str, str, list[str]]) -> str:
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_root())
   os.close(fd)
   for arch in (["-march=native"], []):  # some compilers (ppc64le, s390x GCC) want -mcpu= instead: then portable
-    cmd = [compiler, *flags, *arch, _SOURCE, "-o", tmp, *libraries]
+    cmd = [compiler, *flags, *arch, *_SOURCES, "-o", tmp, *libraries]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode == 0:
       break
   if result.returncode != 0:
     os.unlink(tmp)
     tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-    raise Unavailable(f"compiling {_SOURCE} failed ({' '.join(cmd[:2])} ...): {' | '.join(tail)}")
+    raise Unavailable(f"compiling {' and '.join(_SOURCES)} failed ({' '.join(cmd[:2])} ...): {' | '.join(tail)}")
   os.replace(tmp, path)
   return path
 
@@ -172,6 +182,8 @@ def _load() -> str | None:
     lib.LmCpuGemmInit()  # OpenBLAS's own pool to one thread: the kernel splits over XLA's
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.LmCpuGemm), platform="cpu")
     jax.ffi.register_ffi_target(MATERIALIZE_TARGET, jax.ffi.pycapsule(lib.LmCpuMaterialize), platform="cpu")
+    for target, symbol in ATTENTION_TARGETS.items():
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   except (Unavailable, OSError) as e:
     return str(e)
   _LOADED.append((library[0], path))
