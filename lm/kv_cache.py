@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from lm import cpu_gemm, ops
+from lm import cpu_attention, cpu_gemm, ops
 
 K_CACHE_AXES = ("batch", "kv_heads", "head_dim", "length")   # keys [B, G, K, S]
 V_CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")   # values [B, G, S, K]
@@ -99,6 +99,18 @@ def cached_attention(q_BLHK, k_BGKS, v_BGSK, mask_B1LS, k_BLGK, v_BLGK, mask_B1L
   return out_BGRLK.transpose(0, 3, 1, 2, 4).reshape(b, l, h, k), k_BGKL, v_BGLK
 
 
+def fresh_prefill(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, scale=None):
+  """cached_attention with fresh=True (the L tokens attend only to each other, causally within
+  segments), as lm/cpu_attention.py's fused kernel on the CPU switch: a prefill is the training
+  step's attention. Returns what cached_attention does, the new keys and values made to depend
+  on the output the same way."""
+  out_BLHK = cpu_attention.causal_attention(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, scale)
+  zero_BGL = out_BLHK[:, :, ::q_BLHK.shape[2] // k_BLGK.shape[2], 0].transpose(0, 2, 1) * 0
+  k_BGKL = k_BLGK.transpose(0, 2, 3, 1) + zero_BGL[:, :, None, :]
+  v_BGLK = v_BLGK.transpose(0, 2, 1, 3) + zero_BGL[:, :, :, None]
+  return out_BLHK, k_BGKL, v_BGLK
+
+
 def attend_with_cache(layer: nn.Module, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, mask_B1LL, scale=None,
                       fresh: bool = False):
   """Attend over `layer`'s cached slots and the L new keys, then append the new keys to the cache.
@@ -125,8 +137,11 @@ def attend_with_cache(layer: nn.Module, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, 
   slots = seg_BS.shape[1]
   # Slots written before this call (s < i) of the query's own segment.
   old_B1LS = ((jnp.arange(slots) < i)[None, None, :] & (segment_ids_BL[:, :, None] == seg_BS[:, None, :]))[:, None]
-  out_BLHK, k_BGKL, v_BGLK = cached_attention(q_BLHK, k_cache.value, v_cache.value, old_B1LS,
-                                              k_BLGK, v_BLGK, mask_B1LL, scale, layer.cfg.matmul, fresh)
+  if fresh and l > cpu_gemm.FEW_ROWS and ops.blas_computes(layer.cfg.matmul, q_BLHK, k_BLGK, v_BLGK):
+    out_BLHK, k_BGKL, v_BGLK = fresh_prefill(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, scale)
+  else:
+    out_BLHK, k_BGKL, v_BGLK = cached_attention(q_BLHK, k_cache.value, v_cache.value, old_B1LS,
+                                                k_BLGK, v_BLGK, mask_B1LL, scale, layer.cfg.matmul, fresh)
   if not initialized:
     return out_BLHK
   # One slot index for the whole batch (prompts are left-padded to a common length), so

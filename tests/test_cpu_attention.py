@@ -87,3 +87,28 @@ def test_the_models_attention_runs_it_on_the_cpu_switch_only():
   assert kernel_calls("einsum") == [0, 0]  # not the CPU switch
   assert kernel_calls("blas", "xla") == [0, 0]  # another attention asked for
   assert kernel_calls("blas", decode=True) == [0, 0]  # decoding attends over the KV cache
+
+
+def test_a_prefill_of_more_than_few_rows_runs_it_and_equals_the_full_forward():
+  """lm/kv_cache.py's fresh prefill (lm.decode's) is the training step's attention."""
+  from lm import decode
+  from lm.model import Transformer
+  from tests.helpers import tiny_model_config
+  from tests.test_decode import random_params
+  model = Transformer(tiny_model_config(positions="rope", n_kv_heads=2, max_seq_len=48))
+  params = random_params(model)
+  prompts = [np.arange(3, 33, dtype=np.int32), np.arange(40, 60, dtype=np.int32)]  # 30 and 20 tokens
+  batch = decode.left_pad(prompts, bucket=8)  # P = 32 > FEW_ROWS: row 1 left-padded
+  width = batch.tokens_BP.shape[1]
+  assert width > cpu_gemm.FEW_ROWS
+
+  def prefill(params, cache):
+    return decode.forward_with_cache(model, params, cache, batch.tokens_BP, batch.segment_ids_BP, batch.positions_BP,
+                                     fresh=True)
+  cache = decode.init_cache(model, 2, 40)
+  text = jax.jit(prefill).lower(params, cache).as_text()
+  assert text.count(f"custom_call @{cpu_attention.FORWARD}(") >= 1
+  logits, _ = jax.jit(prefill)(params, cache)
+  for b, p in enumerate(prompts):
+    full = np.asarray(jax.jit(model.apply)({"params": params}, p[None]))[0]
+    np.testing.assert_allclose(np.asarray(logits[b, width - len(p):]), full, rtol=1e-5, atol=1e-5, err_msg=f"row {b}")
