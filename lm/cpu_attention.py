@@ -43,8 +43,7 @@ def _check(q, k, v, segment_ids):
                      f"k {list(k.shape)} (self-attention: one length for queries and keys)")
   if not all(a.dtype == jnp.float32 for a in (q, k, v)):
     raise ValueError(f"causal_attention computes in float32; got {q.dtype}, {k.dtype}, {v.dtype}")
-  if not cpu_gemm.available():
-    raise cpu_gemm.Unavailable(cpu_gemm._load())
+  cpu_gemm.library_path()  # raises cpu_gemm.Unavailable, saying why, where the kernel is not built
 
 
 def _forward(q, k, v, segment_ids, scale):
