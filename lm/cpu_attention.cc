@@ -17,7 +17,8 @@
 // in their [B, L, heads, K] layout through the leading dimension: no transposes. The (b, g) units
 // are split over XLA's intra-op threads; a unit's dK and dV are its thread's alone.
 //
-// Every query attends at least to itself (s = l), so no row is empty.
+// Every query attends at least to itself (s = l), so no row is empty: its max is finite and its
+// sum of exp at least 1.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -177,7 +178,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
       std::memset(dkp + kv0 + s * d.kv_row(), 0, d.k * sizeof(float));
       std::memset(dvp + kv0 + s * d.kv_row(), 0, d.k * sizeof(float));
     }
-    std::vector<float> p(kQueryBlock * d.l), dp(kQueryBlock * d.l), delta(kQueryBlock);
+    std::vector<float> p(kQueryBlock * d.l), dp(kQueryBlock * d.l);
     for (int64_t hr = 0; hr < r; ++hr) {
       int64_t h = g * r + hr;
       for (int64_t l0 = 0; l0 < d.l; l0 += kQueryBlock) {

@@ -18,7 +18,8 @@ the forward's log-sum-exp (as flash attention does) instead of keeping [B, H, L,
 
 Where: lm/attention.py's Attention uses it for 'reference' attention where model.matmul
 resolves to 'blas' (the CPU switch: float32, one device, the kernel built), outside
-decoding. Grouped-query heads are supported (G dividing H). CPU backend only.
+decoding; and lm/kv_cache.py for a fresh prefill of more than FEW_ROWS tokens on the same
+switch (its tokens attend only to each other: the same attention). Grouped-query heads are supported (G dividing H). CPU backend only.
 """
 
 from __future__ import annotations

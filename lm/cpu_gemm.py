@@ -133,8 +133,8 @@ def _cpu_signature() -> str:
 
 
 def _build(library: tuple[str, str, list[str]]) -> str:
-  """The compiled kernel's path: the cached file, or a new build of lm/cpu_gemm.cc against
-  `library` (blas())."""
+  """The compiled kernel's path: the cached file, or a new build of lm/cpu_gemm.cc and
+  lm/cpu_attention.cc (one library) against `library` (blas())."""
   _, lib_dir, link = library
   import jaxlib  # local: the version is part of the cache key (the FFI headers come with it)
   compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")

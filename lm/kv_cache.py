@@ -16,7 +16,9 @@ times per layer per step), and the written keys are made to depend on the attent
 
 model.attention is not used here: these are einsums over the cache in its stored layout (a
 fused kernel would need the cache transposed; prefill is one call and decoding one query
-per row).
+per row). One exception, on the CPU switch (float32, one device, lm/cpu_gemm.py's kernel
+built): a fresh prefill of more than FEW_ROWS tokens attends only to its own keys, which is the
+training step's attention, and runs lm/cpu_attention.py's fused kernel (fresh_prefill).
 """
 
 from __future__ import annotations
@@ -139,6 +141,7 @@ def attend_with_cache(layer: nn.Module, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, 
   old_B1LS = ((jnp.arange(slots) < i)[None, None, :] & (segment_ids_BL[:, :, None] == seg_BS[:, None, :]))[:, None]
   if fresh and l > cpu_gemm.FEW_ROWS and ops.blas_computes(layer.cfg.matmul, q_BLHK, k_BLGK, v_BLGK):
     out_BLHK, k_BGKL, v_BGLK = fresh_prefill(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, scale)
+    k_BGKL, v_BGLK = k_BGKL.astype(k_cache.value.dtype), v_BGLK.astype(v_cache.value.dtype)  # as cached_attention's
   else:
     out_BLHK, k_BGKL, v_BGLK = cached_attention(q_BLHK, k_cache.value, v_cache.value, old_B1LS,
                                                 k_BLGK, v_BLGK, mask_B1LL, scale, layer.cfg.matmul, fresh)

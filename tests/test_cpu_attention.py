@@ -51,13 +51,16 @@ def test_a_document_in_a_packed_row_equals_the_document_alone():
 
 
 def test_under_vmap_it_is_one_attention_per_entry():
-  """lm/lr_sweep.py vmaps the train step over learning rates."""
+  """lm/lr_sweep.py vmaps the train step (values and gradients) over learning rates."""
   q, k, v, segments = _inputs(2, 20, 2, 2, 4, seed=7)
   stacked = [jnp.stack([x, 2 * x]) for x in (q, k, v)]
   got = jax.jit(jax.vmap(lambda q, k, v: cpu_attention.causal_attention(q, k, v, segments)))(*stacked)
   for i in range(2):
     want = _reference(*(x[i] for x in stacked), segments, None)
     np.testing.assert_allclose(np.asarray(got[i]), np.asarray(want), rtol=0, atol=2e-6)
+  grad = lambda f: jax.vmap(jax.grad(lambda q, k, v: jnp.sum(f(q, k, v, segments, None) ** 2), (0, 1, 2)))
+  for got, want in zip(jax.jit(grad(cpu_attention.causal_attention))(*stacked), grad(_reference)(*stacked)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=5e-5)
 
 
 def test_bad_shapes_and_dtypes_are_named():
@@ -108,7 +111,13 @@ def test_a_prefill_of_more_than_few_rows_runs_it_and_equals_the_full_forward():
   cache = decode.init_cache(model, 2, 40)
   text = jax.jit(prefill).lower(params, cache).as_text()
   assert text.count(f"custom_call @{cpu_attention.FORWARD}(") >= 1
-  logits, _ = jax.jit(prefill)(params, cache)
+  logits, cache = jax.jit(prefill)(params, cache)
+  # and the cache it wrote: one more token through it gives the full forward's next logits
+  token_B1, position_B1 = jnp.full((2, 1), 7, jnp.int32), batch.lengths_B[:, None]
+  step, _ = jax.jit(lambda params, cache: decode.forward_with_cache(
+      model, params, cache, token_B1, jnp.ones_like(token_B1), position_B1))(params, cache)
   for b, p in enumerate(prompts):
-    full = np.asarray(jax.jit(model.apply)({"params": params}, p[None]))[0]
-    np.testing.assert_allclose(np.asarray(logits[b, width - len(p):]), full, rtol=1e-5, atol=1e-5, err_msg=f"row {b}")
+    full = np.asarray(jax.jit(model.apply)({"params": params}, np.append(p, 7)[None]))[0]
+    np.testing.assert_allclose(np.asarray(logits[b, width - len(p):]), full[:-1], rtol=1e-5, atol=1e-5,
+                               err_msg=f"row {b}")
+    np.testing.assert_allclose(np.asarray(step[b, 0]), full[-1], rtol=1e-5, atol=1e-5, err_msg=f"row {b}, next step")
