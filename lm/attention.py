@@ -190,16 +190,16 @@ class Attention(nn.Module):
     k_BLGK = nn.with_logical_constraint(k_BLGK, ("batch", "length", "kv_heads", "head_dim"))
     v_BLGK = nn.with_logical_constraint(v_BLGK, ("batch", "length", "kv_heads", "head_dim"))
 
+    mask_B1LL = causal_segment_mask(segment_ids_BL)  # unused by the fused kernel (jit drops it there)
     scale = param_lib.attention_scale(cfg)  # None: 1/sqrt(K)
     if self.decode:
-      out_BLHK = kv_cache.attend_with_cache(self, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL,
-                                            causal_segment_mask(segment_ids_BL), scale, self.fresh_cache)
+      out_BLHK = kv_cache.attend_with_cache(self, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, mask_B1LL, scale,
+                                            self.fresh_cache)
     elif cfg.attention == "reference" and ops.blas_computes(cfg.matmul, q_BLHK, k_BLGK, v_BLGK):
       # The CPU switch: the same attention in one fused kernel (lm/cpu_attention.py), 60 -> 40 ms a layer.
       out_BLHK = cpu_attention.causal_attention(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, scale)
     else:
-      out_BLHK = attend(q_BLHK, k_BLGK, v_BLGK, causal_segment_mask(segment_ids_BL), cfg.attention, scale,
-                        cfg.matmul)
+      out_BLHK = attend(q_BLHK, k_BLGK, v_BLGK, mask_B1LL, cfg.attention, scale, cfg.matmul)
     out_BLHK = nn.with_logical_constraint(out_BLHK, ("batch", "length", "heads", "head_dim"))
     y_BLD = dense("BLHK,HKD->BLD", out_BLHK, wo_HKD, matmul=cfg.matmul)
     if cfg.use_bias:

@@ -95,22 +95,27 @@ def cached_attention(q_BLHK, k_BGKS, v_BGSK, mask_B1LS, k_BLGK, v_BLGK, mask_B1L
   else:
     new_BGRLK = jnp.einsum("BGRLM,BMGK->BGRLK", probs_BGRLT[..., s:], v_BLGK)
   out_BGRLK = old_BGRLK + new_BGRLK
-  zero_BGL = out_BGRLK[:, :, 0, :, 0] * 0
-  k_BGKL = k_BLGK.transpose(0, 2, 3, 1).astype(k_BGKS.dtype) + zero_BGL[:, :, None, :]
-  v_BGLK = v_BLGK.transpose(0, 2, 1, 3).astype(v_BGSK.dtype) + zero_BGL[:, :, :, None]
+  k_BGKL, v_BGLK = _cache_entries(k_BLGK, v_BLGK, out_BGRLK[:, :, 0, :, 0] * 0, k_BGKS.dtype, v_BGSK.dtype)
   return out_BGRLK.transpose(0, 3, 1, 2, 4).reshape(b, l, h, k), k_BGKL, v_BGLK
 
 
-def fresh_prefill(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, scale=None):
+def _cache_entries(k_BLGK, v_BLGK, zero_BGL, k_dtype, v_dtype):
+  """The new keys [B, G, K, L] and values [B, G, L, K] in the cache's layout and dtypes, plus
+  zero_BGL (zero times a slice of the attention output: the dependency cached_attention's
+  docstring explains)."""
+  k_BGKL = k_BLGK.transpose(0, 2, 3, 1).astype(k_dtype) + zero_BGL[:, :, None, :]
+  v_BGLK = v_BLGK.transpose(0, 2, 1, 3).astype(v_dtype) + zero_BGL[:, :, :, None]
+  return k_BGKL, v_BGLK
+
+
+def fresh_prefill(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, k_dtype, v_dtype, scale=None):
   """cached_attention with fresh=True (the L tokens attend only to each other, causally within
   segments), as lm/cpu_attention.py's fused kernel on the CPU switch: a prefill is the training
-  step's attention. Returns what cached_attention does, the new keys and values made to depend
-  on the output the same way."""
+  step's attention. Returns what cached_attention does: the output, and the new keys and values
+  in the cache's dtypes, made to depend on the output the same way."""
   out_BLHK = cpu_attention.causal_attention(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, scale)
-  zero_BGL = out_BLHK[:, :, ::q_BLHK.shape[2] // k_BLGK.shape[2], 0].transpose(0, 2, 1) * 0
-  k_BGKL = k_BLGK.transpose(0, 2, 3, 1) + zero_BGL[:, :, None, :]
-  v_BGLK = v_BLGK.transpose(0, 2, 1, 3) + zero_BGL[:, :, :, None]
-  return out_BLHK, k_BGKL, v_BGLK
+  zero_BGL = out_BLHK[:, :, ::q_BLHK.shape[2] // k_BLGK.shape[2], 0].transpose(0, 2, 1) * 0  # heads g R
+  return (out_BLHK, *_cache_entries(k_BLGK, v_BLGK, zero_BGL, k_dtype, v_dtype))
 
 
 def attend_with_cache(layer: nn.Module, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, mask_B1LL, scale=None,
@@ -140,8 +145,8 @@ def attend_with_cache(layer: nn.Module, q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, 
   # Slots written before this call (s < i) of the query's own segment.
   old_B1LS = ((jnp.arange(slots) < i)[None, None, :] & (segment_ids_BL[:, :, None] == seg_BS[:, None, :]))[:, None]
   if fresh and l > cpu_gemm.FEW_ROWS and ops.blas_computes(layer.cfg.matmul, q_BLHK, k_BLGK, v_BLGK):
-    out_BLHK, k_BGKL, v_BGLK = fresh_prefill(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, scale)
-    k_BGKL, v_BGLK = k_BGKL.astype(k_cache.value.dtype), v_BGLK.astype(v_cache.value.dtype)  # as cached_attention's
+    out_BLHK, k_BGKL, v_BGLK = fresh_prefill(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, k_cache.value.dtype,
+                                             v_cache.value.dtype, scale)
   else:
     out_BLHK, k_BGKL, v_BGLK = cached_attention(q_BLHK, k_cache.value, v_cache.value, old_B1LS,
                                                 k_BLGK, v_BLGK, mask_B1LL, scale, layer.cfg.matmul, fresh)
