@@ -64,6 +64,80 @@ struct Shapes {
   int64_t kv_row() const { return g * k; }  // between two keys (or values) of one kv head
 };
 
+// One row's softmax numerators over keys [0, last) in vectors of kLanes (GCC vector extensions:
+// AVX-512, AVX2, or what -march=native finds). Written as scalar loops, GCC vectorized neither the
+// max nor the sum of exp (a float reduction keeps its order without -ffast-math). In vectors, on
+// the 2-core AVX2 EPYC of 2026-12-04 at the benchmark shape, the forward took 12.6 ms against
+// 18.8 (best of 15, alternating processes), and in a 1-core profile of the Llama-like step a
+// layer's forward 26 ms against 37 and its backward 57 against 69.
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+#else
+constexpr int kLanes = 8;
+#endif
+typedef float VecF __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t VecI __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+inline VecF LoadF(const float* p) { VecF v; std::memcpy(&v, p, sizeof v); return v; }
+inline VecI LoadI(const int32_t* p) { VecI v; std::memcpy(&v, p, sizeof v); return v; }
+inline void StoreF(float* p, VecF v) { std::memcpy(p, &v, sizeof v); }
+
+// ExpNonPositive lane by lane, with the same arithmetic: n rounded to nearest even by adding and
+// subtracting 1.5 * 2^23 (what nearbyint does in the default rounding mode, exact for |n| < 2^22).
+inline VecF ExpNonPositive(VecF x) {
+  const VecF round = VecF{} + 12582912.0f;  // 1.5 * 2^23
+  VecI underflow = x < -87.0f;
+  x = underflow ? VecF{} - 87.0f : x;
+  VecF n = (x * 1.44269504088896341f + round) - round;
+  VecF r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  VecF p = VecF{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  VecI bits = (__builtin_convertvector(n, VecI) + 127) << 23;
+  VecF scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return underflow ? VecF{} : p * scale;
+}
+
+// The largest of row[j] for j < last with seg[j] == own.
+inline float MaskedMax(const float* row, const int32_t* seg, int32_t own, int64_t last) {
+  VecF best = VecF{} - INFINITY;
+  int64_t j = 0;
+  for (; j + kLanes <= last; j += kLanes) {
+    VecF x = LoadF(row + j);
+    x = LoadI(seg + j) == own ? x : VecF{} - INFINITY;
+    best = best > x ? best : x;
+  }
+  float m = -INFINITY;
+  for (int lane = 0; lane < kLanes; ++lane) m = std::max(m, best[lane]);
+  for (; j < last; ++j) m = seg[j] == own ? std::max(m, row[j]) : m;
+  return m;
+}
+
+// row[j] = exp(row[j] - m) where seg[j] == own, else 0, for j < last; returns their sum.
+inline float MaskedExp(float* row, const int32_t* seg, int32_t own, int64_t last, float m) {
+  VecF total = VecF{};
+  int64_t j = 0;
+  for (; j + kLanes <= last; j += kLanes) {
+    VecF p = ExpNonPositive(LoadF(row + j) - m);
+    p = LoadI(seg + j) == own ? p : VecF{};
+    StoreF(row + j, p);
+    total += p;
+  }
+  float sum = 0.0f;
+  for (int lane = 0; lane < kLanes; ++lane) sum += total[lane];
+  for (; j < last; ++j) {
+    float p = seg[j] == own ? ExpNonPositive(row[j] - m) : 0.0f;
+    row[j] = p;
+    sum += p;
+  }
+  return sum;
+}
+
 // S[0:rows, 0:keys] = scale q[l0:l0+rows] k[0:keys]^T, then each row masked (key s <= query l, one
 // segment) into its softmax numerators: exp(S - m) where m is lse (backward) or the row's max
 // (forward, which returns the lse it found in lse_out).
@@ -75,19 +149,8 @@ void Probabilities(const Shapes& d, const float* q, const float* k, const int32_
     float* row = s + i * keys;
     int32_t own = seg[l];
     int64_t last = l + 1;  // keys after the query are masked: causal
-    float m;
-    if (lse_in) {
-      m = lse_in[i];
-    } else {
-      m = -INFINITY;
-      for (int64_t j = 0; j < last; ++j) m = seg[j] == own ? std::max(m, row[j]) : m;
-    }
-    float sum = 0.0f;
-    for (int64_t j = 0; j < last; ++j) {
-      float p = seg[j] == own ? ExpNonPositive(row[j] - m) : 0.0f;
-      row[j] = p;
-      sum += p;
-    }
+    float m = lse_in ? lse_in[i] : MaskedMax(row, seg, own, last);
+    float sum = MaskedExp(row, seg, own, last, m);
     for (int64_t j = last; j < keys; ++j) row[j] = 0.0f;
     if (!lse_in) {  // normalise, and keep the row's log-sum-exp for the backward pass
       float inv = 1.0f / sum;
