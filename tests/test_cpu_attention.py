@@ -39,6 +39,21 @@ def test_values_and_gradients_equal_the_reference_attention(b, l, h, g, k, scale
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-5)
 
 
+def test_logits_far_below_the_row_max_get_zero_weight_as_in_the_reference():
+  """Logits spread over hundreds (the kernel's exp returns 0 below -87, lane by lane and in the
+  rows' scalar tails alike): values and gradients still equal the reference's."""
+  q, k, v, segments = _inputs(2, 77, 2, 2, 16, seed=3)
+  q = q * 40.0  # logits of order +-160 at scale 1/4
+  fused = jax.jit(cpu_attention.causal_attention)(q, k, v, segments)
+  want = _reference(q, k, v, segments, None)
+  assert np.all(np.isfinite(np.asarray(fused)))
+  # logits of order 160 carry rounding of order 1e-5 into their exp: tolerances to match
+  np.testing.assert_allclose(np.asarray(fused), np.asarray(want), rtol=1e-4, atol=1e-5)
+  grad = lambda f: jax.jit(jax.grad(lambda v: jnp.sum(f(q, k, v, segments, None) ** 2)))(v)
+  np.testing.assert_allclose(np.asarray(grad(cpu_attention.causal_attention)), np.asarray(grad(_reference)),
+                             rtol=0, atol=1e-4)
+
+
 def test_a_document_in_a_packed_row_equals_the_document_alone():
   """The packed-sequence check (MaxText's cuDNN path once ignored segment ids)."""
   q, k, v, _ = _inputs(1, 90, 2, 2, 8, seed=5)
