@@ -320,6 +320,19 @@ def device_name(device_kind: str) -> str | None:
   return next((name for pattern, name in _KIND_PATTERNS if pattern in kind), None)
 
 
+# Memory bandwidth per chip from the same spec sheets, bytes/s (what decoding at small batch is bound by).
+SPEC_MEMORY_BANDWIDTH = {
+    "tpu-v4": 1.2e12, "tpu-v5e": 0.819e12, "tpu-v5p": 2.765e12, "tpu-v6e": 1.64e12,
+    "a100": 2.039e12, "h100": 3.35e12, "h100-pcie": 2.0e12, "h200": 4.8e12, "b200": 8.0e12,
+}
+
+
+def spec_memory_bandwidth(device_kind: str) -> float | None:
+  """The spec-sheet memory bandwidth of one chip in bytes/s, or None for an unknown kind (CPUs)."""
+  name = device_name(device_kind)
+  return SPEC_MEMORY_BANDWIDTH.get(name) if name else None
+
+
 def spec_peak_flops(device_kind: str, dtype="bfloat16") -> float | None:
   """The spec-sheet peak of one chip, or None for an unknown kind or dtype (e.g. CPUs)."""
   name = device_name(device_kind)
