@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# GPU checks in one pass, for a machine with jax[cuda] (and torch + transformers for the
-# side-by-side): the default experiment end to end, the training step against transformers
-# in bf16, and KV-cache decoding with its bandwidth utilisation. Writes each table to
-# $OUT (default ./gpu_check_out). Packages the machine lacks can sit as wheels in .whl/.
+# GPU checks in one pass (about 9 minutes on one H200), most important first, each part capped so
+# that a slow one cannot starve the rest; everything lands in $OUT (default ./gpu_check_out):
+#   gpu.txt         the device, driver and versions, and the seconds each part started at
+#   packed.txt      a packed document equals the document alone, for every attention implementation,
+#                   forward and gradient (experiments/bench/packed_attention.py)
+#   train_log.txt   the training runs' output (experiments/bench/gpu_train.py): ~1B first, xla and
+#                   cuDNN attention x remat none and dots, against transformers eager and torch.compile;
+#                   then ~350M and ~125M; then, time allowing, the 1B rows under another XLA flag
+#   train.jsonl     every training record; train.txt is the table of all of them
+#   decode.txt      KV-cache decoding of llama-1b in bf16 at batch 1, 8 and 64: bandwidth use
+#   decode_f32.txt  the same with float32 weights, time allowing
+# Packages the machine lacks can sit as wheels in .whl/ (installed with --no-deps).
 #
 #     bash experiments/bench/gpu_check.sh
 set -uo pipefail
@@ -15,22 +23,30 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv;
-  python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"; } \
-  2>&1 | tee "$OUT/gpu.txt"
-
-# 1. The default experiment, end to end (data prep, tokenizer training, 600 steps, samples).
 SECONDS=0
-timeout 200 python3 -m lm.main --config=configs/default.py --workdir=/tmp/lm_default 2>&1 \
-  | grep -av "step/s\|examples/s" | tail -25 | tee "$OUT/default.txt"
-echo "wall ${SECONDS}s" | tee -a "$OUT/default.txt"
-cp /tmp/lm_default/summary.json "$OUT/default_summary.json" 2>/dev/null
+part() {  # part CAP_SECONDS FILE COMMAND...: run it for at most CAP seconds, its output to $OUT/FILE
+  local cap=$1 file=$2
+  shift 2
+  echo "== [${SECONDS}s] $* (at most ${cap}s)" | tee -a "$OUT/$file" >>"$OUT/gpu.txt"
+  timeout --kill-after=10 "$cap" "$@" 2>&1 | grep -av "^W0\|^I0\|^E0000" | tee -a "$OUT/$file"
+}
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  python3 -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__,
+  'torch', torch.__version__, 'transformers', transformers.__version__)"; } 2>&1 | tee "$OUT/gpu.txt"
 
-# 2. Training step, ~220M Llama-like model, bf16 compute: lm (both attentions) and transformers.
-{ timeout 150 python3 -m experiments.bench.train_step --shapes=gpu --families=llama --dtype=bfloat16 --attention=xla --no_compile;
-  timeout 80 python3 -m experiments.bench.train_step --shapes=gpu --families=llama --dtype=bfloat16 --no_torch; } \
-  2>&1 | grep -av "^W0\|^I0" | tee "$OUT/train_step.txt"
-
-# 3. Decoding (float32, greedy): tokens/s, ms/token and bandwidth use at batch 1 and 64.
-timeout 100 python3 -m experiments.bench.inference --no_hf --sizes=llama-100m,gpt2-100m --batches=1,64 \
-  --new_tokens=128 2>&1 | grep -av "^W0\|^I0" | tee "$OUT/inference.txt"
+part 60 packed.txt python3 -m experiments.bench.packed_attention --dtypes=bfloat16
+part 230 train_log.txt python3 -m experiments.bench.gpu_train --sizes=1b --timeout=120 --json_out="$OUT/train.jsonl"
+part 90 decode.txt python3 -m experiments.bench.inference --no_hf --sizes=llama-1b --batches=1,8,64 \
+  --new_tokens=128 --dtype=bfloat16
+part 210 train_log.txt python3 -m experiments.bench.gpu_train --sizes=350m,125m --timeout=100 \
+  --json_out="$OUT/train.jsonl"
+if (( SECONDS < 420 )); then  # cuBLAS for every product instead of XLA's autotuned choice with Triton's
+  XLA_FLAGS=--xla_gpu_enable_triton_gemm=false part 90 train_log.txt python3 -m experiments.bench.gpu_train \
+    --sizes=1b --attentions=cudnn,xla --remats=none --peers= --timeout=85 --json_out="$OUT/train.jsonl"
+fi
+python3 -m experiments.bench.gpu_train --from_json="$OUT/train.jsonl" 2>&1 | tee "$OUT/train.txt"
+if (( SECONDS < 500 )); then
+  part 60 decode_f32.txt python3 -m experiments.bench.inference --no_hf --sizes=llama-1b --batches=1,8,64 \
+    --new_tokens=128 --dtype=float32
+fi
+echo "gpu_check: ${SECONDS}s" | tee -a "$OUT/gpu.txt"

@@ -1,7 +1,12 @@
 """Inference cost: lm's KV-cache decoding against Hugging Face transformers' generate().
 
     python -m experiments.bench.inference [--sizes=llama-10m,llama-100m,gpt2-10m] [--batches=1,8]
-        [--prompt_len=64] [--new_tokens=64] [--repeats=3] [--no_hf]
+        [--prompt_len=64] [--new_tokens=64] [--repeats=3] [--no_hf] [--dtype=bfloat16 (with --no_hf)]
+
+--dtype=bfloat16 holds lm's weights, compute and KV cache in bf16, as a GPU serves them (half the
+bytes a step reads); the transformers side stays float32, so it needs --no_hf. On a device whose
+spec-sheet bandwidth lm/flops.py knows (H100, H200, TPUs), "BW spec" is the bytes a step reads x
+steps/s over that figure.
 
 For each model size and batch size, in one process:
   * HF: `model.generate(use_cache=True, do_sample=False, min_new_tokens=N)` on a
@@ -37,12 +42,16 @@ import time
 import jax
 import numpy as np
 
+from lm import flops
 from lm.inference_cost import TimedDecoder, costs, measure_bandwidth, step_bytes, timings
 
 SIZES = {
     # Llama family: RoPE, RMSNorm, SwiGLU, grouped-query attention, untied head, no biases.
     "llama-10m": dict(family="llama", n_layers=5, d_model=384, n_heads=6, n_kv_heads=2, d_ff=1024),
     "llama-100m": dict(family="llama", n_layers=14, d_model=768, n_heads=12, n_kv_heads=4, d_ff=2048),
+    "llama-350m": dict(family="llama", n_layers=24, d_model=1024, n_heads=16, n_kv_heads=4, d_ff=2816),
+    # Llama-3.2-1B's transformer body (32 heads of 64, 8 KV heads, d_ff 8192): 0.99B with this vocabulary.
+    "llama-1b": dict(family="llama", n_layers=16, d_model=2048, n_heads=32, n_kv_heads=8, d_ff=8192),
     # GPT-2 family: learned positions, LayerNorm and biases, GELU, multi-head, tied head.
     "gpt2-10m": dict(family="gpt2", n_layers=6, d_model=384, n_heads=6, n_kv_heads=6, d_ff=1536),
     "gpt2-100m": dict(family="gpt2", n_layers=12, d_model=768, n_heads=12, n_kv_heads=12, d_ff=3072),
@@ -55,12 +64,13 @@ VOCAB = 4096  # the project's SentencePiece vocabulary (data.vocab_size)
 MAX_SEQ_LEN = 512
 
 
-def model_config(size: str):
+def model_config(size: str, dtype: str = "float32"):
+  """The size's architecture; `dtype` is both the weights' and the compute dtype (and the cache's)."""
   from lm.model import ModelConfig
   spec = dict(SIZES[size])
   fam = FAMILY[spec.pop("family")]
   return ModelConfig(vocab_size=VOCAB, head_dim=spec["d_model"] // spec["n_heads"], max_seq_len=MAX_SEQ_LEN,
-                     norm_eps=1e-5, **fam, **spec)
+                     norm_eps=1e-5, dtype=dtype, param_dtype=dtype, **fam, **spec)
 
 
 def params_from_hf(hf_model, cfg) -> dict:
@@ -126,24 +136,34 @@ def main():
   p.add_argument("--new_tokens", type=int, default=64)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--no_hf", action="store_true", help="lm only (no torch / transformers needed)")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="lm's weights, compute and cache (bfloat16 needs --no_hf: the HF side is float32)")
   args = p.parse_args()
+  unknown = [s for s in args.sizes.split(",") if s not in SIZES]
+  if unknown:
+    p.error(f"unknown --sizes {unknown}; choose from {list(SIZES)}")
+  if args.dtype != "float32" and not args.no_hf:
+    p.error("--dtype=bfloat16 compares nothing against transformers' float32 generate(); add --no_hf")
   cores = len(os.sched_getaffinity(0))
   load0 = os.getloadavg()
   bw = measure_bandwidth()
   P, N = args.prompt_len, args.new_tokens
-  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({cores} cores); float32, greedy; prompt "
+  spec_bw = flops.spec_memory_bandwidth(jax.devices()[0].device_kind)
+  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({cores} cores); {args.dtype}, greedy; prompt "
         f"{P} tokens, {N} new tokens; medians of {args.repeats} runs")
   print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; torch threads {cores}")
-  print(f"measured bandwidth: copy {bw['copy']:.1f} GB/s (read+write), read {bw['read']:.1f} GB/s")
+  print(f"measured bandwidth: copy {bw['copy']:.1f} GB/s (read+write), read {bw['read']:.1f} GB/s"
+        + (f"; spec sheet {spec_bw / 1e9:,.0f} GB/s (column BW spec)" if spec_bw else ""))
   print(f"load average at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}\n")
   head = (f"{'model':<11} {'params':>7} {'B':>2} {'side':<4} {'prefill tok/s':>13} {'decode tok/s':>12} "
-          f"{'ms/tok':>7} {'KV MB':>6} {'weights MB':>10} {'MB/tok':>7} {'BW util':>7} {'lm/HF':>6} {'same tok':>8}")
+          f"{'ms/tok':>7} {'KV MB':>6} {'weights MB':>10} {'MB/tok':>7} {'BW util':>7} {'BW spec':>7} {'lm/HF':>6} "
+          f"{'same tok':>8}")
   print(head)
   print("-" * len(head))
   rng = np.random.default_rng(0)
   steady = []  # lm/HF against HF's median single step: robust to bursts of other load (which slow torch most)
   for size in args.sizes.split(","):
-    cfg = model_config(size)
+    cfg = model_config(size, args.dtype)
     hf = None if args.no_hf else HfSide(cfg, cores)
     params = hf and jax.tree.map(jax.numpy.asarray, params_from_hf(hf.model, cfg))
     sides = {"lm": TimedDecoder(cfg, params)}  # HF's random weights, so both compute the same function
@@ -173,7 +193,8 @@ def main():
           steady.append(f"{size} B={batch} {hf_step * 1e3:.2f} ms -> {hf_step / step_lm:.2f}x")
         print(f"{size:<11} {lm.n_params / 1e6:>6.1f}M {batch:>2} {name:<4} {c['prefill_tok_s']:>13,.0f} "
               f"{decode_tps[name]:>12,.1f} {1e3 * step_s:>7.2f} {kv / 1e6:>6.2f} {lm.weight_bytes / 1e6:>10.1f} "
-              f"{per_step / batch / 1e6:>7.1f} {per_step / step_s / 1e9 / bw['copy']:>6.0%} {ratio:>6} {same:>8}")
+              f"{per_step / batch / 1e6:>7.1f} {per_step / step_s / 1e9 / bw['copy']:>6.0%} "
+              f"{f'{per_step / step_s / spec_bw:.0%}' if spec_bw else '-':>7} {ratio:>6} {same:>8}")
   if steady:
     print("\nHF's median decode step (timed inside generate), and lm/HF against it: " + ", ".join(steady))
   load1 = os.getloadavg()
