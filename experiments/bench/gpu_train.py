@@ -99,18 +99,21 @@ def lm_worker(size: str, args) -> None:
   runs = []
   for attention in args.attentions:
     for remat in args.remats:
-      mcfg = lm_model_config(size, args, attention, remat)
-      optimizer, lr = optim.make_optimizer(cfg.optim, 1000)
-      spec = steps.StateSpec(Transformer(mcfg), optimizer, mesh, rules)
-      step_fn = spec.jit_train_step(steps.make_train_step(spec.model, optimizer, lr),
-                                    steps.batch_shardings(mesh, rules, steps.TRAIN_KEYS))
-      runs.append(dict(attention=attention, remat=remat, mcfg=mcfg, spec=spec, step_fn=step_fn))
+      run = dict(attention=attention, remat=remat, mcfg=lm_model_config(size, args, attention, remat))
+      try:  # tracing the model's init already meets the attention (cuDNN absent, or refusing a shape)
+        optimizer, lr = optim.make_optimizer(cfg.optim, 1000)
+        run["spec"] = spec = steps.StateSpec(Transformer(run["mcfg"]), optimizer, mesh, rules)
+        run["step_fn"] = spec.jit_train_step(steps.make_train_step(spec.model, optimizer, lr),
+                                             steps.batch_shardings(mesh, rules, steps.TRAIN_KEYS))
+      except Exception as e:  # the row says so, the others run
+        run["lowered"] = e
+      runs.append(run)
   with steps.in_context(mesh, rules):
     batch = sharding.shard_batch(host, mesh, rules)
-    for run in runs:
+    for run in (r for r in runs if "lowered" not in r):
       try:
         run["lowered"] = run["step_fn"].lower(run["spec"].abstract, batch)
-      except Exception as e:  # e.g. cuDNN refusing a shape: the row says so, the others run
+      except Exception as e:
         run["lowered"] = e
 
   def compile_one(run):
@@ -238,13 +241,14 @@ def gib(x) -> str:
 def print_table(records: list[dict], peak_flops: float | None, args) -> None:
   matmul = {(r["side"], r["size"]): r["matmul_tflops"] for r in records if "matmul_tflops" in r}
   rows = [r for r in records if "impl" in r]
-  head = (f"{'size':5} {'implementation':34} {'N':>13} {'step ms':>8} {'tokens/s':>9} {'MFU':>6} {'HFU':>6} "
+  w = max([34] + [len(r["impl"]) for r in rows])
+  head = (f"{'size':5} {'implementation':{w}} {'N':>13} {'step ms':>8} {'tokens/s':>9} {'MFU':>6} {'HFU':>6} "
           f"{'matmul TF/s':>11} {'peak GiB':>8} {'XLA GiB':>7} {'est GiB':>7} {'compile s':>9} {'loss':>13}")
   print(head)
   print("-" * len(head))
   for r in rows:
     if "error" in r or "step_s" not in r:
-      print(f"{r['size']:5} {r['impl']:34} {r['params']:>13,} {r.get('error', 'did not finish')}")
+      print(f"{r['size']:5} {r['impl']:{w}} {r['params']:>13,} {r.get('error', 'did not finish')}")
       continue
     tps = r["tokens"] / r["step_s"]
     mfu = hfu = "-"
@@ -252,7 +256,7 @@ def print_table(records: list[dict], peak_flops: float | None, args) -> None:
       mfu = f"{tps * r['flops_executed'] / peak_flops:.1%}"
       hfu = f"{tps * (r['flops_executed'] + r['flops_recomputed']) / peak_flops:.1%}"
     mm = matmul.get((r["side"], r["size"]))
-    print(f"{r['size']:5} {r['impl']:34} {r['params']:>13,} {r['step_s'] * 1e3:>8.1f} {tps:>9,.0f} {mfu:>6} {hfu:>6} "
+    print(f"{r['size']:5} {r['impl']:{w}} {r['params']:>13,} {r['step_s'] * 1e3:>8.1f} {tps:>9,.0f} {mfu:>6} {hfu:>6} "
           f"{mm or 0:>11.0f} {gib(r.get('peak_bytes')):>8} {gib(r.get('footprint_bytes')):>7} "
           f"{gib(r['estimate_bytes']):>7} {r['compile_s']:>9.1f} {r['loss_first']:>6.2f}->{r['loss_last']:<6.2f}")
   print("\nlm tokens/s relative to transformers (>1: lm is faster):")
