@@ -62,7 +62,7 @@ COMMANDS = {  # README command -> how this test runs it, in running order
     "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu": SUITE,
     "pip install -e '.[test]'": SUITE,
     "pip install -e '.[mkl]'": Skip("the optional MKL extra, 1.1 GB; tests/test_cpu_gemm.py runs on whichever BLAS is linked"),
-    "python -m pytest -q tests": SUITE,
+    "python -m pytest -q -n 2 tests": SUITE,
     "python -m pytest -q --extended tests": SUITE,
     "python -m lm.main --config=configs/default.py --workdir=runs/default": Run(QUICK + ("--config.train.samples=1",)),
     "python -m lm.main --config=configs/default.py --workdir=runs/wide --config.model.d_model=384 "
