@@ -10,7 +10,14 @@
 #   train.jsonl     every training record; train.txt is the table of all of them
 #   decode.txt      KV-cache decoding of llama-1b in bf16 at batch 1, 8 and 64: bandwidth use
 #   decode_f32.txt  the same with float32 weights, time allowing
-# Packages the machine lacks can sit as wheels in .whl/ (installed with --no-deps).
+# Packages the machine lacks can sit as wheels in .whl/ (installed with --no-deps). The CUDA image
+# of 2026-11 had jax, flax, optax, orbax, torch and transformers but not these (cp312 wheels, ~11 MB):
+#   ml_collections==1.1.0 tensorflow-datasets==4.9.10 tensorflow-metadata==1.21.0 grain==0.2.18
+#   array_record==0.8.6 immutabledict==4.3.1 portpicker==1.6.0 toml==0.10.2 dm-tree==0.1.10
+#   tensorboardX==2.6.5 termcolor==3.3.0 googleapis-common-protos==1.76.0 promise==2.3
+# fetched with `pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
+# --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d .whl NAME==VERSION` (promise has
+# only an sdist: `pip wheel --no-deps -w .whl promise==2.3`).
 #
 #     bash experiments/bench/gpu_check.sh
 set -uo pipefail
