@@ -5,9 +5,10 @@
 
 For each size, one process builds lm's train step (AdamW, clipping at 1.0, float32 parameters,
 bf16 compute, layers under nn.scan) for every (attention, remat) pair, compiles the first, then
-the rest at once in threads (XLA compiles release the GIL, so three compiles cost about one), then runs each for
---warmup + --steps steps, one after another, in order of flops.train_memory's estimate, so the
-process's peak_bytes_in_use after a run is that run's own peak (unless the estimate misorders two). A second process runs the same
+the rest at once in threads (XLA compiles release the GIL, so three compiles cost about one),
+then runs each for --warmup + --steps steps, one after another, in order of flops.train_memory's
+estimate, so the process's peak_bytes_in_use after a run is that run's own peak (unless the
+estimate misorders two). A second process runs the same
 architecture in transformers (LlamaForCausalLM, sdpa attention, bf16 autocast over float32
 parameters, fused torch.optim.AdamW, the same clipping): eager, then with every decoder layer
 compiled by torch.compile (regional compilation, as torchtitan compiles each block: one
@@ -132,13 +133,13 @@ def lm_worker(size: str, args) -> None:
   estimate = lambda r: flops.train_memory(r["mcfg"], s, b).total  # noqa: E731
   order = sorted(range(len(runs)), key=lambda i: estimate(runs[i]))
   stats = lambda: device.memory_stats() or {}  # noqa: E731 (CPU backends may have none)
+  flags = " ".join(f.removeprefix("--xla_gpu_") for f in os.environ.get("XLA_FLAGS", "").split()
+                   if f.startswith("--xla_gpu_"))  # a variant's GPU flags name its rows
   for i in order:
     run, (exe, compile_s) = runs[i], compiled[i]
     mcfg = run["mcfg"]
-    flags = " ".join(f.removeprefix("--xla_gpu_") for f in os.environ.get("XLA_FLAGS", "").split()
-                     if f.startswith("--xla_gpu_"))  # a variant's GPU flags name its rows
-    row = dict(side="lm", impl=f"lm {run['attention']} attention, remat {run['remat']}" + (f" [{flags}]" if flags else ""),
-               size=size, tokens=b * s,
+    impl = f"lm {run['attention']} attention, remat {run['remat']}" + (f" [{flags}]" if flags else "")
+    row = dict(side="lm", impl=impl, size=size, tokens=b * s,
                attention=run["attention"], remat=run["remat"], params=flops.param_counts(mcfg).total,
                flops_executed=flops.flops_executed(mcfg, s), flops_recomputed=flops.flops_recomputed(mcfg, s),
                estimate_bytes=estimate(run), compile_s=compile_s)
@@ -197,7 +198,8 @@ def torch_worker(size: str, args) -> None:
     return loss.detach()
   mcfg = lm_model_config(size, args, "xla", "none")
   base = dict(side="transformers", size=size, tokens=args.batch * args.seq_len,
-              version=f"transformers {transformers.__version__}, torch {torch.__version__}", params=sum(p.numel() for p in model.parameters()),
+              version=f"transformers {transformers.__version__}, torch {torch.__version__}",
+              params=sum(p.numel() for p in model.parameters()),
               flops_executed=flops.flops_executed(mcfg, args.seq_len), flops_recomputed=0.0,
               estimate_bytes=flops.train_memory(mcfg, args.seq_len, args.batch).total)
   for mode in args.peers:
@@ -213,7 +215,7 @@ def torch_worker(size: str, args) -> None:
     step_s, losses = timed_steps(one, args.warmup, args.steps, sync)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
     print(json.dumps({**base, "impl": f"transformers {mode}", "mode": mode, "step_s": step_s, "compile_s": compile_s,
-                 "loss_first": float(losses[0]), "loss_last": float(losses[-1]), "peak_bytes": peak}), flush=True)
+                      "loss_first": float(losses[0]), "loss_last": float(losses[-1]), "peak_bytes": peak}), flush=True)
   n = 8192 if device == "cuda" else 256  # bf16 products are slow on CPUs without bf16 units
   x = torch.ones(n, n, device=device, dtype=torch.bfloat16)
   print(json.dumps(dict(side="transformers", size=size, matmul_tflops=matmul_tflops(lambda a: a @ a, x, sync))),
@@ -261,8 +263,9 @@ def print_table(records: list[dict], peak_flops: float | None, args) -> None:
           f"{gib(r['estimate_bytes']):>7} {r['compile_s']:>9.1f} {r['loss_first']:>6.2f}->{r['loss_last']:<6.2f}")
   print("\nlm tokens/s relative to transformers (>1: lm is faster):")
   for size in args.sizes:
-    ours = {r["impl"]: r["step_s"] for r in rows if r["size"] == size and r["side"] == "lm" and "step_s" in r}
-    peers = {r["mode"]: r["step_s"] for r in rows if r["size"] == size and r["side"] == "transformers" and "step_s" in r}
+    done = [r for r in rows if r["size"] == size and "step_s" in r]
+    ours = {r["impl"]: r["step_s"] for r in done if r["side"] == "lm"}
+    peers = {r["mode"]: r["step_s"] for r in done if r["side"] == "transformers"}
     if not ours or not peers:
       continue
     best = min(ours, key=ours.get)
@@ -312,7 +315,7 @@ def main(argv=None):
     # The parent never starts a jax backend: on a GPU that would take 75% of its memory from the workers.
     print(f"{args.batch} x {args.seq_len} tokens a step, compute {args.dtype}, params float32, AdamW; "
           f"{args.warmup} warm-up + {args.steps} timed steps; lm's layers scanned: {args.scan_layers}", flush=True)
-    passed = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("--json_out")]
+    passed = sys.argv[1:] if argv is None else argv  # the workers read their flags, --json_out unused
     records = []
     for size in args.sizes:
       for kind in ["lm"] + (["torch"] if args.peers else []):
