@@ -286,9 +286,12 @@ def _advance(static: _Static, params, state: State, stop, temperature, top_p, eo
   return jax.lax.while_loop(cond, body, state)
 
 
-_start_jit = jax.jit(_start, static_argnums=(0, 1))
+# The compiled loop `stream` calls, looked up at each call: a caller may install its own
+# functions of the same signature for a while (experiments/bench/kernel_ab.py compiles the loop
+# once under each of two builds of lm's CPU kernel and swaps them in turn).
+start_jit = jax.jit(_start, static_argnums=(0, 1))
+advance_jit = jax.jit(_advance, static_argnums=0, donate_argnames="state")
 _unstack_jit = jax.jit(unstack_layers, static_argnums=1)
-_advance_jit = jax.jit(_advance, static_argnums=0, donate_argnames="state")
 
 
 # ---- public entry points ----
@@ -338,12 +341,12 @@ def stream(model: Transformer, params, prompts, *, max_new_tokens: int, chunk_to
     arrays = [batch.tokens_BP, batch.segment_ids_BP, batch.positions_BP, batch.lengths_B, batch.active_B]
     if mesh is not None:
       arrays = [jax.device_put(x, sharding.batch_sharding(mesh, rules, x.ndim)) for x in arrays]
-    state = _start_jit(static, int(max_new_tokens), _unwrap(params), *arrays, jax.random.key(seed), *dyn)
+    state = start_jit(static, int(max_new_tokens), _unwrap(params), *arrays, jax.random.key(seed), *dyn)
     done = 0
     while True:
       stop = min(done + chunk_tokens, max_new_tokens)
       if stop > 1:  # token 0 came from the prefill
-        state = _advance_jit(static, _unwrap(params), state, jnp.int32(stop), *dyn)
+        state = advance_jit(static, _unwrap(params), state, jnp.int32(stop), *dyn)
       tokens, lengths, step, done_B = jax.device_get((state.tokens_BN, state.lengths_B, state.step, state.done_B))
       logprobs = np.asarray(state.logprobs_BN) if return_logprobs else None
       stop = int(step)  # may be short of `stop` when every row has finished
