@@ -128,6 +128,15 @@ class HfSide:
     return seconds
 
 
+def parse_sizes(parser: argparse.ArgumentParser, text: str) -> list[str]:
+  """--sizes as a list, or the parser's error naming the unknown ones and the choices."""
+  sizes = text.split(",")
+  unknown = [s for s in sizes if s not in SIZES]
+  if unknown:
+    parser.error(f"unknown --sizes {unknown}; choose from {list(SIZES)}")
+  return sizes
+
+
 def main():
   p = argparse.ArgumentParser(prog="python -m experiments.bench.inference", description=__doc__.split("\n")[0])
   p.add_argument("--sizes", default="llama-10m,llama-100m,gpt2-10m", help=f"comma-separated, of {list(SIZES)}")
@@ -139,9 +148,7 @@ def main():
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                  help="lm's weights, compute and cache (bfloat16 needs --no_hf: the HF side is float32)")
   args = p.parse_args()
-  unknown = [s for s in args.sizes.split(",") if s not in SIZES]
-  if unknown:
-    p.error(f"unknown --sizes {unknown}; choose from {list(SIZES)}")
+  sizes = parse_sizes(p, args.sizes)
   if args.dtype != "float32" and not args.no_hf:
     p.error("--dtype=bfloat16 compares nothing against transformers' float32 generate(); add --no_hf")
   cores = len(os.sched_getaffinity(0))
@@ -162,7 +169,7 @@ def main():
   print("-" * len(head))
   rng = np.random.default_rng(0)
   steady = []  # lm/HF against HF's median single step: robust to bursts of other load (which slow torch most)
-  for size in args.sizes.split(","):
+  for size in sizes:
     cfg = model_config(size, args.dtype)
     hf = None if args.no_hf else HfSide(cfg, cores)
     params = hf and jax.tree.map(jax.numpy.asarray, params_from_hf(hf.model, cfg))

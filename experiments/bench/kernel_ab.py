@@ -17,14 +17,15 @@ Why one process. On a shared 2-core host the same process run twice moved 20-25%
 llama-100m: 20.8-26.5 ms a token on 2026-12-04, the same build); a change of a few per cent
 can only be read off runs interleaved in one process, where the neighbours' load hits both
 sides alike. Why the decode step and not the products alone: on 2026-12-04 a change to the
-one-row loops read llama-100m's products 1.03-1.29x faster, 14 independent products to a call,
-and its decode step 0.98-1.08x as fast in four runs of this comparison
+one-row loops read llama-100m's products 1.06-1.21x faster, 14 independent products to a call,
+and left its decode step 0.98-1.08x as fast in four runs of the comparison
 (experiments/results/cpu_benchmarks/PROFILE.md): a step's products run one after another.
 
 How. PATH's product is registered with XLA as a second FFI target ("lm_cpu_gemm_other"), and
 lm's decoding loop (lm.decode.start_jit, advance_jit) is compiled once per side while
 lm.cpu_gemm.TARGET names that side's target (after jax.clear_caches(): jax would otherwise
-reuse functions traced for the other side); each round installs that side's compiled loop. Only the products are swapped: the fused attention and the copy (lm/cpu_attention.cc,
+reuse functions traced for the other side); each round installs that side's compiled loop.
+Only the products are swapped: the fused attention and the copy (lm/cpu_attention.cc,
 lm_cpu_materialize) are this checkout's on both sides.
 """
 
@@ -38,6 +39,12 @@ import statistics
 import numpy as np
 
 OTHER_TARGET = "lm_cpu_gemm_other"
+
+
+def alternating(rounds: int):
+  """The sides in the order they run: this, other; then other, this; and so on."""
+  for r in range(rounds):
+    yield from ("this", "other") if r % 2 == 0 else ("other", "this")
 
 
 def sides(other_path: str) -> dict:
@@ -87,10 +94,9 @@ def compare(size: str, arms: dict, batch: int, new_tokens: int, rounds: int) -> 
   from lm import decode
   decoder = TimedDecoder(model_config(size))
   prompts = np.random.default_rng(0).integers(0, VOCAB, (batch, 64)).tolist()
-  tokens, ms = {}, {name: [] for name in arms}
   installed = (cpu_gemm.TARGET, decode.start_jit, decode.advance_jit)
   try:
-    _rounds(decoder, prompts, arms, new_tokens, rounds, tokens, ms)
+    tokens, ms = _rounds(decoder, prompts, arms, new_tokens, rounds)
   finally:  # lm as it was (a test process goes on using it)
     use(installed, first=True)
   ratios = [o / t for o, t in zip(ms["other"], ms["this"])]
@@ -98,17 +104,19 @@ def compare(size: str, arms: dict, batch: int, new_tokens: int, rounds: int) -> 
               ratios=ratios, same=float(np.mean(tokens["this"] == tokens["other"])))
 
 
-def _rounds(decoder, prompts, arms: dict, new_tokens: int, rounds: int, tokens: dict, ms: dict) -> None:
+def _rounds(decoder, prompts, arms: dict, new_tokens: int, rounds: int) -> tuple[dict, dict]:
+  """({side: its greedy tokens}, {side: ms per token of each round})."""
+  tokens, ms = {}, {name: [] for name in arms}
   for name, side in arms.items():  # compile each side's functions, under its own target
     use(side, first=True)
     decoder.run(prompts, 1)
     decoder.run(prompts, new_tokens)
     tokens[name] = decoder.last_tokens
-  for r in range(rounds):
-    for name in (("this", "other") if r % 2 == 0 else ("other", "this")):
-      use(arms[name])
-      t1, tn = decoder.run(prompts, 1), decoder.run(prompts, new_tokens)
-      ms[name].append((tn - t1) / (new_tokens - 1) * 1e3)
+  for name in alternating(rounds):
+    use(arms[name])
+    t1, tn = decoder.run(prompts, 1), decoder.run(prompts, new_tokens)
+    ms[name].append((tn - t1) / (new_tokens - 1) * 1e3)
+  return tokens, ms
 
 
 def products(rows: int) -> None:
@@ -131,11 +139,10 @@ def products(rows: int) -> None:
         fns[name] = jax.jit(lambda x, ws: [cpu_gemm.gemm(x, w, trans_b=trans_b, few_rows=True) for w in ws]
                             ).lower(x, ws).compile()
         jax.block_until_ready(fns[name](x, ws))
-      for r in range(30):
-        for name in (("this", "other") if r % 2 == 0 else ("other", "this")):
-          t = time.perf_counter()
-          jax.block_until_ready(fns[name](x, ws))
-          seconds[name].append(time.perf_counter() - t)
+      for name in alternating(30):
+        t = time.perf_counter()
+        jax.block_until_ready(fns[name](x, ws))
+        seconds[name].append(time.perf_counter() - t)
       gb, med = layers * k * n * 4 / 1e9, {name: statistics.median(v) for name, v in seconds.items()}
       label = f"[{rows}, {k}] @ " + (f"[{n}, {k}]^T" if trans_b else f"[{k}, {n}]")
       print(f"{label:<28} {gb / med['this']:>9.1f} {gb / med['other']:>10.1f} {med['this'] / med['other']:>15.2f}")
@@ -154,10 +161,8 @@ def main(argv=None) -> list[dict]:
   p.add_argument("--rounds", type=int, default=8)
   p.add_argument("--products", action="store_true", help="first the products alone, on decode_products' shapes")
   args = p.parse_args(argv)
-  from experiments.bench.inference import SIZES
-  unknown = [s for s in args.sizes.split(",") if s not in SIZES]
-  if unknown:
-    p.error(f"unknown --sizes {unknown}; choose from {list(SIZES)}")
+  from experiments.bench.inference import parse_sizes
+  sizes = parse_sizes(p, args.sizes)
   if args.new_tokens < 2 or args.rounds < 1:
     p.error("--new_tokens must be at least 2 (a token after the prefill's) and --rounds at least 1")
   from lm import cpu_gemm
@@ -169,7 +174,7 @@ def main(argv=None) -> list[dict]:
     products(args.batch)
   print(f"{'model':<11} {'this ms':>8} {'other ms':>8} {'other/this':>10} {'range':>11} {'same tok':>8}")
   rows = []
-  for size in args.sizes.split(","):
+  for size in sizes:
     row = compare(size, arms, args.batch, args.new_tokens, args.rounds)
     rows.append(row)
     print(f"{size:<11} {row['this']:>8.2f} {row['other']:>8.2f} {row['other'] / row['this']:>10.3f} "
