@@ -13,9 +13,17 @@
 // rows streamed left to right with the next block prefetched, into register tiles of C (GCC
 // vector extensions: AVX-512, AVX2, or what -march=native finds).
 //
+// One row (batch-1 decoding) streams B instead: each chunk is a piece of kPieceRows whole rows
+// of B, read kStreamRows at a time, left to right, into a partial product of its own; the
+// partials are added in piece order, so the sum's order depends on K alone, not on the threads
+// that ran it. Cold, on 2 threads of the 2-core AVX2 EPYC of 2026-12-07, llama-100m's matrices
+// read at 25-43 GB/s this way against 19-25 through column tiles of 16-row passes, and at 23-31
+// against 22-25 in a busier run (experiments/bench/one_row_loops.cc); its batch-1 decode step
+// took 11.8 ms, not 16.9, and 12.8 against 15.3 (experiments.bench.kernel_ab, one process).
+//
 // Threads: the product is cut into as many chunks as XLA's intra-op pool has threads (batch
 // entries; or, for one matrix, rows, or columns when it has few rows or takes the few-row
-// loops), and each chunk is single-threaded. OpenBLAS's own
+// loops; or a one-row product's pieces, claimed in turn), and each chunk is single-threaded. OpenBLAS's own
 // thread pool is set to one thread (this OpenBLAS, from the scipy-openblas32 wheel, is used
 // by nothing else), so the cores are shared by one scheduler, XLA's, instead of two that
 // contend. The caller claims chunks too, and a pool task that starts after every chunk is
@@ -109,6 +117,35 @@ void FewRowsNN(const float* a, int64_t lda, const float* b, int64_t ldb, float* 
   }
 }
 
+constexpr int kStreamRows = 8;       // rows of B read side by side by the one-row loop
+constexpr int64_t kPieceRows = 128;  // rows of B per piece of a one-row product
+
+// c[0:n] += a[0:R] B[0:R, 0:n]: R whole rows of B, left to right.
+template <int R>
+void StreamRows(const float* a, const float* b, int64_t ldb, float* c, int64_t n) {
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    Vec acc = Load(c + j);
+    for (int r = 0; r < R; ++r) acc += a[r] * Load(b + r * ldb + j);
+    Store(c + j, acc);
+  }
+  for (; j < n; ++j) {
+    float s = c[j];
+    for (int r = 0; r < R; ++r) s += a[r] * b[r * ldb + j];
+    c[j] = s;
+  }
+}
+
+// c[0:n] = a[0:k] B[0:k, 0:n] for one row a: B's k rows streamed kStreamRows at a time, a single
+// contiguous stretch of memory (column tiles instead read 16 rows at once, 4 KiB apart for the
+// wide shapes, which the prefetchers and L1's sets follow worse: the numbers at the top).
+void OneRowStream(const float* a, const float* b, int64_t ldb, float* c, int64_t n, int64_t k) {
+  std::memset(c, 0, n * sizeof(float));
+  int64_t kk = 0;
+  for (; kk + kStreamRows <= k; kk += kStreamRows) StreamRows<kStreamRows>(a + kk, b + kk * ldb, ldb, c, n);
+  for (; kk < k; ++kk) StreamRows<1>(a + kk, b + kk * ldb, ldb, c, n);
+}
+
 typedef float Vec8 __attribute__((vector_size(8 * sizeof(float))));
 typedef float Vec4 __attribute__((vector_size(4 * sizeof(float))));
 
@@ -159,8 +196,11 @@ constexpr int kTileNT = kLanes == 16 ? 4 : 2;  // rows of A and of B per tile: k
 template <int R>
 void PanelNT(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t k, int64_t lo,
              int64_t hi) {
+  // One row of A (batch-1 decoding's tied head) streams 8 rows of B: 8 independent sums, where
+  // 2 left the FMAs waiting on each other (experiments.bench.kernel_ab --products, 2026-12-07).
+  constexpr int NR = R == 1 ? 8 : kTileNT;
   int64_t n = lo;
-  for (; n + kTileNT <= hi; n += kTileNT) TileNT<R, kTileNT>(a, lda, b + n * ldb, ldb, c + n, ldc, k);
+  for (; n + NR <= hi; n += NR) TileNT<R, NR>(a, lda, b + n * ldb, ldb, c + n, ldc, k);
   for (; n < hi; ++n) TileNT<R, 1>(a, lda, b + n * ldb, ldb, c + n, ldc, k);
 }
 
@@ -188,8 +228,9 @@ struct Product {
   const float* b;
   float* c;
   int64_t batch, m, n, k, lda, ldb, a_size, b_size;  // a_size, b_size: one batch entry's elements
-  bool trans_a, trans_b, split_rows, few_rows;
+  bool trans_a, trans_b, split_rows, few_rows, pieces;  // pieces: one row, streamed (OneRowStream)
   int64_t chunks;
+  float* partials;  // pieces: piece i > 0's partial product, n floats at (i - 1) n
   std::atomic<int64_t> next{0}, done{0};
 
   void RunChunks() {
@@ -204,6 +245,13 @@ struct Product {
                      a + e * a_size, lda, b + e * b_size, ldb, 0.0f, c + e * m * n, n);
           }
         }
+        done.fetch_add(1, std::memory_order_release);
+        continue;
+      }
+      if (pieces) {  // chunk i: B's rows from i kPieceRows (A's columns), into C or a partial
+        int64_t k0 = i * kPieceRows;
+        OneRowStream(a + k0, b + k0 * ldb, ldb, i == 0 ? c : partials + (i - 1) * n, n,
+                     std::min(kPieceRows, k - k0));
         done.fetch_add(1, std::memory_order_release);
         continue;
       }
@@ -263,11 +311,31 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::
   int64_t extent = product->batch > 1 ? product->batch : (product->split_rows ? product->m : product->n);
   if (few_rows) extent = std::max<int64_t>(1, product->batch * product->n * product->k / kFewRowsChunk);
   if (few_rows && product->batch > 1) extent = std::min(extent, product->batch);
-  product->chunks = std::min<int64_t>(threads, extent);
-  if (product->chunks < 1) product->chunks = 1;
-  for (int64_t t = 1; t < product->chunks; ++t) pool.Schedule([product] { product->RunChunks(); });
+  int64_t workers = std::max<int64_t>(1, std::min<int64_t>(threads, extent)), n = product->n;
+  product->chunks = workers;
+  product->pieces = few_rows && !trans_b && product->batch == 1 && product->m == 1 && product->k > 0;
+  // The caller's buffer for the partials: it waits below until every piece is done.
+  thread_local std::unique_ptr<float[]> partials;
+  thread_local int64_t partials_size = 0;
+  if (product->pieces) {
+    product->chunks = (product->k + kPieceRows - 1) / kPieceRows;
+    workers = std::min(workers, product->chunks);
+    if (partials_size < (product->chunks - 1) * n) {
+      partials_size = (product->chunks - 1) * n;
+      partials.reset(new float[partials_size]);
+    }
+    product->partials = partials.get();
+  }
+  for (int64_t t = 1; t < workers; ++t) pool.Schedule([product] { product->RunChunks(); });
   product->RunChunks();
   while (product->done.load(std::memory_order_acquire) < product->chunks) std::this_thread::yield();
+  if (product->pieces) {  // C = ((P0 + P1) + P2) + ...: in piece order, whichever thread ran each
+    float* c_out = product->c;
+    for (int64_t i = 1; i < product->chunks; ++i) {
+      const float* part = product->partials + (i - 1) * n;
+      for (int64_t j = 0; j < n; ++j) c_out[j] += part[j];
+    }
+  }
   return ffi::Error::Success();
 }
 

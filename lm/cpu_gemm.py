@@ -24,7 +24,9 @@ built for many rows. On the 2-core Xeon of 2026-12-03, at [8, 768] @ [768, 4096]
 the weights at 6-7 GB/s, MKL and XLA's dot at 9-10, these loops at 21-23 (the memory reads
 29-31); `python -m experiments.bench.decode_products` prints the table for your machine.
 Batch-8 decoding of llama-100m went from 55.3 to 22.5 ms a token
-(experiments/results/cpu_benchmarks/README.md).
+(experiments/results/cpu_benchmarks/README.md). One row (batch-1 decoding) streams B's rows
+whole, each thread a contiguous stretch (lm/cpu_gemm.cc): on the 2-core AVX2 EPYC of
+2026-12-07 llama-100m's batch-1 step went from 16.9 to 11.8 ms a token (experiments.bench.kernel_ab).
 
 MKL instead: with the mkl wheel installed (pip install -e '.[mkl]'), the kernel links Intel's
 libmkl_rt instead (`blas()`; LM_CPU_GEMM_BLAS=openblas or =mkl chooses). On the 2-core Xeon of 2026-12-03, in

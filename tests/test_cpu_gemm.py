@@ -97,11 +97,13 @@ def test_blas_runs_the_forward_and_both_gradients_at_every_row_count_in_float32_
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 16])
-@pytest.mark.parametrize("k,n", [(1, 1), (9, 17), (40, 130), (384, 200)], ids=["tiny", "odd", "tails", "wide"])
+@pytest.mark.parametrize("k,n", [(1, 1), (9, 17), (40, 130), (384, 200), (300, 37)],
+                         ids=["tiny", "odd", "tails", "wide", "pieces"])
 @pytest.mark.parametrize("trans_b", [False, True])
 def test_the_few_row_loops_equal_numpys_product(m, k, n, trans_b):
   """Every register-tile shape (rows 1-8, a second group past 8), vector and single-column
-  tails, a contraction shorter and longer than one block of B's rows."""
+  tails, a contraction shorter and longer than one block of B's rows; for one row, one piece
+  and several (k = 300: pieces of 128, 128 and 44 rows, the last ending in 4 single rows)."""
   rng = np.random.default_rng(m * 1000 + k + n)
   a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
   fn = jax.jit(lambda a, b: cpu_gemm.gemm(a, b, trans_b=trans_b, few_rows=True))
