@@ -23,10 +23,10 @@
 //
 // Threads: the product is cut into as many chunks as XLA's intra-op pool has threads (batch
 // entries; or, for one matrix, rows, or columns when it has few rows or takes the few-row
-// loops; or a one-row product's pieces, claimed in turn), and each chunk is single-threaded. OpenBLAS's own
-// thread pool is set to one thread (this OpenBLAS, from the scipy-openblas32 wheel, is used
-// by nothing else), so the cores are shared by one scheduler, XLA's, instead of two that
-// contend. The caller claims chunks too, and a pool task that starts after every chunk is
+// loops; or a one-row product's pieces, claimed in turn), and each chunk is single-threaded.
+// OpenBLAS's own thread pool is set to one thread (this OpenBLAS, from the scipy-openblas32
+// wheel, is used by nothing else), so the cores are shared by one scheduler, XLA's, instead of
+// two that contend. The caller claims chunks too, and a pool task that starts after every chunk is
 // claimed does nothing, so a busy pool delays the product but never deadlocks it.
 #include <algorithm>
 #include <atomic>
@@ -230,7 +230,7 @@ struct Product {
   int64_t batch, m, n, k, lda, ldb, a_size, b_size;  // a_size, b_size: one batch entry's elements
   bool trans_a, trans_b, split_rows, few_rows, pieces;  // pieces: one row, streamed (OneRowStream)
   int64_t chunks;
-  float* partials;  // pieces: piece i > 0's partial product, n floats at (i - 1) n
+  float* partials = nullptr;  // pieces: piece i > 0's partial product, n floats at (i - 1) n
   std::atomic<int64_t> next{0}, done{0};
 
   void RunChunks() {
