@@ -196,8 +196,9 @@ constexpr int kTileNT = kLanes == 16 ? 4 : 2;  // rows of A and of B per tile: k
 template <int R>
 void PanelNT(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t k, int64_t lo,
              int64_t hi) {
-  // One row of A (batch-1 decoding's tied head) streams 8 rows of B: 8 independent sums, where
-  // 2 left the FMAs waiting on each other (experiments.bench.kernel_ab --products, 2026-12-07).
+  // One row of A (batch-1 decoding's tied head) takes 8 rows of B per tile, 8 independent sums
+  // instead of 2: [1, 384] @ [4096, 384]^T read 20.5 -> 23.4 GB/s, gpt2-10m's step 1.04x
+  // (rounds 0.96-1.45), in experiments.bench.kernel_ab --products on 2026-12-07.
   constexpr int NR = R == 1 ? 8 : kTileNT;
   int64_t n = lo;
   for (; n + NR <= hi; n += NR) TileNT<R, NR>(a, lda, b + n * ldb, ldb, c + n, ldc, k);
