@@ -73,7 +73,7 @@ _DIR = os.path.dirname(__file__)
 _SOURCE = os.path.join(_DIR, "cpu_gemm.cc")
 # Compiled into one library: the products, the fused attention (lm/cpu_attention.py), their BLAS header.
 _SOURCES = (_SOURCE, os.path.join(_DIR, "cpu_attention.cc"))
-_HEADERS = (os.path.join(_DIR, "cpu_blas.h"),)
+_HEADERS = (os.path.join(_DIR, "cpu_blas.h"), os.path.join(_DIR, "cpu_helper.h"))
 
 
 class Unavailable(RuntimeError):

@@ -111,6 +111,40 @@ def test_the_few_row_loops_equal_numpys_product(m, k, n, trans_b):
   np.testing.assert_allclose(np.asarray(got), a @ b, rtol=0, atol=1e-5 * np.abs(a).max() * np.abs(b).max() * k)
 
 
+def test_one_row_products_shared_with_the_helper_thread_are_exact_and_repeatable():
+  """One-row products big enough for two threads (512 x 300 elements of B: pieces of 128 rows
+  over the caller and lm/cpu_helper.h's thread), six independent ones per call (XLA may run
+  them at once: the second caller finds the helper taken and uses the pool) and a chain of six
+  (each posted right after the last is retired), 30 calls each: every result bitwise equal to
+  the first call's (the partials are added in piece order whichever thread ran them) and close
+  to numpy's."""
+  rng = np.random.default_rng(7)
+  x = rng.standard_normal((1, 512), np.float32)
+  ws = [rng.standard_normal((512, 300), np.float32) * 0.05 for _ in range(6)]
+  gemm = lambda a, w: cpu_gemm.gemm(a, w, trans_b=False, few_rows=True)
+
+  def chain(x, ws):
+    outs = []
+    for w in ws:
+      y = gemm(x, w)
+      outs.append(y)
+      x = x.at[:, :300].add(y)
+    return outs
+  for fn, want in ((jax.jit(lambda x, ws: [gemm(x, w) for w in ws]), [x @ w for w in ws]),
+                   (jax.jit(chain), None)):
+    first = [np.asarray(y) for y in fn(x, ws)]
+    if want is None:  # the chain's expected values, in float64
+      xs, want = x.astype(np.float64), []
+      for w in ws:
+        want.append(xs @ w)
+        xs[:, :300] += want[-1]
+    for y, w in zip(first, want):
+      np.testing.assert_allclose(y, w, rtol=0, atol=1e-4 * max(1.0, np.abs(w).max()))
+    for _ in range(30):
+      for y, f in zip(fn(x, ws), first):
+        np.testing.assert_array_equal(np.asarray(y), f)
+
+
 @pytest.mark.parametrize("m", [3, 9, 16])
 @pytest.mark.parametrize("batch,k,n", [(5, 64, 37), (4, 256, 130)], ids=["one_chunk", "two_chunks"])
 @pytest.mark.parametrize("trans_b", [False, True])
