@@ -27,6 +27,9 @@ Batch-8 decoding of llama-100m went from 55.3 to 22.5 ms a token
 (experiments/results/cpu_benchmarks/README.md). One row (batch-1 decoding) streams B's rows
 whole, each thread a contiguous stretch (lm/cpu_gemm.cc): on the 2-core AVX2 EPYC of
 2026-12-07 llama-100m's batch-1 step went from 16.9 to 11.8 ms a token (experiments.bench.kernel_ab).
+A one-row product's second thread is the kernel's own, which stays awake between a step's
+products instead of sleeping in XLA's pool (lm/cpu_helper.h): batch-1 steps 1.03-1.14x as fast
+on the 2-core Xeon of 2026-12-08.
 
 MKL instead: with the mkl wheel installed (pip install -e '.[mkl]'), the kernel links Intel's
 libmkl_rt instead (`blas()`; LM_CPU_GEMM_BLAS=openblas or =mkl chooses). On the 2-core Xeon of 2026-12-03, in
