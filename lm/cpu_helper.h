@@ -14,15 +14,20 @@
 // product running at once on XLA's other thread) gets false and uses the pool. The caller
 // always works on its own task too (the task's chunks are claimed, not assigned), then
 // Retire() takes the task back if this thread never started it, or waits until it is done,
-// so a task never outlives its caller's frame, and a missed wake-up (or a forked child, which
-// has no such thread) only costs the helper's share: the caller has done all of it.
+// so a task never outlives its caller's frame, and a missed wake-up only costs the helper's
+// share: the caller has done all of it. A forked child has no helper thread (and may inherit
+// its mutex locked), so after fork() Post refuses and the pool is used; so it is too where the
+// thread cannot be started.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <system_error>
 #include <thread>
+
+#include <pthread.h>
 
 namespace lm {
 
@@ -41,6 +46,7 @@ class SpinningHelper {
 
   // Offers `task` to the helper thread; false when the slot holds another caller's task.
   bool Post(HelperTask* task) {
+    if (disabled_.load()) return false;
     HelperTask* empty = nullptr;
     if (!slot_.compare_exchange_strong(empty, task)) return false;
     if (sleeping_.load()) {
@@ -54,12 +60,19 @@ class SpinningHelper {
   void Retire(HelperTask* task) {
     HelperTask* posted = task;
     if (slot_.compare_exchange_strong(posted, nullptr)) return;
-    while (running_.load() == task) {
-    }
+    while (running_.load() == task) std::this_thread::yield();  // at most the one chunk the helper is on
   }
 
  private:
-  SpinningHelper() { std::thread([this] { Loop(); }).detach(); }
+  SpinningHelper() {
+    try {
+      std::thread([this] { Loop(); }).detach();
+    } catch (const std::system_error&) {  // no thread to be had: every product uses the pool
+      disabled_.store(true);
+      return;
+    }
+    pthread_atfork(nullptr, nullptr, [] { Get().disabled_.store(true); });  // in the child
+  }
 
   // running_ is set before the slot is emptied, so a Retire that finds the slot empty (or
   // holding a later task) sees this task running until Run() returns.
@@ -95,7 +108,7 @@ class SpinningHelper {
   }
 
   std::atomic<HelperTask*> slot_{nullptr}, running_{nullptr};
-  std::atomic<bool> sleeping_{false};
+  std::atomic<bool> sleeping_{false}, disabled_{false};
   std::mutex mu_;
   std::condition_variable wake_;
 };
