@@ -137,13 +137,18 @@ def _cpu_signature() -> str:
   return " ".join(line for line in lines if line.split(":")[0].strip() in ("model name", "flags", "Features"))
 
 
+def compiler() -> str | None:
+  """The C++ compiler the kernel is built with: $CXX, else g++, else c++; None if there is none."""
+  return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
 def _build(library: tuple[str, str, list[str]]) -> str:
   """The compiled kernel's path: the cached file, or a new build of lm/cpu_gemm.cc and
   lm/cpu_attention.cc (one library) against `library` (blas())."""
   _, lib_dir, link = library
   import jaxlib  # local: the version is part of the cache key (the FFI headers come with it)
-  compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-  if compiler is None:
+  cxx = compiler()
+  if cxx is None:
     raise Unavailable("no C++ compiler (install g++, or set CXX)")
   source = b""
   for name in _SOURCES + _HEADERS:
@@ -154,7 +159,7 @@ def _build(library: tuple[str, str, list[str]]) -> str:
   # -march=native: the file is for this CPU only (a home directory shared by a cluster's nodes
   # holds one per CPU), so the key has the CPU, and every flag.
   key = hashlib.sha256(source + jaxlib.__version__.encode()
-                       + " ".join([compiler, *flags, *libraries, _cpu_signature()]).encode()).hexdigest()[:16]
+                       + " ".join([cxx, *flags, *libraries, _cpu_signature()]).encode()).hexdigest()[:16]
   path = os.path.join(cache_root(), f"cpu_gemm-{key}.so")
   if os.path.exists(path):
     return path
@@ -163,7 +168,7 @@ def _build(library: tuple[str, str, list[str]]) -> str:
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_root())
   os.close(fd)
   for arch in (["-march=native"], []):  # some compilers (ppc64le, s390x GCC) want -mcpu= instead: then portable
-    cmd = [compiler, *flags, *arch, *_SOURCES, "-o", tmp, *libraries]
+    cmd = [cxx, *flags, *arch, *_SOURCES, "-o", tmp, *libraries]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode == 0:
       break

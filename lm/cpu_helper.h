@@ -1,4 +1,4 @@
-// A second thread for lm's few-row products that stays awake between them (lm/cpu_gemm.cc).
+// A second thread for lm's one-row products that stays awake between them (lm/cpu_gemm.cc).
 //
 // Why. A batch-1 decode step is a chain of ~113 small products (llama-100m: 40-450 us each),
 // each split between the calling thread and one of XLA's intra-op pool. The pool's threads

@@ -130,14 +130,13 @@ def test_one_row_products_shared_with_the_helper_thread_are_exact_and_repeatable
       outs.append(y)
       x = x.at[:, :300].add(y)
     return outs
+  xs, chain_want = x.astype(np.float64), []  # the chain's expected values, in float64
+  for w in ws:
+    chain_want.append(xs @ w)
+    xs[:, :300] += chain_want[-1]
   for fn, want in ((jax.jit(lambda x, ws: [gemm(x, w) for w in ws]), [x @ w for w in ws]),
-                   (jax.jit(chain), None)):
+                   (jax.jit(chain), chain_want)):
     first = [np.asarray(y) for y in fn(x, ws)]
-    if want is None:  # the chain's expected values, in float64
-      xs, want = x.astype(np.float64), []
-      for w in ws:
-        want.append(xs @ w)
-        xs[:, :300] += want[-1]
     for y, w in zip(first, want):
       np.testing.assert_allclose(y, w, rtol=0, atol=1e-4 * max(1.0, np.abs(w).max()))
     for _ in range(30):

@@ -4,12 +4,13 @@ share it without losing or repeating a chunk, and a forked child refuses it (its
 helper has no thread behind it, and may hold the helper's mutex locked forever)."""
 
 import os
-import shutil
 import subprocess
 
 import pytest
 
-COMPILER = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+from lm import cpu_gemm
+
+COMPILER = cpu_gemm.compiler()
 pytestmark = pytest.mark.skipif(COMPILER is None or os.name != "posix", reason="needs a C++ compiler and fork()")
 HEADER_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "lm")
 
